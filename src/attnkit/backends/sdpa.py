@@ -1,0 +1,49 @@
+"""torch.nn.functional.scaled_dot_product_attention, where it can serve.
+
+Serves: no mask, ``causal()`` with Tq == Tk (is_causal), or any mask spec / bias
+turned into a dense (B, H, Tq, Tk) mask -- O(Tq*Tk) memory for the mask. GQA via
+``enable_gqa``. Cannot serve: softcap.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import AttentionCall, Backend
+
+
+class SDPABackend(Backend):
+    name = "sdpa"
+    description = "torch scaled_dot_product_attention (dense; masks materialised)"
+
+    def unsupported(self, call: AttentionCall) -> str | None:
+        if call.softcap is not None:
+            return "torch SDPA has no logit softcap (use 'tiled', 'flex' or 'reference')"
+        return None
+
+    def forward(self, call: AttentionCall) -> Tensor:
+        q, k, v = call.q, call.k, call.v
+        kw = dict(dropout_p=call.dropout_p, scale=call.scale, enable_gqa=call.G > 1)
+        if call.mask is None and call.bias is None:
+            return F.scaled_dot_product_attention(q, k, v, **kw)
+        if call.is_causal_only and call.bias is None and call.Tq == call.Tk:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, **kw)
+
+        mask = call.dense_mask()  # (Bm, Hm, Tq, Tk) or None
+        row_ok = None
+        if mask is not None:
+            row_ok = mask.any(-1, keepdim=True)            # (Bm, Hm, Tq, 1)
+            if bool(row_ok.all()):
+                row_ok = None
+            else:  # unmask empty rows for the kernel (no NaN), zero them afterwards
+                mask = mask | ~row_ok
+        attn = mask
+        if call.bias is not None:
+            attn = call.bias.dense(call.Tq, call.Tk, device=call.device, dtype=q.dtype)
+            if mask is not None:
+                attn = attn.masked_fill(~mask, float("-inf"))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn, **kw)
+        if row_ok is not None:
+            out = out * row_ok.to(out.dtype)
+        return out
