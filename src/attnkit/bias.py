@@ -71,6 +71,7 @@ class BiasSpec:
 
 class _ALiBi(BiasSpec):
     head_dependent = True
+    toeplitz = True  # depends on (q - k) only: tiled kernels cache its tiles
 
     def __init__(self, slopes: Tensor):
         self.slopes = slopes

@@ -46,6 +46,7 @@ class MaskSpec:
 
     batch_dependent = False  # does the predicate depend on b?
     head_dependent = False   # ... on h?
+    toeplitz = False         # depends only on (aligned q position - k): tiles repeat along diagonals
 
     # -- the predicate -------------------------------------------------
     def _allowed(self, b: Tensor, h: Tensor, q: Tensor, k: Tensor, off: int) -> Tensor:
@@ -162,6 +163,7 @@ class _Combine(MaskSpec):
         self.parts = parts
         self.batch_dependent = any(p.batch_dependent for p in parts)
         self.head_dependent = any(p.head_dependent for p in parts)
+        self.toeplitz = all(p.toeplitz for p in parts)
 
     def validate(self, B, H, Tq, Tk):
         for p in self.parts:
@@ -236,6 +238,8 @@ class _Not(_Combine):
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True, repr=False)
 class _Full(MaskSpec):
+    toeplitz = True
+
     def _allowed(self, b, h, q, k, off):
         return torch.ones_like(q + k, dtype=torch.bool)
 
@@ -251,6 +255,8 @@ class _Window(MaskSpec):
     """Key k visible from aligned query position p iff p - left <= k <= p + right."""
     left: float
     right: float
+
+    toeplitz = True
 
     def _allowed(self, b, h, q, k, off):
         d = (q + off) - k  # >= 0: key in the past
@@ -280,6 +286,8 @@ class _Strided(MaskSpec):
     """Sparse Transformer 'strided' head: keys at distance a multiple of ``stride``."""
     stride: int
 
+    toeplitz = True
+
     def _allowed(self, b, h, q, k, off):
         return torch.remainder((q + off) - k, self.stride) == 0
 
@@ -303,6 +311,8 @@ class _Dilated(MaskSpec):
     window: int
     dilation: int
     causal: bool
+
+    toeplitz = True
 
     def _allowed(self, b, h, q, k, off):
         d = (q + off) - k
