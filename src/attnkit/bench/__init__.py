@@ -1,0 +1,1 @@
+"""Benchmark machinery behind `attnkit bench` and benchmarks/."""
