@@ -1,0 +1,34 @@
+# attnkit: `make demo` (main job) and `make test` set everything up themselves.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# torch 2.13.0: a CPU wheel already on this machine's disk. Elsewhere pip fetches it
+# from PyPI (for a GPU, install the CUDA build of torch first; see the README).
+TORCH   ?= torch==2.13.0
+STAMP   := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench install clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test,plot]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m attnkit.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not flex"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/attention.py --out bench-out
+
+clean:
+	rm -rf $(VENV) attnkit-report bench-out .pytest_cache .hypothesis
