@@ -8,8 +8,15 @@ from .backends import (AttentionCall, Backend, TileConfig, UnsupportedCall, avai
 from .bias import alibi, alibi_slopes
 from .functional import attention, make_call, select_backend
 
+from . import models, modules
+from .loading import CheckpointError, load
+from .modules import KVCache, MultiHeadAttention, SlidingWindowCache
+from .models import BERT, GPT, Transformer, ViT
+
 __version__ = "0.1.0"
 
 __all__ = ["attention", "select_backend", "make_call", "masks", "bias", "backends", "alibi",
            "alibi_slopes", "AttentionCall", "Backend", "TileConfig", "UnsupportedCall",
-           "available_backends", "get_backend", "register_backend"]
+           "available_backends", "get_backend", "register_backend", "models", "modules", "load",
+           "CheckpointError", "MultiHeadAttention", "KVCache", "SlidingWindowCache", "BERT",
+           "GPT", "Transformer", "ViT"]

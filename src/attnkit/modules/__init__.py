@@ -1,0 +1,12 @@
+"""Building blocks: multi-head attention, KV caches, positions, norms, FFNs, layers."""
+from .attention import MultiHeadAttention, key_padding_mask
+from .cache import KVCache, SlidingWindowCache, cache_nbytes
+from .layers import (ACTIVATIONS, DecoderLayer, EncoderLayer, FeedForward, LayerConfig, RMSNorm,
+                     make_norm)
+from .positional import (LearnedPositions, RotaryEmbedding, SinusoidalPositions, apply_rotary,
+                         sinusoidal_table)
+
+__all__ = ["MultiHeadAttention", "key_padding_mask", "KVCache", "SlidingWindowCache",
+           "cache_nbytes", "ACTIVATIONS", "DecoderLayer", "EncoderLayer", "FeedForward",
+           "LayerConfig", "RMSNorm", "make_norm", "LearnedPositions", "RotaryEmbedding",
+           "SinusoidalPositions", "apply_rotary", "sinusoidal_table"]

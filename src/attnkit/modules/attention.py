@@ -1,0 +1,266 @@
+"""Multi-head attention (self or cross; MHA, GQA, MQA) over :func:`attnkit.attention`.
+
+Every call goes through :func:`attnkit.attention`, so the backend (``reference``,
+``sdpa``, ``flex``, ``tiled`` or ``auto``) and the mask pattern (any
+:mod:`attnkit.masks` spec) are one argument each, also after construction via
+:meth:`MultiHeadAttention.set_attention`.
+
+Projection weights (``nn.Linear`` layout ``(out_features, in_features)``):
+
+* separate (default): ``q_proj (H*D, d_model)``, ``k_proj (Hkv*D, d_model)``,
+  ``v_proj (Hkv*D, d_model)``, ``o_proj (d_model, H*D)`` -- the Hugging Face
+  Llama/BERT layout;
+* fused (``fused=True``): one ``qkv_proj ((H + 2*Hkv)*D, d_model)`` whose rows are
+  ``[q; k; v]`` -- GPT-2's ``c_attn`` (transposed). Self-attention does one matmul;
+  cross-attention uses the q rows on ``x`` and the k/v rows on ``context``.
+
+Heads: ``n_kv_heads=None`` is MHA, ``1 < n_kv_heads < n_heads`` GQA, ``1`` MQA; K/V
+stay ``(B, Hkv, T, D)`` all the way into the kernel (never repeated per head).
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..backends import available_backends
+from ..bias import alibi
+from ..functional import attention
+from ..masks import MaskSpec, as_mask
+from .cache import KVCache
+from .positional import RotaryEmbedding
+
+__all__ = ["MultiHeadAttention", "KeyPadding", "key_padding_mask", "UNSET"]
+
+UNSET = object()  # "leave as it is" for set_attention
+
+
+def _pos_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+    return v
+
+
+class KeyPadding(MaskSpec):
+    """Hide padded keys: ``keep (B, Tk)`` bool, True = a real token (every query, every
+    head). Unlike ``masks.padding(lengths)`` the real tokens need not be a prefix."""
+
+    batch_dependent = True
+
+    def __init__(self, keep: Tensor):
+        self.keep = keep
+
+    def validate(self, B, H, Tq, Tk):
+        if tuple(self.keep.shape) != (B, Tk):
+            raise ValueError(f"attention_mask: expected shape (B, Tk) = ({B}, {Tk}), got "
+                             f"{tuple(self.keep.shape)}")
+
+    def _nb(self):
+        return self.keep.shape[0]
+
+    def _allowed(self, b, h, q, k, off):
+        return self.keep[b, k]                                  # (B, 1, 1, tk)
+
+    def _tensors(self):
+        return [self.keep]
+
+    def _device(self, device):
+        return device if device is not None else self.keep.device
+
+    def to(self, device):
+        return KeyPadding(self.keep.to(device))
+
+    def __repr__(self):
+        return f"key_padding{tuple(self.keep.shape)}"
+
+
+def key_padding_mask(attention_mask: Tensor) -> MaskSpec:
+    """A Hugging Face style ``attention_mask (B, Tk)`` (1/True = real token) as a mask
+    spec hiding padded keys from every query."""
+    if not isinstance(attention_mask, Tensor) or attention_mask.dim() != 2:
+        raise ValueError(f"attention_mask: expected a (B, T) tensor of 0/1 or bool, got "
+                         f"{getattr(attention_mask, 'shape', type(attention_mask).__name__)}")
+    return KeyPadding(attention_mask.bool())
+
+
+class MultiHeadAttention(nn.Module):
+    """``forward(x, context=None, mask=None, cache=None, need_weights=False)``.
+
+    Args:
+        d_model: model width. n_heads: query heads H. n_kv_heads: key/value heads
+            (None = H). head_dim: D (default ``d_model // n_heads``).
+        bias: biases on the projections. dropout: attention-weight dropout (training).
+        pattern: a mask spec applied to every call (e.g. ``causal()``,
+            ``causal() & window(128)``); a per-call ``mask`` is AND-ed with it.
+        positions: None, ``"rope"``, ``"alibi"`` or a :class:`RotaryEmbedding`
+            (self-attention only).
+        backend: passed to :func:`attnkit.attention`. fused: one qkv weight.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, *,
+                 bias: bool = True, dropout: float = 0.0, pattern=None, positions=None,
+                 backend: str = "auto", head_dim: int | None = None, fused: bool = False):
+        super().__init__()
+        d_model, n_heads = _pos_int("d_model", d_model), _pos_int("n_heads", n_heads)
+        n_kv = n_heads if n_kv_heads is None else _pos_int("n_kv_heads", n_kv_heads)
+        if n_heads % n_kv:
+            raise ValueError(f"n_kv_heads: expected a divisor of n_heads={n_heads}, got {n_kv}")
+        if head_dim is None:
+            if d_model % n_heads:
+                raise ValueError(f"n_heads: expected a divisor of d_model={d_model} (or pass "
+                                 f"head_dim), got {n_heads}")
+            head_dim = d_model // n_heads
+        D = _pos_int("head_dim", head_dim)
+        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: expected a float in [0, 1), got {dropout!r}")
+        self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv, D
+        self.dropout, self.fused = float(dropout), bool(fused)
+        if fused:
+            self.qkv_proj = nn.Linear(d_model, (n_heads + 2 * n_kv) * D, bias=bias)
+        else:
+            self.q_proj = nn.Linear(d_model, n_heads * D, bias=bias)
+            self.k_proj = nn.Linear(d_model, n_kv * D, bias=bias)
+            self.v_proj = nn.Linear(d_model, n_kv * D, bias=bias)
+        self.o_proj = nn.Linear(n_heads * D, d_model, bias=bias)
+
+        self.rope: RotaryEmbedding | None = None
+        self.alibi = None
+        if isinstance(positions, RotaryEmbedding):
+            if positions.head_dim != D:
+                raise ValueError(f"positions: RotaryEmbedding head_dim {positions.head_dim} != "
+                                 f"head_dim {D}")
+            self.rope = positions
+        elif positions == "rope":
+            self.rope = RotaryEmbedding(D)
+        elif positions == "alibi":
+            self.alibi = alibi(n_heads)
+        elif positions is not None:
+            raise ValueError(f"positions: expected None, 'rope', 'alibi' or a RotaryEmbedding, "
+                             f"got {positions!r}")
+        self.pattern: MaskSpec | None = None
+        self.backend = "auto"
+        self.set_attention(backend=backend, pattern=pattern)
+
+    # -- configuration ------------------------------------------------------
+    def set_attention(self, *, backend=UNSET, pattern=UNSET) -> "MultiHeadAttention":
+        """Switch the backend name and/or the pattern (None = no mask)."""
+        if backend is not UNSET:
+            if not isinstance(backend, str):
+                raise TypeError(f"backend: expected a backend name (str), got "
+                                f"{type(backend).__name__}")
+            if backend != "auto" and backend not in available_backends():
+                raise ValueError(f"backend: expected one of {['auto'] + available_backends()}, "
+                                 f"got {backend!r}")
+            self.backend = backend
+        if pattern is not UNSET:
+            self.pattern = as_mask(pattern, "pattern")
+        return self
+
+    # -- projections --------------------------------------------------------
+    def _heads(self, t: Tensor, n: int) -> Tensor:
+        B, T, _ = t.shape
+        return t.view(B, T, n, self.head_dim).transpose(1, 2)                # (B, n, T, D)
+
+    def project_q(self, x: Tensor) -> Tensor:
+        """``x (B, T, d_model)`` -> ``q (B, H, T, D)``."""
+        if not self.fused:
+            return self._heads(self.q_proj(x), self.n_heads)
+        n = self.n_heads * self.head_dim
+        b = None if self.qkv_proj.bias is None else self.qkv_proj.bias[:n]
+        return self._heads(F.linear(x, self.qkv_proj.weight[:n], b), self.n_heads)
+
+    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x (B, T, d_model)`` -> ``k, v (B, Hkv, T, D)``."""
+        if not self.fused:
+            return (self._heads(self.k_proj(x), self.n_kv_heads),
+                    self._heads(self.v_proj(x), self.n_kv_heads))
+        n = self.n_heads * self.head_dim
+        b = None if self.qkv_proj.bias is None else self.qkv_proj.bias[n:]
+        k, v = F.linear(x, self.qkv_proj.weight[n:], b).chunk(2, dim=-1)
+        return self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)
+
+    def _project_self(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if not self.fused:
+            return (self.project_q(x),) + self.project_kv(x)
+        nq, nkv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        q, k, v = self.qkv_proj(x).split((nq, nkv, nkv), dim=-1)
+        return (self._heads(q, self.n_heads), self._heads(k, self.n_kv_heads),
+                self._heads(v, self.n_kv_heads))
+
+    # -- forward ------------------------------------------------------------
+    def _check_input(self, name: str, t) -> None:
+        if not isinstance(t, Tensor) or t.dim() != 3 or t.shape[-1] != self.d_model:
+            raise ValueError(f"{name}: expected a tensor (B, T, d_model={self.d_model}), got "
+                             f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask=None,
+                cache: KVCache | None = None, need_weights: bool = False):
+        """``x (B, Tq, d_model)``; ``context (B, Tk, d_model)`` for cross-attention.
+
+        ``mask``: anything :func:`attnkit.attention` accepts (spec, bool or additive
+        tensor), AND-ed with the pattern. ``cache``: a :class:`KVCache`; for
+        self-attention new keys/values are appended (RoPE positions continue from
+        ``cache.seen``); for cross-attention a filled cache is reused as is and
+        ``context`` may then be None.
+
+        Returns ``out (B, Tq, d_model)``, or ``(out, weights (B, H, Tq, Tk))`` when
+        ``need_weights``.
+        """
+        self._check_input("x", x)
+        if cache is not None and not isinstance(cache, KVCache):
+            raise TypeError(f"cache: expected a KVCache or None, got {type(cache).__name__}")
+        cross = context is not None or (cache is not None and cache.cross)
+        if cross:
+            if self.rope is not None or self.alibi is not None:
+                raise ValueError("context: RoPE/ALiBi positions apply to self-attention only; "
+                                 "build the cross-attention module with positions=None")
+            q = self.project_q(x)
+            if cache is not None and cache.cross and cache.k is not None:
+                k, v = cache.k, cache.v                 # encoder output: projected once
+            else:
+                if cache is not None and cache.k is not None:
+                    raise ValueError("cache: holds self-attention keys; cross-attention needs "
+                                     "its own KVCache")
+                if context is None:
+                    raise ValueError("context: expected the encoder output (B, Tk, d_model) "
+                                     "for an empty cross-attention cache, got None")
+                self._check_input("context", context)
+                if context.shape[0] != x.shape[0]:
+                    raise ValueError(f"context: expected batch size {x.shape[0]} (from x), got "
+                                     f"{context.shape[0]}")
+                k, v = self.project_kv(context)
+                if cache is not None:
+                    cache.set(k, v)
+        else:
+            q, k, v = self._project_self(x)
+            offset = 0 if cache is None else cache.seen
+            if self.rope is not None:
+                q, k = self.rope(q, k, offset)
+            if cache is not None:
+                k, v = cache.update(k, v)
+                if cache.seen > k.shape[2]:       # positions before k[0] were evicted
+                    self._check_window(q.shape[2], k.shape[2], cache)
+
+        spec = self.pattern
+        if mask is not None:
+            spec = as_mask(mask) if spec is None else spec & mask
+        res = attention(q, k, v, mask=spec, bias=self.alibi,
+                        dropout_p=self.dropout if self.training else 0.0,
+                        backend=self.backend, return_weights=need_weights)
+        out, w = res if need_weights else (res, None)
+        B, H, Tq, D = out.shape
+        out = self.o_proj(out.transpose(1, 2).reshape(B, Tq, H * D))
+        return (out, w) if need_weights else out
+
+    def _check_window(self, Tq: int, Tk: int, cache: KVCache) -> None:
+        """A sliding cache dropped positions: the pattern must not see any of them."""
+        p, n = self.pattern, cache.seen - Tk
+        if p is None or not p.toeplitz or bool(p.tile(0, Tq, 0, n, Tq=Tq, Tk=Tk + n).any()):
+            raise ValueError(f"cache: {cache!r} has dropped {n} positions that the pattern "
+                             f"{p!r} would attend to; use a pattern like window(w) with "
+                             f"w < the cache window, or a full KVCache")
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+                f"head_dim={self.head_dim}, fused={self.fused}, pattern={self.pattern!r}, "
+                f"positions={'rope' if self.rope else 'alibi' if self.alibi else None}, "
+                f"backend={self.backend!r}")
