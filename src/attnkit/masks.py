@@ -334,6 +334,7 @@ class _Dilated(MaskSpec):
 class _Global(MaskSpec):
     """Global tokens: they attend to every key and every query attends to them."""
     indices: Tensor = field(repr=False)  # (G,) int64, sorted, positions in key space
+    flags: Tensor = field(repr=False)    # (n + 1,) bool, flags[p] = p is global; flags[n] = False
 
     def validate(self, B, H, Tq, Tk):
         if self.indices.numel() and int(self.indices.max()) >= Tk:
@@ -341,13 +342,11 @@ class _Global(MaskSpec):
                              f"{int(self.indices.max())}")
 
     def _allowed(self, b, h, q, k, off):
-        n = int(self.indices.max()) + 1 if self.indices.numel() else 1
-        g = torch.zeros(n + 1, dtype=torch.bool, device=self.indices.device)
-        g[self.indices] = True
-        qp = q + off  # negative when Tq > Tk: before every key, never global
+        n = self.flags.numel() - 1  # a constant: no data-dependent control flow (FlexAttention)
+        qp = q + off                # negative when Tq > Tk: before every key, never global
         qp = torch.where((qp < 0) | (qp > n), n, qp)
-        kp = torch.clamp(k, 0, n)
-        return g[qp] | g[kp]
+        kp = torch.where(k > n, n, k)
+        return self.flags[qp] | self.flags[kp]
 
     def _block(self, q0, q1, k0, k1, off):
         idx = self.indices.cpu()
@@ -373,7 +372,7 @@ class _Global(MaskSpec):
         return [self.indices]
 
     def to(self, device):
-        return _Global(self.indices.to(device))
+        return _Global(self.indices.to(device), self.flags.to(device))
 
     def __repr__(self):
         return f"global_tokens({self.indices.tolist()})"
@@ -442,16 +441,23 @@ class _Document(MaskSpec):
         if self.kv_ids.shape != (B, Tk) and self.kv_ids.shape != (1, Tk):
             raise ValueError(f"document: ids must have shape ({B}, {Tk}) or (1, {Tk}) for "
                              f"B={B}, Tk={Tk}, got {tuple(self.kv_ids.shape)}")
-        if self.q_ids is not None and self.q_ids.shape[-1] != Tq:
-            raise ValueError(f"document: q_ids must have shape ({B}, {Tq}), got "
+        if self.q_ids is not None and self.q_ids.shape not in ((B, Tq), (1, Tq)):
+            raise ValueError(f"document: q_ids must have shape ({B}, {Tq}) or (1, {Tq}), got "
                              f"{tuple(self.q_ids.shape)}")
+        if self.q_ids is None and Tq > Tk:
+            raise ValueError(f"document: with Tq={Tq} > Tk={Tk} pass q_ids (B, Tq); queries "
+                             "cannot take their ids from the keys")
 
     def _nb(self):
         return self.kv_ids.shape[0]
 
     def _allowed(self, b, h, q, k, off):
-        qid = self.q_ids[b, q] if self.q_ids is not None else self.kv_ids[b, q + off]
-        return qid == self.kv_ids[b, k]
+        bk = b if self.kv_ids.shape[0] > 1 else b * 0   # (1, Tk) ids are shared by the batch
+        if self.q_ids is None:
+            qid = self.kv_ids[bk, q + off]
+        else:
+            qid = self.q_ids[b if self.q_ids.shape[0] > 1 else b * 0, q]
+        return qid == self.kv_ids[bk, k]
 
     def _tensors(self):
         return [t for t in (self.kv_ids, self.q_ids) if t is not None]
@@ -548,7 +554,11 @@ def global_tokens(indices: Sequence[int] | Tensor) -> MaskSpec:
     idx = torch.as_tensor(indices, dtype=torch.long).flatten()
     if idx.numel() and int(idx.min()) < 0:
         raise ValueError(f"global_tokens: indices must be >= 0, got {int(idx.min())}")
-    return _Global(torch.unique(idx))
+    idx = torch.unique(idx)
+    n = int(idx.max()) + 1 if idx.numel() else 0
+    flags = torch.zeros(n + 1, dtype=torch.bool)
+    flags[idx] = True
+    return _Global(idx, flags)
 
 
 def padding(kv_lengths=None, *, q_lengths=None) -> MaskSpec:

@@ -11,13 +11,14 @@ import functools
 import torch
 from torch import Tensor
 
+from ..masks import FULL, PARTIAL
 from .base import AttentionCall, Backend
 
 
 @functools.lru_cache(maxsize=None)
 def _compiled():
     from torch.nn.attention.flex_attention import flex_attention
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)  # recompiles once per new shape, then dynamic
 
 
 def _flex_available() -> str | None:
@@ -26,6 +27,29 @@ def _flex_available() -> str | None:
     except Exception as e:  # pragma: no cover - depends on the torch build
         return f"FlexAttention is not available in this torch ({e})"
     return None
+
+
+BLOCK = 128  # FlexAttention's block size
+
+
+def _block_mask(call: AttentionCall):
+    """FlexAttention's BlockMask from the spec's own block map: no (Tq, Tk) evaluation
+    (``create_block_mask`` would run ``mask_mod`` on every pair). FULL blocks skip the
+    mask_mod, PARTIAL ones apply it, EMPTY ones are never visited."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    bm = call.block_map(BLOCK, BLOCK).to(call.device)  # (nQ, nK), union over batch/heads
+
+    def pack(sel):  # counts (1, 1, nQ) and column indices, selected first (1, 1, nQ, nK)
+        num = sel.sum(-1, dtype=torch.int32)[None, None]
+        idx = torch.argsort((~sel).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return num, idx[None, None]
+
+    kv_num, kv_idx = pack(bm == PARTIAL)
+    full_num, full_idx = pack(bm == FULL)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK,
+                                    mask_mod=call.mask.mask_mod(call.Tq, call.Tk),
+                                    seq_lengths=(call.Tq, call.Tk))
 
 
 class FlexBackend(Backend):
@@ -44,15 +68,7 @@ class FlexBackend(Backend):
         return None
 
     def forward(self, call: AttentionCall) -> Tensor:
-        from torch.nn.attention.flex_attention import create_block_mask
-        block_mask = None
-        if call.mask is not None:
-            m = call.mask
-            block_mask = create_block_mask(
-                m.mask_mod(call.Tq, call.Tk),
-                call.B if m.batch_dependent else None,
-                call.H if m.head_dependent else None,
-                call.Tq, call.Tk, device=call.device)
+        block_mask = None if call.mask is None else _block_mask(call)
         cap = call.softcap
         term = call.bias.score_mod_terms(call.Tq, call.Tk) if call.bias is not None else None
         score_mod = None
