@@ -8,7 +8,7 @@ from .backends import (AttentionCall, Backend, TileConfig, UnsupportedCall, avai
 from .bias import alibi, alibi_slopes
 from .functional import attention, make_call, select_backend
 
-from . import models, modules
+from . import distributed, models, modules  # distributed registers the 'ring' backend
 from .loading import CheckpointError, load
 from .modules import KVCache, MultiHeadAttention, SlidingWindowCache
 from .models import BERT, GPT, Transformer, ViT
@@ -17,6 +17,6 @@ __version__ = "0.1.0"
 
 __all__ = ["attention", "select_backend", "make_call", "masks", "bias", "backends", "alibi",
            "alibi_slopes", "AttentionCall", "Backend", "TileConfig", "UnsupportedCall",
-           "available_backends", "get_backend", "register_backend", "models", "modules", "load",
+           "available_backends", "get_backend", "register_backend", "distributed", "models", "modules", "load",
            "CheckpointError", "MultiHeadAttention", "KVCache", "SlidingWindowCache", "BERT",
            "GPT", "Transformer", "ViT"]

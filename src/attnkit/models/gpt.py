@@ -26,6 +26,7 @@ from .. import masks
 from ..modules import (EncoderLayer, KVCache, LayerConfig, LearnedPositions, SinusoidalPositions,
                        SlidingWindowCache, key_padding_mask, make_norm)
 from ..modules.attention import UNSET
+from ..modules.positional import token_positions
 from .common import TextModel, init_weights, preset_config, set_attention
 
 __all__ = ["GPTConfig", "GPT"]
@@ -142,7 +143,7 @@ class GPT(TextModel):
         offset = 0 if cache is None else cache[0].seen
         x = self.tok_emb(idx)                                                   # (B, T, d)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(offset, offset + idx.shape[1], device=idx.device))
+            x = x + self.pos_emb(token_positions(offset, idx.shape[1], device=idx.device))
         x = self.drop(x)
         mask = None if attention_mask is None else key_padding_mask(attention_mask)
         weights = []

@@ -28,6 +28,16 @@ __all__ = ["sinusoidal_table", "SinusoidalPositions", "LearnedPositions", "Rotar
            "apply_rotary"]
 
 
+def token_positions(offset: int, T: int, *, device=None) -> Tensor:
+    """Positions of the T tokens of this call: ``offset .. offset+T-1``, or, inside
+    :func:`attnkit.distributed.ring_context` (context parallelism), the global positions
+    of this rank's shard of the sequence (padding tokens get the last real position;
+    they are masked)."""
+    from ..distributed.parallel import local_positions  # no torch.distributed cost otherwise
+    pos = local_positions(T, device=device, clamp=True) if offset == 0 else None
+    return torch.arange(offset, offset + T, device=device) if pos is None else pos
+
+
 def sinusoidal_table(n_positions: int, d_model: int, base: float = 10000.0) -> Tensor:
     """The 2017 paper's table ``(n_positions, d_model)`` in float32."""
     if not isinstance(d_model, int) or d_model < 2 or d_model % 2:
@@ -120,7 +130,7 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
         T = q.shape[-2]
-        pos = torch.arange(offset, offset + T, device=q.device)
+        pos = token_positions(offset, T, device=q.device)
         cos, sin = self.angles(pos)                                               # (T, D)
         return apply_rotary(q, cos, sin, self.style), apply_rotary(k, cos, sin, self.style)
 
