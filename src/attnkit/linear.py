@@ -1,0 +1,339 @@
+"""Linear (kernel) attention: O(n) time, no n x n anywhere.
+
+Softmax attention's ``exp(q.k)`` is replaced by a kernel ``phi(q) . phi(k)`` with a
+feature map ``phi: R^D -> R^F`` (F features), so
+
+    out_i = sum_j phi(q_i).phi(k_j) v_j / (sum_j phi(q_i).phi(k_j) + eps)
+
+(j over all keys, or j <= i when causal) regroups as ``phi(q_i) S / (phi(q_i) z + eps)``
+with ``S = sum_j phi(k_j) v_j^T`` (F x Dv) and ``z = sum_j phi(k_j)`` (F).
+
+Feature maps: ``"elu"`` (elu(x) + 1, Katharopoulos et al. 2020), ``"relu"``, and
+:class:`FavorPlus` (Performer's positive orthogonal random features, Choromanski et al.
+2020), an unbiased estimator of ``exp(scale * q.k)``.
+
+Forms (all tested equal to a direct O(n²) evaluation of the formula above):
+
+* non-causal: ``S, z`` over all keys, O(n F Dv) time;
+* causal, chunked: within a chunk of C tokens the C x C kernel block is masked
+  lower-triangular (chunk-parallel); across chunks S and z are carried as the
+  recurrent state. O(n (C + F) Dv) time, O(C² + C F + F Dv) working memory
+  (autograd keeps one S per chunk for the backward: O(n F Dv / C));
+* recurrent: :func:`linear_attention_step` with a :class:`LinearAttentionState` of
+  constant size (B, Hkv, F, Dv), for decoding.
+
+**Normaliser.** ``eps`` (default 1e-6) is added to the denominator; it keeps ReLU
+features (which can all be 0) finite, and a row whose denominator is exactly 0 gives
+output 0. FAVOR+ features are computed stabilised, in log space: query i's features
+are divided by their max, and the keys it sees by ``exp(M_i)``, M_i = the max key
+log-feature over those keys (all keys, or keys 0..i when causal: a running max, as in
+online softmax; the recurrent state is rescaled when it grows). Both constants cancel
+between numerator and denominator, so they matter only through ``eps``: eps is added to
+the *stabilised* denominator. Being defined per row, this is the same number in the
+parallel, chunked and recurrent forms.
+
+GQA: k, v may have Hkv heads dividing H; q is viewed as (B, Hkv, G, T, F), never K/V
+copied per head.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+__all__ = ["FeatureMap", "EluFeatureMap", "ReluFeatureMap", "FavorPlus", "linear_attention",
+           "LinearAttentionState", "linear_attention_step"]
+
+
+class FeatureMap:
+    """phi: (..., D) -> (..., F), non-negative. ``log_domain`` maps also give
+    ``log_features`` (used for stabilisation)."""
+    name = "feature map"
+    log_domain = False
+
+    def n_features(self, dim: int) -> int:
+        return dim
+
+    def __call__(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def check(self, dim: int) -> None:
+        """Raise ValueError if this map cannot take inputs of head dim ``dim``."""
+
+    def __repr__(self):
+        return self.name
+
+
+class EluFeatureMap(FeatureMap):
+    """elu(x) + 1 (Katharopoulos et al. 2020): positive, F = D."""
+    name = "elu"
+
+    def __call__(self, x):
+        return torch.nn.functional.elu(x) + 1.0
+
+
+class ReluFeatureMap(FeatureMap):
+    """relu(x): non-negative, F = D; a row can have denominator 0 (see eps)."""
+    name = "relu"
+
+    def __call__(self, x):
+        return torch.relu(x)
+
+
+class FavorPlus(FeatureMap):
+    """Performer FAVOR+ positive random features for ``exp(scale * q.k)``:
+
+        phi(x) = exp(W x' - |x'|² / 2) / sqrt(m),   x' = x * sqrt(scale),
+
+    so that E[phi(q).phi(k)] = exp(q'.k'). Rows of W (m x dim) are orthogonal in blocks
+    of ``dim`` (``orthogonal=True``) with norms drawn from chi(dim), like i.i.d. Gaussian
+    rows' norms. ``scale`` defaults to 1/sqrt(dim). ``redraw(seed)`` draws a new W.
+    """
+    log_domain = True
+
+    def __init__(self, dim: int, n_features: int, *, seed: int = 0, scale: float | None = None,
+                 orthogonal: bool = True):
+        for name, val in (("dim", dim), ("n_features", n_features), ("seed", seed)):
+            if isinstance(val, bool) or not isinstance(val, int):
+                raise TypeError(f"FavorPlus: {name} must be an int, got {type(val).__name__}")
+        if dim < 1:
+            raise ValueError(f"FavorPlus: dim must be >= 1, got {dim}")
+        if n_features < 1:
+            raise ValueError(f"FavorPlus: n_features must be >= 1, got {n_features}")
+        if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)
+                                      and scale > 0):
+            raise ValueError(f"FavorPlus: scale must be a positive finite number, got {scale!r}")
+        self.dim, self.m, self.orthogonal = dim, n_features, bool(orthogonal)
+        self.scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+        self.redraw(seed)
+
+    @property
+    def name(self):
+        return f"favor+({self.m})"
+
+    def redraw(self, seed: int) -> "FavorPlus":
+        """Draw a new projection W from ``seed`` (in place); returns self."""
+        g = torch.Generator().manual_seed(int(seed))
+        d, m = self.dim, self.m
+        if self.orthogonal:
+            blocks = []
+            for _ in range(math.ceil(m / d)):
+                Q, R = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+                blocks.append((Q * torch.sign(torch.diagonal(R))).T)   # Haar rows
+            norms = torch.randn(m, d, generator=g, dtype=torch.float64).norm(dim=1)
+            self.W = torch.cat(blocks)[:m] * norms[:, None]             # (m, d)
+        else:
+            self.W = torch.randn(m, d, generator=g, dtype=torch.float64)
+        self.seed = int(seed)
+        return self
+
+    def n_features(self, dim):
+        return self.m
+
+    def check(self, dim):
+        if dim != self.dim:
+            raise ValueError(f"feature_map: FavorPlus was built for head dim {self.dim}, got "
+                             f"inputs with D={dim}")
+
+    def log_features(self, x: Tensor) -> Tensor:
+        """log phi(x): (..., dim) -> (..., m)."""
+        x = x * math.sqrt(self.scale)
+        W = self.W.to(device=x.device, dtype=x.dtype)
+        return x @ W.T - 0.5 * (x * x).sum(-1, keepdim=True) - 0.5 * math.log(self.m)
+
+    def __call__(self, x):
+        return torch.exp(self.log_features(x))
+
+
+_MAPS = {"elu": EluFeatureMap, "relu": ReluFeatureMap}
+
+
+def _feature_map(fm, dim: int) -> FeatureMap:
+    if isinstance(fm, str):
+        if fm not in _MAPS:
+            raise ValueError(f"feature_map: expected 'elu', 'relu' or a FeatureMap (e.g. "
+                             f"FavorPlus(dim, n_features)), got {fm!r}")
+        fm = _MAPS[fm]()
+    if not isinstance(fm, FeatureMap):
+        raise TypeError(f"feature_map: expected 'elu', 'relu' or a FeatureMap, got "
+                        f"{type(fm).__name__}")
+    fm.check(dim)
+    return fm
+
+
+@dataclass(frozen=True)
+class LinearAttentionState:
+    """Constant-size recurrent state of causal linear attention.
+
+    S (B, Hkv, F, Dv) = sum_j phi(k_j) v_j^T and z (B, Hkv, F) = sum_j phi(k_j), both
+    times exp(-m), where m (B, Hkv) is the key stabiliser (0 for elu/relu); t counts
+    the tokens seen.
+    """
+    S: Tensor
+    z: Tensor
+    m: Tensor
+    feature_map: FeatureMap
+    eps: float = 1e-6
+    t: int = 0
+
+    @classmethod
+    def zeros(cls, feature_map, batch: int, kv_heads: int, dim: int, value_dim: int, *,
+              eps: float = 1e-6, dtype=torch.float32, device=None) -> "LinearAttentionState":
+        """The empty state (no tokens seen) for (B, Hkv) heads of dim D -> Dv."""
+        fm = _feature_map(feature_map, dim)
+        F = fm.n_features(dim)
+        m0 = -math.inf if fm.log_domain else 0.0
+        return cls(torch.zeros(batch, kv_heads, F, value_dim, dtype=dtype, device=device),
+                   torch.zeros(batch, kv_heads, F, dtype=dtype, device=device),
+                   torch.full((batch, kv_heads), m0, dtype=dtype, device=device),
+                   fm, _check_eps(eps))
+
+
+def _check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (
+            math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def _check_qkv(q, k, v):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor) or t.dim() != 4 or not t.dtype.is_floating_point:
+            raise TypeError(f"{name}: expected a 4-D floating tensor (B, H, T, D), got "
+                            f"{type(t).__name__} {tuple(getattr(t, 'shape', ()))}")
+    B, H, T, D = q.shape
+    if k.shape[0] != B or k.shape[3] != D or k.shape[2] != T or H % k.shape[1] != 0:
+        raise ValueError(f"k: expected (B, Hkv, T, D) = ({B}, Hkv | {H}, {T}, {D}) from q "
+                         f"{tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"v: expected (B, Hkv, T) = {tuple(k.shape[:3])} from k, got "
+                         f"{tuple(v.shape)}")
+
+
+def _divide(num: Tensor, den: Tensor, eps: float) -> Tensor:
+    d = den + eps
+    return num / torch.where(d == 0, torch.ones_like(d), d)
+
+
+def _query_features(fm: FeatureMap, q5: Tensor) -> Tensor:
+    if fm.log_domain:  # per-query stabiliser: cancels between numerator and denominator
+        lq = fm.log_features(q5)
+        return torch.exp(lq - lq.amax(-1, keepdim=True))
+    return fm(q5)
+
+
+def _causal(fm, q5, k, v, state: LinearAttentionState, C: int):
+    """Chunked causal pass from ``state``. q5 (B, Hkv, G, T, D); returns out
+    (B, Hkv, G, T, Dv) and the new state."""
+    S, z, m = state.S, state.z, state.m
+    T, outs = q5.shape[3], []
+    # split once: autograd of one split is one concatenation, of T/C slices O(T²/C)
+    for qc, kc, vc in zip(q5.split(C, 3), k.split(C, 2), v.split(C, 2)):
+        c = kc.shape[2]
+        fq = _query_features(fm, qc)                                   # (B, Hkv, G, c, F)
+        if fm.log_domain:
+            # key stabiliser of row i: M_i = max log-feature of keys 0..i (running max);
+            # key j enters row i's sums scaled by exp(-M_j) * exp(M_j - M_i)
+            lk = fm.log_features(kc)                                   # (B, Hkv, c, F)
+            M = torch.maximum(torch.cummax(lk.amax(-1), 2).values, m[..., None])  # (B,Hkv,c)
+            fk = torch.exp(lk - M[..., None])
+            gap = M[:, :, None, :] - M[:, :, :, None]                  # M_j - M_i, (c_i, c_j)
+            decay = torch.exp(gap.masked_fill(~_tril(gap), -math.inf))[:, :, None]
+            carry = torch.exp(m[..., None] - M)[:, :, None, :, None]   # (B, Hkv, 1, c, 1)
+            m_new = M[..., -1]
+            keep = torch.exp(M - m_new[..., None])[..., None]          # to the chunk's end
+            fk_end, r = fk * keep, torch.exp(m - m_new)
+            r = torch.where(torch.isinf(m), 0.0, r)                    # empty state
+        else:
+            fk = fm(kc)
+            decay = _tril(fk.new_ones(1, 1, 1, c, c))
+            carry, fk_end, r, m_new = 1.0, fk, None, m
+        A = fq @ fk[:, :, None].transpose(-1, -2) * decay              # (B, Hkv, G, c, c)
+        num = A @ vc[:, :, None] + (fq @ S[:, :, None]) * carry        # (B, Hkv, G, c, Dv)
+        den = A.sum(-1, keepdim=True) + (fq @ z[:, :, None, :, None]) * carry
+        outs.append(_divide(num, den, state.eps))
+        if r is not None:
+            S, z = S * r[..., None, None], z * r[..., None]
+        S = S + fk_end.transpose(-1, -2) @ vc
+        z = z + fk_end.sum(2)
+        m = m_new
+    return torch.cat(outs, 3), replace(state, S=S, z=z, m=m, t=state.t + T)
+
+
+def _tril(x: Tensor) -> Tensor:
+    """Boolean lower-triangular (diagonal included) mask over the last two dims of x."""
+    return torch.ones(x.shape[-2:], dtype=torch.bool, device=x.device).tril()
+
+
+def linear_attention(q: Tensor, k: Tensor, v: Tensor, feature_map="elu", *,
+                     causal: bool = False, chunk_size: int = 64, eps: float = 1e-6,
+                     state: LinearAttentionState | None = None, return_state: bool = False):
+    """Kernelised attention ``phi(q) (phi(k)^T v) / (phi(q) sum phi(k) + eps)``.
+
+    Args:
+        q (B, H, T, D), k (B, Hkv, T, D), v (B, Hkv, T, Dv); H % Hkv == 0.
+        feature_map: ``"elu"``, ``"relu"`` or a :class:`FeatureMap` such as
+            ``FavorPlus(D, n_features, seed=0)``.
+        causal: each query sees keys up to its own position (chunked form).
+        chunk_size: tokens per chunk in the causal form (C x C block per chunk).
+        eps: added to the denominator (see module doc).
+        state / return_state: causal only: continue from a :class:`LinearAttentionState`
+            (e.g. after a prefill) / also return the state after the last token.
+
+    Returns ``out (B, H, T, Dv)`` (and the state). Computed in float32 (float64 for
+    float64 inputs).
+    """
+    _check_qkv(q, k, v)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected an int >= 1, got {chunk_size!r}")
+    eps = _check_eps(eps)
+    B, H, T, D = q.shape
+    Hkv, Dv = k.shape[1], v.shape[3]
+    if (state is not None or return_state) and not causal:
+        raise ValueError("state/return_state: the recurrent state exists only for causal=True")
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q5 = q.to(acc).view(B, Hkv, H // Hkv, T, D)
+    k, v = k.to(acc), v.to(acc)
+    if causal:
+        if state is None:
+            state = LinearAttentionState.zeros(feature_map, B, Hkv, D, Dv, eps=eps, dtype=acc,
+                                               device=q.device)
+        else:
+            _check_state(state, B, Hkv, D, Dv)
+        fm = state.feature_map if state is not None else _feature_map(feature_map, D)
+        out5, new = _causal(fm, q5, k, v, state, chunk_size)
+        out = out5.reshape(B, H, T, Dv).to(q.dtype)
+        return (out, new) if return_state else out
+    fm = _feature_map(feature_map, D)
+    fq = _query_features(fm, q5)                                       # (B, Hkv, G, T, F)
+    if fm.log_domain:
+        lk = fm.log_features(k)
+        fk = torch.exp(lk - lk.amax(dim=(2, 3), keepdim=True))        # (B, Hkv, T, F)
+    else:
+        fk = fm(k)
+    S = fk.transpose(-1, -2) @ v                                       # (B, Hkv, F, Dv)
+    z = fk.sum(2)                                                      # (B, Hkv, F)
+    out = _divide(fq @ S[:, :, None], fq @ z[:, :, None, :, None], eps)
+    return out.reshape(B, H, T, Dv).to(q.dtype)
+
+
+def _check_state(state, B, Hkv, D, Dv):
+    if not isinstance(state, LinearAttentionState):
+        raise TypeError(f"state: expected a LinearAttentionState, got {type(state).__name__}")
+    state.feature_map.check(D)
+    F = state.feature_map.n_features(D)
+    if tuple(state.S.shape) != (B, Hkv, F, Dv):
+        raise ValueError(f"state: expected S of shape (B, Hkv, F, Dv) = ({B}, {Hkv}, {F}, "
+                         f"{Dv}) for these inputs, got {tuple(state.S.shape)}")
+
+
+def linear_attention_step(state: LinearAttentionState, q_t: Tensor, k_t: Tensor, v_t: Tensor):
+    """One decoding step: q_t (B, H, 1, D), k_t (B, Hkv, 1, D), v_t (B, Hkv, 1, Dv) ->
+    ``(out_t (B, H, 1, Dv), new state)``; the state's size does not grow."""
+    _check_qkv(q_t, k_t, v_t)
+    if q_t.shape[2] != 1:
+        raise ValueError(f"q_t: expected one token (B, H, 1, D), got {tuple(q_t.shape)}")
+    return linear_attention(q_t, k_t, v_t, causal=True, state=state, return_state=True,
+                            chunk_size=1, eps=state.eps)
