@@ -1,0 +1,87 @@
+"""Writing a bench result: rich table, markdown, JSON and log-log plots (PNG)."""
+from __future__ import annotations
+
+import json
+import os
+
+from rich.table import Table
+
+
+def _ms(r) -> str:
+    return f"{r['median_s'] * 1e3:,.1f}" if "median_s" in r else "—"
+
+
+def _mib(r) -> str:
+    b = r.get("peak_bytes")
+    return "?" if b is None else f"{b / 2**20:,.1f}"
+
+
+def _cells(result: dict) -> list[list[str]]:
+    rows = []
+    for r in result["rows"]:
+        s = result["variants"][r["variant"]]
+        exp = "—" if s["exponent"] is None else f"{s['exponent']:.2f}"
+        err = "—" if "rel_error" not in r else f"{r['rel_error']:.1e}"
+        sp = f"{r['speedup_vs_dense']:.2f}x" if "speedup_vs_dense" in r else "—"
+        note = r.get("error", "")
+        rows.append([r["variant"], f"{r['n']:,}", _ms(r), sp, _mib(r), exp, err, note])
+    return rows
+
+
+HEAD = ["variant", "n", "median ms", "speed vs dense", "peak MiB", "exponent", "rel. error", "note"]
+
+
+def rich_table(result: dict, title: str) -> Table:
+    t = Table(title=title)
+    for h in HEAD:
+        t.add_column(h, justify="left" if h in ("variant", "note") else "right")
+    for row in _cells(result):
+        t.add_row(*row)
+    return t
+
+
+def markdown(result: dict, title: str, recommendation: str) -> str:
+    lines = [f"### {title}", "", "| " + " | ".join(HEAD) + " |",
+             "|" + "|".join("---" if h in ("variant", "note") else "---:" for h in HEAD) + "|"]
+    lines += ["| " + " | ".join(c) + " |" for c in _cells(result)]
+    lines += ["", f"**Recommendation:** {recommendation}", ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, s in result["variants"].items():
+        pts = [r for r in result["rows"] if r["variant"] == name and "median_s" in r]
+        if not pts:
+            continue
+        ns = [r["n"] for r in pts]
+        exp = "" if s["exponent"] is None else f" (n^{s['exponent']:.2f})"
+        ax_t.plot(ns, [r["median_s"] for r in pts], "o-", label=name + exp)
+        mem = [(r["n"], r["peak_bytes"] / 2**20) for r in pts if r.get("peak_bytes")]
+        if mem:
+            ax_m.plot(*zip(*mem), "o-", label=name)
+    for ax, lab in ((ax_t, "median time (s)"), (ax_m, "peak extra memory (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length n")
+        ax.set_ylabel(lab)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(result: dict, out_dir: str, title: str, recommendation: str) -> list[str]:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, f) for f in ("bench.md", "bench.json", "bench.png")]
+    with open(paths[0], "w") as f:
+        f.write(markdown(result, title, recommendation))
+    with open(paths[1], "w") as f:
+        json.dump({**result, "title": title, "recommendation": recommendation}, f, indent=1)
+    plot(result, paths[2], title)
+    return paths
