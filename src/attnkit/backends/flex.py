@@ -81,5 +81,8 @@ class FlexBackend(Backend):
                 return score
         # rows with no visible key come out as exact zeros (tested); the CPU build cannot
         # return the log-sum-exp, so none is asked for
-        return _compiled()(call.q, call.k, call.v, score_mod=score_mod, block_mask=block_mask,
+        q, k, v = call.q, call.k, call.v
+        if not call.needs_grad:  # under no_grad: CPU flex refuses inputs that require grad
+            q, k, v = q.detach(), k.detach(), v.detach()
+        return _compiled()(q, k, v, score_mod=score_mod, block_mask=block_mask,
                            scale=call.scale, enable_gqa=call.G > 1)
