@@ -176,19 +176,6 @@ def test_low_precision(dtype, backend, p):
     check(p, run, dtype, tag=f"{backend} {str(dtype)[6:]}")
 
 
-@pytest.mark.flex
-@pytest.mark.parametrize("spec", [M.causal() & M.window(20), M.global_tokens([0, 5]) |
-                                  (M.strided(4) & M.causal()), M.padding([90, 30], q_lengths=[70, 10])])
-def test_flex_forward(spec):
-    """FlexAttention compiles per shape (seconds): a few fixed problems, forward only."""
-    p = dict(B=2, H=4, Hkv=2, Tq=70, Tk=90, D=32, Dv=32, mask=spec, bias="alibi", softcap=20.0,
-             seed=0)
-    with torch.no_grad():
-        check(p, lambda q, k, v, b: attnkit.attention(q, k, v, bias=b, mask=spec, softcap=20.0,
-                                                      backend="flex"),
-              torch.float32, grads=False, tag="flex fp32")
-
-
 ALL_MASKED = [M.padding([0, 5]), ~M.full(), M.padding([7, 7], q_lengths=[3, 0]) & M.causal()]
 
 
@@ -210,13 +197,6 @@ def test_fully_masked_rows_give_zero_output_and_zero_grads(backend, mask):
     assert (dq[empty] == 0).all()
     if not dense.any():
         assert (dk == 0).all() and (dv == 0).all()
-
-
-def test_flex_fully_masked_rows_are_zero():
-    q, k, v = (torch.randn(1, 2, 40, 16) for _ in range(3))
-    with torch.no_grad():
-        out = attnkit.attention(q, k, v, mask=M.padding([30], q_lengths=[25]), backend="flex")
-    assert torch.isfinite(out).all() and (out[:, :, 25:] == 0).all()
 
 
 @pytest.mark.parametrize("backend", ["tiled", "sdpa", "reference"])

@@ -46,7 +46,6 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m attnkit.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2048, help="sequence length of the backend tour")
-    ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compiles ~10 s)")
     a = ap.parse_args(argv)
     con = Console()
     con.rule("[bold]attnkit: the attention engine")
@@ -60,7 +59,7 @@ def main(argv=None) -> int:
     con.print(t)
 
     # 2. one call per backend --------------------------------------------------------
-    backends = ["reference", "sdpa", "tiled"] + ([] if a.no_flex else ["flex"])
+    backends = ["reference", "sdpa", "tiled"]
     rows = {}
     with Progress(console=con, transient=True) as prog:
         task = prog.add_task("measuring backends (one process each)", total=len(backends) + 1)
