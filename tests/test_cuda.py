@@ -48,6 +48,10 @@ def test_cuda_backend_matches_reference(backend, mask, dtype, heads):
     k = torch.randn(B, Hkv, Tk, D, device="cuda", dtype=dtype, requires_grad=True)
     v = torch.randn(B, Hkv, Tk, D, device="cuda", dtype=dtype, requires_grad=True)
     spec = MASKS[mask](Tk)
+    if backend == "flex" and mask == "window":  # refused: wrong on CUDA with torch 2.11
+        with pytest.raises(attnkit.UnsupportedCall, match="window"):
+            attnkit.attention(q, k, v, mask=spec, backend=backend)
+        return
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
     ref = attnkit.attention(q64, k64, v64, mask=spec, backend="reference")
     dout = torch.randn_like(ref)

@@ -260,11 +260,11 @@ class _Window(MaskSpec):
 
     def _allowed(self, b, h, q, k, off):
         d = (q + off) - k  # >= 0: key in the past
-        out = torch.ones_like(d, dtype=torch.bool)
-        if not math.isinf(self.left):
-            out = out & (d <= self.left)
-        if not math.isinf(self.right):
-            out = out & (d >= -self.right)
+        conds = [c for c, on in ((d <= self.left, not math.isinf(self.left)),
+                                 (d >= -self.right, not math.isinf(self.right))) if on]
+        out = d == d  # all True, built from comparisons only (traceable by FlexAttention)
+        for c in conds:
+            out = out & c
         return out
 
     def _block(self, q0, q1, k0, k1, off):

@@ -9,11 +9,12 @@ also has no CPU backward).
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
 
-from ..masks import FULL, PARTIAL
+from ..masks import _Dilated, _Window
 from .base import AttentionCall, Backend
 
 
@@ -31,27 +32,26 @@ def _flex_available() -> str | None:
     return None
 
 
-BLOCK = 128  # FlexAttention's block size
-
-
 def _block_mask(call: AttentionCall):
-    """FlexAttention's BlockMask from the spec's own block map: no (Tq, Tk) evaluation
-    (``create_block_mask`` would run ``mask_mod`` on every pair). FULL blocks skip the
-    mask_mod, PARTIAL ones apply it, EMPTY ones are never visited."""
-    from torch.nn.attention.flex_attention import BlockMask
+    """FlexAttention's BlockMask for the call's mask spec (torch's ``create_block_mask``).
 
-    bm = call.block_map(BLOCK, BLOCK).to(call.device)  # (nQ, nK), union over batch/heads
+    A BlockMask assembled by hand from attnkit's own block map (``from_kv_blocks``) gave
+    run-to-run different, wrong outputs in our tests (torch 2.13), so torch builds it.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+    m = call.mask
+    return create_block_mask(m.mask_mod(call.Tq, call.Tk), call.B if m.batch_dependent else None,
+                             call.H if m.head_dependent else None, call.Tq, call.Tk,
+                             device=call.device)
 
-    def pack(sel):  # counts (1, 1, nQ) and column indices, selected first (1, 1, nQ, nK)
-        num = sel.sum(-1, dtype=torch.int32)[None, None]
-        idx = torch.argsort((~sel).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-        return num, idx[None, None]
 
-    kv_num, kv_idx = pack(bm == PARTIAL)
-    full_num, full_idx = pack(bm == FULL)
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK,
-                                    mask_mod=call.mask.mask_mod(call.Tq, call.Tk),
-                                    seq_lengths=(call.Tq, call.Tk))
+def _has_window(spec) -> bool:
+    """Does the spec contain a finite sliding window or a dilated window?"""
+    if isinstance(spec, _Dilated):
+        return True
+    if isinstance(spec, _Window):  # causal() is _Window(inf, 0): not a finite window
+        return not math.isinf(spec.left) or (spec.right != 0 and not math.isinf(spec.right))
+    return any(_has_window(p) for p in getattr(spec, "parts", ()))
 
 
 class FlexBackend(Backend):
@@ -70,6 +70,11 @@ class FlexBackend(Backend):
             # depending on what was compiled before in the process. Refused, not risked.
             return ("FlexAttention's CPU kernel gives wrong results for some masks and shapes "
                     f"in torch {torch.__version__} (see README); use 'tiled' on CPU")
+        if call.mask is not None and _has_window(call.mask):
+            # seen on an H100 with torch 2.11: causal() & window(37) wrong (fp32/bf16/fp16,
+            # MHA/GQA/MQA) while no mask, causal, padding and global|strided were exact
+            return ("FlexAttention gave wrong results for window/dilated masks in our CUDA "
+                    "tests (torch 2.11); use 'tiled'")
         return None
 
     def forward(self, call: AttentionCall) -> Tensor:
