@@ -25,20 +25,13 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ._checks import check_int as _check_int
 EMPTY, PARTIAL, FULL = 0, 1, 2
 
 __all__ = [
     "MaskSpec", "causal", "padding", "window", "strided", "dilated", "global_tokens",
     "document", "from_tensor", "full", "as_mask", "EMPTY", "PARTIAL", "FULL",
 ]
-
-
-def _check_int(name: str, value, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 class MaskSpec:

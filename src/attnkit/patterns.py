@@ -41,6 +41,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ._checks import check_int as _int
 from .backends.tiled import TileConfig, _Run, tiled_attention
 from .functional import make_call
 from . import masks as M
@@ -51,15 +52,6 @@ __all__ = ["Pattern", "local", "strided", "fixed", "dilated", "longformer", "big
 
 NEG_INF = float("-inf")
 _STRICT_CAUSAL = M.causal() & ~M.window(0)  # keys strictly before the query
-
-
-def _int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int >= {minimum}, got {type(value).__name__} "
-                        f"{value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return value
 
 
 def _band_pairs(n: int, left: int, right: int) -> int:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_int as _check_int
 __all__ = ["GATLayer", "GAT", "GATConfig", "GATAttention", "scatter_softmax", "check_graph",
            "add_missing_self_loops"]
 
@@ -41,15 +42,6 @@ __all__ = ["GATLayer", "GAT", "GATConfig", "GATAttention", "scatter_softmax", "c
 class GATAttention(NamedTuple):
     edge_index: Tensor  # (2, E') edges used: your E edges, then any self loops added
     weights: Tensor     # (E', heads) alpha per edge and head; sums to 1 per target node
-
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int >= {minimum}, got {type(value).__name__} "
-                        f"{value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return value
 
 
 def _check_prob(name: str, p) -> float:

@@ -47,20 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_int as _check_int
 __all__ = ["selective_scan_ref", "selective_scan_chunked", "SSMConfig", "SSMBlock", "SSM",
            "SSMState"]
 
 
 # ----------------------------------------------------------------------------- validation
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int >= {minimum}, got {type(value).__name__} "
-                        f"{value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return value
-
-
 def _check_tensor(name: str, t, shape: tuple, layout: str) -> None:
     """``shape`` holds ints or None (any size)."""
     if not isinstance(t, Tensor):
