@@ -34,6 +34,10 @@ __all__ = ["Variant", "parse_variant", "parse_variants", "VARIANT_NAMES"]
 VARIANT_NAMES = ("dense", "window", "strided", "fixed", "dilated", "longformer", "bigbird",
                  "logsparse", "linear", "ssm")
 _FEATURES = ("elu", "relu", "favor")
+# name -> (fewest, most integer arguments, kind); ``linear`` is parsed on its own
+_ARITY = {"dense": (0, 0, "softmax"), "window": (1, 1, "sparse"), "strided": (0, 1, "sparse"),
+          "bigbird": (0, 1, "sparse"), "fixed": (0, 2, "sparse"), "dilated": (2, 2, "sparse"),
+          "longformer": (1, 2, "sparse"), "logsparse": (0, 0, "sparse"), "ssm": (0, 0, "ssm")}
 
 
 @dataclass(frozen=True)
@@ -124,22 +128,9 @@ def parse_variant(text: str) -> Variant:
     text = text.strip()
     name, *parts = text.split(":")
     name = name.lower()
-    if name == "dense":
-        return Variant(text, name, _ints(name, text, parts, 0, 0), "softmax")
-    if name == "window":
-        return Variant(text, name, _ints(name, text, parts, 1, 1), "sparse")
-    if name in ("strided", "bigbird"):
-        return Variant(text, name, _ints(name, text, parts, 0, 1), "sparse")
-    if name == "fixed":
-        return Variant(text, name, _ints(name, text, parts, 0, 2), "sparse")
-    if name == "dilated":
-        return Variant(text, name, _ints(name, text, parts, 2, 2), "sparse")
-    if name == "longformer":
-        return Variant(text, name, _ints(name, text, parts, 1, 2), "sparse")
-    if name == "logsparse":
-        return Variant(text, name, _ints(name, text, parts, 0, 0), "sparse")
-    if name == "ssm":
-        return Variant(text, name, _ints(name, text, parts, 0, 0), "ssm")
+    if name in _ARITY:
+        lo, hi, kind = _ARITY[name]
+        return Variant(text, name, _ints(name, text, parts, lo, hi), kind)
     if name == "linear":
         if not parts or parts[0] not in _FEATURES:
             raise ValueError(f"variant {text!r}: expected linear:F with F in "
