@@ -88,7 +88,6 @@ def main(argv=None) -> int:
     t.add_column("workload")
     t.add_column("backend")
     t.add_column("why")
-    q = torch.empty(1, 8, 16384, 64, device="meta")
     for label, kw in [("no mask", {}), ("causal", {"mask": M.causal()}),
                       ("causal window-256", {"mask": M.causal() & M.window(256)}),
                       ("softcap 30", {"softcap": 30.0}),
@@ -96,7 +95,6 @@ def main(argv=None) -> int:
         kq = torch.empty(1, 8, 16384, 64)
         name, why = select_backend(make_call(kq, kq, kq, **kw))
         t.add_row(f"n=16,384, {label}", name, why)
-    del q
     con.print(t)
 
     # 4. sparse ---------------------------------------------------------------------
