@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     if "median_s" in w and "median_s" in c:
         con.print(f"[bold]Causal window-256 at n={a.n:,}[/]: tiled {w['median_s'] * 1e3:,.1f} ms vs "
                   f"SDPA causal {c['median_s'] * 1e3:,.1f} ms = "
-                  f"[bold]{c['median_s'] / w['median_s']:.1f}x[/] faster; pairs "
+                  f"[bold]{c['median_s'] / w['median_s']:.1f}x[/] SDPA's speed; pairs "
                   f"{a.n * 257 - 256 * 257 // 2:,} vs {a.n * (a.n + 1) // 2:,}.")
     con.print("Full grid: python benchmarks/attention.py (see README).")
     return 0
