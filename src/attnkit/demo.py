@@ -1,10 +1,13 @@
-"""``make demo``: a short tour of the engine, with numbers measured now.
+"""``make demo``: a tour of the engine, then the workbench on its embedded defaults.
 
 1. The quadratic wall: how many scores one head forms, and what the weights weigh.
 2. One call per backend on the same causal problem: time, peak memory, error
    against the float64 reference (each backend in its own process).
 3. What ``auto`` picks for a few workloads, and why.
 4. A sparse mask: causal window-256 on the tiled backend vs SDPA's causal kernel.
+5. ``attnkit inspect`` on the seed sentence with the bundled MiniLM (which heads link
+   "it" to "cat"), and ``attnkit bench`` (dense vs window vs linear, 1k-8k tokens);
+   everything lands in ``./attnkit-report/`` with an ``index.html``.
 """
 from __future__ import annotations
 
@@ -46,6 +49,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m attnkit.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2048, help="sequence length of the backend tour")
+    ap.add_argument("--report", default="attnkit-report", help="where inspect/bench write")
+    ap.add_argument("--no-report", action="store_true", help="only the engine tour")
     a = ap.parse_args(argv)
     con = Console()
     con.rule("[bold]attnkit: the attention engine")
@@ -105,6 +110,62 @@ def main(argv=None) -> int:
                   f"[bold]{c['median_s'] / w['median_s']:.1f}x[/] SDPA's speed; pairs "
                   f"{a.n * 257 - 256 * 257 // 2:,} vs {a.n * (a.n + 1) // 2:,}.")
     con.print("Full grid: python benchmarks/attention.py (see README).")
+    if a.no_report:
+        return 0
+    return report(a.report, con)
+
+
+SENTENCE = "The cat sat on the mat because it was tired."
+
+
+def report(out: str, con: Console) -> int:
+    """Run inspect and bench into ``out`` and write ``out/index.html`` linking them."""
+    import html
+    import json
+    import os
+
+    from .cli import main as cli
+    con.rule("[bold]attnkit inspect: what does MiniLM attend to?")
+    rc = cli(["inspect", SENTENCE, "--from", "it", "--to", "cat", "--out",
+              os.path.join(out, "inspect")])
+    con.rule("[bold]attnkit bench: dense vs window vs linear")
+    rc = rc or cli(["bench", "--seq", "1k,2k,4k,8k", "--variants", "dense,window:256,linear:elu",
+                    "--out", os.path.join(out, "bench")])
+    if rc:
+        return rc
+    ins = json.load(open(os.path.join(out, "inspect", "inspect.json")))
+    bench = json.load(open(os.path.join(out, "bench", "bench.json")))
+    layer, head, score = ins["ranked"][0]
+    rows = "".join(f"<tr><td>{i + 1}</td><td>{r[0]}</td><td>{r[1]}</td><td>{r[2]:.3f}</td></tr>"
+                   for i, r in enumerate(ins["ranked"][:5]))
+    brows = "".join(
+        f"<tr><td>{html.escape(r['variant'])}</td><td>{r['n']:,}</td>"
+        f"<td>{r['median_s'] * 1e3:,.1f}</td><td>{r.get('speedup_vs_dense', 0):.2f}x</td>"
+        f"<td>{(r.get('peak_bytes') or 0) / 2**20:,.1f}</td>"
+        f"<td>{r.get('rel_error', float('nan')):.1e}</td></tr>"
+        for r in bench["rows"] if "median_s" in r)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>attnkit report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:
+collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:100%}}
+</style></head><body><h1>attnkit report</h1>
+<h2>inspect: {html.escape(ins['text'])}</h2>
+<p>Model: {html.escape(ins['model'])}. Heads ranked by how much "it" attends to "cat"
+(word pieces merged):</p><table><tr><th>rank</th><th>layer</th><th>head</th>
+<th>attention</th></tr>{rows}</table>
+<p><img src="inspect/layer{layer}_head{head}.png" alt="best head">
+<img src="inspect/layer{layer}.png" alt="layer {layer}"></p>
+<p>All numbers: <a href="inspect/inspect.json">inspect.json</a></p>
+<h2>bench: {html.escape(bench['title'])}</h2><table><tr><th>variant</th><th>n</th>
+<th>median ms</th><th>speed vs dense</th><th>peak MiB</th><th>rel. error</th></tr>{brows}</table>
+<p><b>Recommendation:</b> {html.escape(bench['recommendation'])}</p>
+<p><img src="bench/bench.png" alt="scaling plot"></p>
+<p>Tables: <a href="bench/bench.md">bench.md</a>, <a href="bench/bench.json">bench.json</a></p>
+</body></html>"""
+    path = os.path.join(out, "index.html")
+    with open(path, "w") as f:
+        f.write(page)
+    con.print(f"[bold]Report:[/] {os.path.abspath(path)} (best it->cat head: layer {layer} "
+              f"head {head}, {score:.2f})")
     return 0
 
 

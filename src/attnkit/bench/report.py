@@ -34,7 +34,8 @@ HEAD = ["variant", "n", "median ms", "speed vs dense", "peak MiB", "exponent", "
 def rich_table(result: dict, title: str) -> Table:
     t = Table(title=title)
     for h in HEAD:
-        t.add_column(h, justify="left" if h in ("variant", "note") else "right")
+        t.add_column(h, justify="left" if h in ("variant", "note") else "right",
+                     no_wrap=h == "variant")
     for row in _cells(result):
         t.add_row(*row)
     return t
