@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/python -m attnkit.demo
 
 test: $(STAMP)
+	bash tests/install_chromium.sh   # Debian's chromium for the viewer test (skipped if it cannot)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -76,6 +76,7 @@ def test_inspect_minilm_links_it_to_cat(tmp_path):
     assert score > 0.5                   # a real coreference head (layer 5 head 11: 0.71)
     assert len(res["heads"]) == 6 * 12
     assert (tmp_path / f"layer{layer}_head{head}.png").stat().st_size > 5000
+    assert '<canvas id="heatmap"' in (tmp_path / "attention.html").read_text()
 
 
 @pytest.mark.parametrize("args, words", [

@@ -83,6 +83,7 @@ def _cmd_inspect(args) -> int:
     from rich.table import Table
 
     from .analysis.inspect import HEAD_TYPES, classify_heads, plot_heads, rank_heads
+    from .analysis.viewer import write_page
     from .loading import CheckpointError, load, resolve
     if (args.from_word is None) != (args.to_word is None):
         raise UsageError("--from and --to go together (e.g. --from it --to cat)")
@@ -139,6 +140,9 @@ def _cmd_inspect(args) -> int:
             plot_heads(W[layer], tokens, one, f"layer {layer} head {head}: "
                        f"{args.from_word!r} -> {args.to_word!r} = {score:.2f}", heads=[head])
             paths.append(one)
+        page = os.path.join(args.out, "attention.html")
+        write_page(page, tokens, W, rows, f"attnkit inspect: {args.model}: {args.text}")
+        paths.append(page)
         with open(os.path.join(args.out, "inspect.json"), "w") as f:
             json.dump({"text": args.text, "model": args.model, "tokens": tokens,
                        "ranked": ranked, "heads": rows}, f, indent=1)
@@ -196,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a checkpoint on a sentence and show its attention: heads ranked by "
         "how much one word attends to another (word pieces merged to words), each head's "
         "type (previous/next-token, self, first-token sink, broad) with scores, and with "
-        "--out PNG heatmaps and a JSON of the numbers. Default model: all-MiniLM-L6-v2 "
+        "--out PNG heatmaps, an interactive offline HTML viewer (attention.html) and a JSON of "
+        "the numbers. Default model: all-MiniLM-L6-v2 "
         "(shipped in a PyPI package).",
         epilog='Example: attnkit inspect "The cat sat on the mat because it was tired." '
         "--from it --to cat --out report")

@@ -154,7 +154,8 @@ collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{ma
 <th>attention</th></tr>{rows}</table>
 <p><img src="inspect/layer{layer}_head{head}.png" alt="best head">
 <img src="inspect/layer{layer}.png" alt="layer {layer}"></p>
-<p>All numbers: <a href="inspect/inspect.json">inspect.json</a></p>
+<p><a href="inspect/attention.html#layer={layer}&head={head}">Interactive viewer</a>
+(every layer and head; hover a token). All numbers: <a href="inspect/inspect.json">inspect.json</a></p>
 <h2>bench: {html.escape(bench['title'])}</h2><table><tr><th>variant</th><th>n</th>
 <th>median ms</th><th>speed vs dense</th><th>peak MiB</th><th>rel. error</th></tr>{brows}</table>
 <p><b>Recommendation:</b> {html.escape(bench['recommendation'])}</p>
