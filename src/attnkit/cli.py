@@ -97,14 +97,24 @@ def _cmd_inspect(args) -> int:
         raise UsageError(f"--model: {args.model!r} has no tokenizer.json to read the text with")
     ids, mask = model.tokenize(args.text)
     tokens = model.tokenizer.encode(args.text).tokens
-    with torch.no_grad():  # weights recomputed by the reference if the backend never forms them
-        _, ws = model(ids, mask, need_weights=True)
-    W = torch.stack([w[0] for w in ws]).float()                             # (L, H, T, T)
+    n_layers = len(model.layers)
+    try:
+        layers = sorted({int(x) for x in args.layers.split(",")}) if args.layers else \
+            list(range(n_layers))
+    except ValueError:
+        raise UsageError(f"--layers: expected layer numbers like '0,5', got {args.layers!r}") \
+            from None
+    if not all(0 <= x < n_layers for x in layers):
+        raise UsageError(f"--layers: expected numbers in 0..{n_layers - 1}, got {args.layers!r}")
+    with torch.no_grad():  # only these layers recompute weights (if the backend never forms them)
+        _, ws = model(ids, mask, need_weights=set(layers))
+    W = torch.stack([ws[i][0] for i in layers]).float()                    # (L, H, T, T)
     L, H, T, _ = W.shape
     ranked = None
     if args.from_word is not None:
         try:
-            ranked = rank_heads(W, tokens, args.from_word, args.to_word)
+            ranked = [(layers[p], h, sc) for p, h, sc in
+                      rank_heads(W, tokens, args.from_word, args.to_word)]
         except ValueError as e:
             raise UsageError(str(e)) from None
         t = Table(title=f"Heads ranked by attention from {args.from_word!r} to {args.to_word!r}")
@@ -113,7 +123,7 @@ def _cmd_inspect(args) -> int:
         for r, (layer, head, score) in enumerate(ranked[:args.top], 1):
             t.add_row(str(r), str(layer), str(head), f"{score:.3f}")
         con.print(t)
-    rows = classify_heads(W, threshold=args.threshold)
+    rows = [{**r, "layer": layers[r["layer"]]} for r in classify_heads(W, threshold=args.threshold)]
     t = Table(title=f"Head types ({L} layers x {H} heads, {T} tokens; best type if >= "
                     f"{args.threshold:g})")
     for c in ("layer", "head") + HEAD_TYPES + ("type",):
@@ -121,27 +131,26 @@ def _cmd_inspect(args) -> int:
     for r in rows:
         t.add_row(str(r["layer"]), str(r["head"]), *(f"{r[k]:.2f}" for k in HEAD_TYPES),
                   r["type"] or "-")
-    if args.all_heads or L * H <= 24:
-        con.print(t)
+    con.print(t)
     counts = {k: sum(r["type"] == k for r in rows) for k in HEAD_TYPES}
     con.print("head types: " + ", ".join(f"{k} {v}" for k, v in counts.items()) +
               f", unclassified {sum(r['type'] is None for r in rows)}")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        layer = ranked[0][0] if ranked else args.layer
-        if not 0 <= layer < L:
-            raise UsageError(f"--layer: expected 0..{L - 1}, got {layer}")
+        layer = ranked[0][0] if ranked else layers[0]
         grid = os.path.join(args.out, f"layer{layer}.png")
-        plot_heads(W[layer], tokens, grid, f"{args.model}: layer {layer}, all heads")
+        plot_heads(W[layers.index(layer)], tokens, grid, f"{args.model}: layer {layer}, all heads")
         paths = [grid]
         if ranked:
             layer, head, score = ranked[0]
             one = os.path.join(args.out, f"layer{layer}_head{head}.png")
-            plot_heads(W[layer], tokens, one, f"layer {layer} head {head}: "
+            plot_heads(W[layers.index(layer)], tokens, one, f"layer {layer} head {head}: "
                        f"{args.from_word!r} -> {args.to_word!r} = {score:.2f}", heads=[head])
             paths.append(one)
         page = os.path.join(args.out, "attention.html")
-        write_page(page, tokens, W, rows, f"attnkit inspect: {args.model}: {args.text}")
+        write_page(page, tokens, W, [{**r, "layer": layers.index(r["layer"])} for r in rows],
+                   f"attnkit inspect: {args.model}: {args.text}"
+                   + ("" if len(layers) == n_layers else f" (layers {args.layers})"))
         paths.append(page)
         with open(os.path.join(args.out, "inspect.json"), "w") as f:
             json.dump({"text": args.text, "model": args.model, "tokens": tokens,
@@ -184,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--head-dim", type=int, default=64)
     s.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "fp64"], default="fp32")
     s.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    s.add_argument("--causal", dest="bidirectional", action="store_false",
+                   help="causal attention (the default)")
     s.add_argument("--bidirectional", action="store_true", help="no causal mask")
     s.add_argument("--backward", action="store_true", help="time forward+backward")
     s.add_argument("--memory-budget", help="e.g. 8GB: variants above it are not recommended")
@@ -212,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", dest="to_word", help="the attended word")
     s.add_argument("--top", type=int, default=5, help="how many ranked heads to show")
     s.add_argument("--threshold", type=float, default=0.5, help="score needed for a head type")
-    s.add_argument("--layer", type=int, default=0, help="layer to plot without --from/--to")
-    s.add_argument("--backend", default="auto", help="attention backend of the model")
-    s.add_argument("--all-heads", action="store_true", help="print every head's scores")
+    s.add_argument("--layers", help="only these layers, e.g. '0,5' (only they recompute "
+                   "their weights when the backend never forms them); default all")
+    s.add_argument("--backend", default="auto", help="attention backend of the model (weights "
+                   "are recomputed by the reference for backends that never form them)")
     s.add_argument("--out", help="directory for PNG heatmaps and inspect.json")
     s.set_defaults(func=_cmd_inspect)
     s = sub.add_parser("tour", help="a short tour of the engine with live measurements "

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..modules import EncoderLayer, LayerConfig, LearnedPositions, key_padding_mask
 from ..modules.attention import UNSET
-from .common import TextModel, init_weights, preset_config, set_attention
+from .common import TextModel, init_weights, preset_config, set_attention, wants_weights
 
 __all__ = ["BERTConfig", "BERT"]
 
@@ -92,9 +92,10 @@ class BERT(TextModel):
         return self
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, need_weights: bool = False):
+                token_type_ids: Tensor | None = None, need_weights=False):  # bool or layer indices
         """``input_ids (B, T)`` -> hidden states ``(B, T, d)``; with ``need_weights``
-        also the per-layer attention weights ``[(B, H, T, T)] * n_layers``.
+        also the per-layer attention weights ``[(B, H, T, T)] * n_layers`` (a set of
+        layer indices asks for those layers only; the others are None).
         ``attention_mask (B, T)``: 1 = real token, 0 = padding (hidden from keys)."""
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 \
                 or input_ids.dtype.is_floating_point:
@@ -110,11 +111,12 @@ class BERT(TextModel):
         x = self.drop(self.emb_norm(x))                                         # (B, T, d)
         mask = None if attention_mask is None else key_padding_mask(attention_mask)
         weights = []
-        for layer in self.layers:
-            x = layer(x, mask=mask, need_weights=need_weights)
-            if need_weights:
+        for i, layer in enumerate(self.layers):
+            want = wants_weights(need_weights, i)
+            x = layer(x, mask=mask, need_weights=want)
+            if want:
                 x, w = x
-                weights.append(w)
+            weights.append(w if want else None)
         return (x, weights) if need_weights else x
 
     def mlm_logits(self, hidden: Tensor) -> Tensor:

@@ -75,3 +75,11 @@ class TextModel(nn.Module):
             ids[i, :len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
             mask[i, :len(e.ids)] = torch.tensor(e.attention_mask, dtype=torch.long)
         return ids, mask
+
+
+def wants_weights(need_weights, layer: int) -> bool:
+    """``need_weights`` is a bool or a collection of layer indices: does ``layer`` return
+    its attention weights? (Only those layers pay for recomputing them.)"""
+    if isinstance(need_weights, bool):
+        return need_weights
+    return layer in need_weights

@@ -27,7 +27,7 @@ from ..modules import (EncoderLayer, KVCache, LayerConfig, LearnedPositions, Sin
                        SlidingWindowCache, key_padding_mask, make_norm)
 from ..modules.attention import UNSET
 from ..modules.positional import token_positions
-from .common import TextModel, init_weights, preset_config, set_attention
+from .common import TextModel, init_weights, preset_config, set_attention, wants_weights
 
 __all__ = ["GPTConfig", "GPT"]
 
@@ -130,7 +130,7 @@ class GPT(TextModel):
         return [SlidingWindowCache(max(1, self.cfg.window - 1)) for _ in self.layers]
 
     def forward(self, idx: Tensor, attention_mask: Tensor | None = None,
-                cache: list[KVCache] | None = None, need_weights: bool = False):
+                cache: list[KVCache] | None = None, need_weights=False):  # bool or layer indices
         """``idx (B, T)`` token ids -> ``logits (B, T, vocab)`` (and the per-layer weights
         ``(B, H, T, Tk)`` when ``need_weights``). ``attention_mask (B, Tk)`` hides padded
         keys (Tk counts cached tokens too); positions are 0.. in order (right padding)."""
@@ -148,11 +148,11 @@ class GPT(TextModel):
         mask = None if attention_mask is None else key_padding_mask(attention_mask)
         weights = []
         for i, layer in enumerate(self.layers):
-            x = layer(x, mask=mask, cache=None if cache is None else cache[i],
-                      need_weights=need_weights)
-            if need_weights:
+            want = wants_weights(need_weights, i)
+            x = layer(x, mask=mask, cache=None if cache is None else cache[i], need_weights=want)
+            if want:
                 x, w = x
-                weights.append(w)
+            weights.append(w if want else None)
         x = self.norm(x)
         logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.tok_emb.weight)
         return (logits, weights) if need_weights else logits
