@@ -11,7 +11,7 @@ def run(*args, timeout=300):
                           text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("cmd", [[], ["bench"], ["backends"]])
+@pytest.mark.parametrize("cmd", [[], ["bench"], ["inspect"], ["backends"]])
 def test_help(cmd):
     r = run(*cmd, "--help")
     assert r.returncode == 0 and "usage: attnkit" in r.stdout
