@@ -69,6 +69,16 @@ class Variant:
             return P.longformer(a[0], a[1] if len(a) > 1 else 1, causal=causal)
         return P.bigbird(a[0] if a else 64, causal=causal)
 
+    def feature_map(self, dim: int):
+        """The feature map of a linear variant for head dim ``dim``: ``"elu"``, ``"relu"``
+        or ``FavorPlus(dim, M, seed=0)`` (M defaults to 2 * dim)."""
+        if self.kind != "linear":
+            raise ValueError(f"variant {self.text!r} is not linear attention (linear:F)")
+        if self.args[0] != "favor":
+            return self.args[0]
+        from .linear import FavorPlus
+        return FavorPlus(dim, self.args[1] if len(self.args) > 1 else 2 * dim, seed=0)
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool) -> Tensor:
         """Self-attention of this variant on (B, H, n, D) inputs -> (B, H, n, Dv)."""
         from .functional import attention
@@ -76,12 +86,8 @@ class Variant:
             raise ValueError("variant 'ssm' is a model (attnkit.models.SSM), not an attention "
                              "operation; use it with `attnkit train --attention ssm`")
         if self.kind == "linear":
-            from .linear import FavorPlus, linear_attention
-            fm = self.args[0]
-            if fm == "favor":
-                m = self.args[1] if len(self.args) > 1 else 2 * q.shape[-1]
-                fm = FavorPlus(q.shape[-1], m, seed=0)
-            return linear_attention(q, k, v, fm, causal=causal)
+            from .linear import linear_attention
+            return linear_attention(q, k, v, self.feature_map(q.shape[-1]), causal=causal)
         n = q.shape[2]
         spec = self.pattern(n, causal)
         if self.kind == "softmax":

@@ -86,9 +86,10 @@ class BERT(TextModel):
         self.mlm = MLMHead(cfg, ffn.act if ffn else F.gelu) if cfg.mlm_head else None
         init_weights(self)
 
-    def set_attention(self, *, backend=UNSET, pattern=UNSET) -> "BERT":
-        """Swap the backend and/or a sparse pattern (e.g. ``window(8, 8) | global_tokens([0])``)."""
-        set_attention(self.layers, backend=backend, pattern=pattern)
+    def set_attention(self, *, backend=UNSET, pattern=UNSET, linear=UNSET) -> "BERT":
+        """Swap the backend, a sparse pattern (e.g. ``window(8, 8) | global_tokens([0])``)
+        and/or linear attention (a feature map; no padding mask then)."""
+        set_attention(self.layers, backend=backend, pattern=pattern, linear=linear)
         return self
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,

@@ -22,12 +22,12 @@ def preset_config(cls, presets: dict, name: str, overrides: dict):
     return cls(**{**presets[name], **overrides})
 
 
-def set_attention(modules, *, backend=UNSET, pattern=UNSET) -> None:
-    """Set backend/pattern on every :class:`MultiHeadAttention` in ``modules``."""
+def set_attention(modules, *, backend=UNSET, pattern=UNSET, linear=UNSET) -> None:
+    """Set backend/pattern/linear on every :class:`MultiHeadAttention` in ``modules``."""
     for m in modules:
         for sub in m.modules():
             if isinstance(sub, MultiHeadAttention):
-                sub.set_attention(backend=backend, pattern=pattern)
+                sub.set_attention(backend=backend, pattern=pattern, linear=linear)
 
 
 def init_weights(model: nn.Module, std: float = 0.02) -> None:

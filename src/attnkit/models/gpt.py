@@ -117,9 +117,10 @@ class GPT(TextModel):
         base = masks.causal() if self.cfg.window is None else masks.window(self.cfg.window - 1)
         return base if extra is None else base & extra
 
-    def set_attention(self, *, backend=UNSET, pattern=UNSET) -> "GPT":
-        """Swap the backend and/or add a sparse pattern (AND-ed with causal)."""
-        set_attention(self.layers, backend=backend,
+    def set_attention(self, *, backend=UNSET, pattern=UNSET, linear=UNSET) -> "GPT":
+        """Swap the backend, add a sparse pattern (AND-ed with causal) and/or switch to
+        causal linear attention (``linear="elu"``, ``"relu"`` or a FeatureMap; None = softmax)."""
+        set_attention(self.layers, backend=backend, linear=linear,
                       pattern=UNSET if pattern is UNSET else self._pattern(pattern))
         return self
 

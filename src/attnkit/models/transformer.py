@@ -91,14 +91,16 @@ class Transformer(nn.Module):
         if not cfg.share_embeddings:
             nn.init.normal_(self.tgt_emb.weight, std=cfg.d_model ** -0.5)
 
-    def set_attention(self, *, backend=UNSET, pattern=UNSET) -> "Transformer":
+    def set_attention(self, *, backend=UNSET, pattern=UNSET, linear=UNSET) -> "Transformer":
         """Swap the backend everywhere; a ``pattern`` applies to the encoder and (AND-ed
-        with causal) to the decoder self-attention, never to cross-attention."""
-        set_attention(self.encoder, backend=backend, pattern=pattern)
+        with causal) to the decoder self-attention, never to cross-attention; so does
+        ``linear`` (the encoder then refuses padded sources: linear attention takes no mask)."""
+        set_attention(self.encoder, backend=backend, pattern=pattern, linear=linear)
         set_attention([layer.cross_attn for layer in self.decoder], backend=backend)
         dec = UNSET if pattern is UNSET else masks.causal() if pattern is None \
             else masks.causal() & pattern
-        set_attention([layer.attn for layer in self.decoder], backend=backend, pattern=dec)
+        set_attention([layer.attn for layer in self.decoder], backend=backend, pattern=dec,
+                      linear=linear)
         return self
 
     def _embed(self, emb: nn.Embedding, ids: Tensor, offset: int = 0) -> Tensor:

@@ -70,8 +70,9 @@ class ViT(nn.Module):
         self.head = nn.Linear(cfg.d_model, cfg.n_classes)
         init_weights(self)
 
-    def set_attention(self, *, backend=UNSET, pattern=UNSET) -> "ViT":
-        set_attention(self.layers, backend=backend, pattern=pattern)
+    def set_attention(self, *, backend=UNSET, pattern=UNSET, linear=UNSET) -> "ViT":
+        """Swap the backend, a sparse pattern and/or linear attention (a feature map)."""
+        set_attention(self.layers, backend=backend, pattern=pattern, linear=linear)
         return self
 
     def features(self, images: Tensor, need_weights: bool = False):

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from ..backends import available_backends
 from ..bias import alibi
 from ..functional import attention
-from ..masks import MaskSpec, as_mask
+from ..linear import _feature_map, linear_attention
+from ..masks import MaskSpec, as_mask, causal
 from .cache import KVCache
 from .positional import RotaryEmbedding
 
@@ -94,6 +95,10 @@ class MultiHeadAttention(nn.Module):
         positions: None, ``"rope"``, ``"alibi"`` or a :class:`RotaryEmbedding`
             (self-attention only).
         backend: passed to :func:`attnkit.attention`. fused: one qkv weight.
+
+    ``set_attention(linear="elu" | "relu" | FeatureMap)`` replaces softmax attention by
+    :func:`attnkit.linear_attention` (O(T)); it serves no mask or ``causal()`` only,
+    and no KV cache, weights, ALiBi or attention dropout (each refused with a reason).
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, *,
@@ -138,11 +143,14 @@ class MultiHeadAttention(nn.Module):
                              f"got {positions!r}")
         self.pattern: MaskSpec | None = None
         self.backend = "auto"
+        self.linear = None                      # a FeatureMap: linear attention instead
         self.set_attention(backend=backend, pattern=pattern)
 
     # -- configuration ------------------------------------------------------
-    def set_attention(self, *, backend=UNSET, pattern=UNSET) -> "MultiHeadAttention":
-        """Switch the backend name and/or the pattern (None = no mask)."""
+    def set_attention(self, *, backend=UNSET, pattern=UNSET,
+                      linear=UNSET) -> "MultiHeadAttention":
+        """Switch the backend name, the pattern (None = no mask) and/or linear attention
+        (a feature map: ``"elu"``, ``"relu"`` or a FeatureMap; None = softmax)."""
         if backend is not UNSET:
             if not isinstance(backend, str):
                 raise TypeError(f"backend: expected a backend name (str), got "
@@ -153,6 +161,8 @@ class MultiHeadAttention(nn.Module):
             self.backend = backend
         if pattern is not UNSET:
             self.pattern = as_mask(pattern, "pattern")
+        if linear is not UNSET:
+            self.linear = None if linear is None else _feature_map(linear, self.head_dim)
         return self
 
     # -- projections --------------------------------------------------------
@@ -243,6 +253,10 @@ class MultiHeadAttention(nn.Module):
         spec = self.pattern
         if mask is not None:
             spec = as_mask(mask) if spec is None else spec & mask
+        if self.linear is not None:
+            out = self._linear_attention(q, k, v, spec, cache, need_weights)
+            B, H, Tq, D = out.shape
+            return self.o_proj(out.transpose(1, 2).reshape(B, Tq, H * D))
         res = attention(q, k, v, mask=spec, bias=self.alibi,
                         dropout_p=self.dropout if self.training else 0.0,
                         backend=self.backend, return_weights=need_weights)
@@ -250,6 +264,21 @@ class MultiHeadAttention(nn.Module):
         B, H, Tq, D = out.shape
         out = self.o_proj(out.transpose(1, 2).reshape(B, Tq, H * D))
         return (out, w) if need_weights else out
+
+    def _linear_attention(self, q, k, v, spec, cache, need_weights) -> Tensor:
+        """Linear attention on ``(B, H, T, D)`` heads; refuses what it cannot serve."""
+        why = ("need_weights: linear attention never forms attention weights" if need_weights
+               else "cache: linear attention decodes with a LinearAttentionState "
+               "(attnkit.linear_attention_step), not a KVCache" if cache is not None
+               else "positions: ALiBi is a softmax bias; linear attention cannot apply it"
+               if self.alibi is not None
+               else "dropout: linear attention has no weights to drop; build the module with "
+               "dropout=0" if self.dropout and self.training
+               else None if spec is None or spec == causal()
+               else f"mask: linear attention serves no mask or causal() only, got {spec!r}")
+        if why:
+            raise ValueError(why)
+        return linear_attention(q, k, v, self.linear, causal=spec is not None)
 
     def _check_window(self, Tq: int, Tk: int, cache: KVCache) -> None:
         """A sliding cache dropped positions: the pattern must not see any of them."""
@@ -263,4 +292,4 @@ class MultiHeadAttention(nn.Module):
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
                 f"head_dim={self.head_dim}, fused={self.fused}, pattern={self.pattern!r}, "
                 f"positions={'rope' if self.rope else 'alibi' if self.alibi else None}, "
-                f"backend={self.backend!r}")
+                f"backend={self.backend!r}" + (f", linear={self.linear!r}" if self.linear else ""))
