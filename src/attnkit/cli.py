@@ -161,6 +161,17 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .train import command
+    try:
+        return command.run(args)
+    except command.UsageError as e:
+        raise UsageError(str(e)) from None
+    except (FloatingPointError, RuntimeError) as e:   # diverged; a peer process died
+        print(f"attnkit train: failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
 def _cmd_tour(args) -> int:
     from . import demo
     return demo.main(args.rest)
@@ -229,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "are recomputed by the reference for backends that never form them)")
     s.add_argument("--out", help="directory for PNG heatmaps and inspect.json")
     s.set_defaults(func=_cmd_inspect)
+    from .train.command import DESCRIPTION, EPILOG, add_arguments
+    s = sub.add_parser("train", help="train attention variants on tasks from the literature; "
+                       "checkpoints, resume, torchrun, --sweep for the quality table",
+                       description=DESCRIPTION, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(s)
+    s.set_defaults(func=_cmd_train)
     s = sub.add_parser("tour", help="a short tour of the engine with live measurements "
                        "(what `make demo` runs)", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER)

@@ -6,8 +6,10 @@
 3. What ``auto`` picks for a few workloads, and why.
 4. A sparse mask: causal window-256 on the tiled backend vs SDPA's causal kernel.
 5. ``attnkit inspect`` on the seed sentence with the bundled MiniLM (which heads link
-   "it" to "cat"), and ``attnkit bench`` (dense vs window vs linear, 1k-8k tokens);
-   everything lands in ``./attnkit-report/`` with an ``index.html``.
+   "it" to "cat"), ``attnkit bench`` (dense vs window vs linear, 1k-8k tokens) and
+   ``attnkit train --sweep`` (does each variant learn induction heads? dense, a short
+   window, linear attention and the SSM, 500 steps each); everything lands in
+   ``./attnkit-report/`` with an ``index.html``.
 """
 from __future__ import annotations
 
@@ -131,8 +133,17 @@ def report(out: str, con: Console) -> int:
     con.rule("[bold]attnkit bench: dense vs window vs linear")
     rc = rc or cli(["bench", "--seq", "1k,2k,4k,8k", "--variants", "dense,window:256,linear:elu",
                     "--out", os.path.join(out, "bench")])
+    con.rule("[bold]attnkit train: which variants learn induction heads?")
+    rc = rc or cli(["train", "--sweep", "--tasks", "induction", "--variants",
+                    "dense,window:4,linear:elu,ssm", "--widths", "32", "--steps", "500",
+                    "--lr", "1e-3", "--eval-every", "250", "--ckpt-every", "250", "--jobs", "2",
+                    "--threads", "1", "--out", os.path.join(out, "train")])
     if rc:
         return rc
+    quality = json.load(open(os.path.join(out, "train", "quality.json")))
+    qrows = "".join(f"<tr><td>{html.escape(c['variant'])}</td><td>{c['score']:.3f}</td>"
+                    f"<td>{c['final_loss']:.3f}</td><td>{c['train_time_s']:.0f}</td></tr>"
+                    for c in quality["cells"])
     ins = json.load(open(os.path.join(out, "inspect", "inspect.json")))
     bench = json.load(open(os.path.join(out, "bench", "bench.json")))
     layer, head, score = ins["ranked"][0]
@@ -161,6 +172,11 @@ collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{ma
 <p><b>Recommendation:</b> {html.escape(bench['recommendation'])}</p>
 <p><img src="bench/bench.png" alt="scaling plot"></p>
 <p>Tables: <a href="bench/bench.md">bench.md</a>, <a href="bench/bench.json">bench.json</a></p>
+<h2>train: induction heads (H3), 2-layer width-32 models, 500 steps</h2>
+<table><tr><th>variant</th><th>accuracy</th><th>final loss</th><th>seconds</th></tr>{qrows}</table>
+<p><img src="train/quality.png" alt="quality table"></p>
+<p>Runs (checkpoints, metrics.json): <a href="train/runs/">train/runs/</a>;
+table: <a href="train/quality.md">quality.md</a></p>
 </body></html>"""
     path = os.path.join(out, "index.html")
     with open(path, "w") as f:

@@ -1,0 +1,132 @@
+"""The one configuration of a training run (saved as ``config.json`` beside its checkpoints)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from ..tasks import make_task, task_names
+from ..tasks.base import parse_task_args
+from ..variants import parse_variant
+
+__all__ = ["TrainConfig", "parse_task_spec", "MODELS"]
+
+# model family -> the task kind it serves
+MODELS = {"gpt": "lm", "ssm": "lm", "transformer": "seq2seq", "vit": "image", "gat": "graph"}
+_DEFAULT_MODEL = {"lm": "gpt", "seq2seq": "transformer", "image": "vit", "graph": "gat"}
+
+
+def parse_task_spec(text: str) -> tuple[str, dict]:
+    """``"mqar:seq_len=128:n_pairs=8"`` -> ``("mqar", {"seq_len": 128, "n_pairs": 8})``
+    (the variant grammar: a name, then ``:``-separated ``key=value`` parameters)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"task: expected a name like 'mqar' or 'mqar:seq_len=128', got {text!r}")
+    name, *parts = text.strip().split(":")
+    if name not in task_names():
+        raise ValueError(f"task: expected one of {', '.join(task_names())}, got {name!r}")
+    return name, parse_task_args(name, ",".join(parts))
+
+
+@dataclass
+class TrainConfig:
+    task: str = "mqar"               # a task spec: name[:key=value...]
+    model: str | None = None         # gpt | ssm | transformer | vit | gat (default: by task)
+    attention: str = "dense"         # a variant (attnkit.variants): dense, window:64, linear:elu, ...
+    width: int = 64                  # d_model
+    layers: int = 2
+    heads: int | None = None         # default 2 (GAT: 8)
+    ffn: int | None = None           # FFN width, default 2 * width
+    positions: str = "rope"          # GPT: rope | learned | sinusoidal | alibi
+    patch: int = 2                   # ViT patch size
+    dropout: float = 0.0
+    steps: int = 1000
+    batch_size: int = 64             # global: split across data-parallel processes
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1        # cosine decay to lr * this
+    warmup: int = 50                 # linear warm-up steps
+    weight_decay: float = 0.1        # AdamW, on matrices only
+    grad_clip: float = 1.0           # max global grad norm (0 = off)
+    eval_every: int = 200
+    eval_batch_size: int = 250
+    ckpt_every: int = 200
+    keep_ckpts: int = 2
+    seed: int = 0                    # init, dropout and (unless the task spec says) data
+    device: str = "cpu"
+    task_params: dict = field(default_factory=dict, repr=False)  # parsed from ``task``
+
+    def __post_init__(self):
+        name, params = parse_task_spec(self.task)
+        params.setdefault("seed", self.seed)
+        self.task_params = {"name": name, **params}
+        kind = make_task(name, **params).kind
+        if self.model is None:
+            self.model = _DEFAULT_MODEL[kind]
+        if self.model not in MODELS:
+            raise ValueError(f"model: expected one of {', '.join(MODELS)}, got {self.model!r}")
+        if MODELS[self.model] != kind:
+            fits = [m for m, k in MODELS.items() if k == kind]
+            raise ValueError(f"model: task {name!r} is a {kind} task, served by "
+                             f"{' or '.join(fits)}; got {self.model!r}")
+        v = parse_variant(self.attention)
+        if v.kind == "ssm":                       # `--attention ssm` names the SSM model
+            if kind != "lm":
+                raise ValueError(f"attention: 'ssm' is a language model; task {name!r} is {kind}")
+            self.model = "ssm"
+        elif self.model == "ssm" and v.name != "dense":
+            raise ValueError(f"attention: the ssm model has no attention; got {self.attention!r}")
+        if self.model == "transformer" and v.kind == "linear":
+            raise ValueError(f"attention: {self.attention!r} takes no padding mask, and "
+                             f"{name!r} sources are padded; use a softmax variant")
+        if self.model == "gat" and v.name != "dense":
+            raise ValueError(f"attention: GAT attends over graph edges only; got "
+                             f"{self.attention!r} (use 'dense')")
+        if self.heads is None:
+            self.heads = 8 if self.model == "gat" else 2
+        for f in ("width", "layers", "heads", "steps", "batch_size", "eval_every",
+                  "eval_batch_size", "ckpt_every", "keep_ckpts", "patch"):
+            val = getattr(self, f)
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise ValueError(f"{f}: expected an int >= 1, got {val!r}")
+        if self.ffn is not None and (not isinstance(self.ffn, int) or self.ffn < 1):
+            raise ValueError(f"ffn: expected an int >= 1, got {self.ffn!r}")
+        if self.width % self.heads:
+            raise ValueError(f"heads: expected a divisor of width={self.width}, got {self.heads}")
+        for f, lo, hi in (("lr", 0, 10), ("min_lr_ratio", 0, 1), ("dropout", 0, 0.99),
+                          ("weight_decay", 0, 10), ("grad_clip", 0, 1e9)):
+            val = getattr(self, f)
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or \
+                    not lo <= val <= hi or (f == "lr" and val == 0):
+                raise ValueError(f"{f}: expected a number in [{lo}, {hi}]"
+                                 f"{' (> 0)' if f == 'lr' else ''}, got {val!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup: expected an int >= 0, got {self.warmup!r}")
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device: expected 'cpu' or 'cuda[:i]', got {self.device!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device: {self.device!r} requested but CUDA is not available")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
+
+    def make_task(self):
+        p = dict(self.task_params)
+        return make_task(p.pop("name"), **p)
+
+    def label(self) -> str:
+        return f"{self.task} {self.model}/{self.attention} d{self.width}"
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d.pop("task_params")
+        return json.dumps(d, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        d = json.loads(text)
+        fields = {f.name for f in dataclasses.fields(cls)} - {"task_params"}
+        bad = sorted(set(d) - fields)
+        if bad:
+            raise ValueError(f"config.json: unknown field(s) {', '.join(bad)}")
+        return cls(**d)
