@@ -46,7 +46,10 @@ def build_model(cfg: TrainConfig, task) -> nn.Module:
     ffn = cfg.ffn or 2 * cfg.width
     hd = cfg.width // cfg.heads
     if cfg.model == "ssm":
-        return SSM(SSMConfig(vocab_size=task.vocab_size, d_model=cfg.width, n_layers=cfg.layers))
+        # the sequential scan: on CPU at these lengths it is the fastest (forward+backward,
+        # B 64, T 64, d 64: 0.37 s against 5.4 s for the chunked scan with chunks of 64)
+        return SSM(SSMConfig(vocab_size=task.vocab_size, d_model=cfg.width, n_layers=cfg.layers,
+                             scan="ref"))
     if cfg.model == "gpt":
         model = GPT(GPTConfig(vocab_size=task.vocab_size, max_len=task.seq_len, d_model=cfg.width,
                               n_layers=cfg.layers, n_heads=cfg.heads, d_ff=ffn,
