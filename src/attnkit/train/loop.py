@@ -130,14 +130,15 @@ def _run(cfg: TrainConfig, out: Path, env: DistEnv, resume: bool, progress: bool
             full = task.batch(step, cfg.batch_size)
             b = to_device(env.shard(full), env.device)
             loss_sum, count = objective.loss(ddp, b)
-            count_all = float(env.all_sum(torch.tensor([count], dtype=torch.float64))[0])
+            # one collective: scored targets and summed loss over every process
+            totals = env.all_sum(torch.tensor([count, loss_sum.item()], dtype=torch.float64))
+            count_all = max(float(totals[0]), 1.0)
+            loss = float(totals[1]) / count_all
             opt.zero_grad(set_to_none=True)
-            (loss_sum * env.world / max(count_all, 1.0)).backward()
+            (loss_sum * env.world / count_all).backward()        # DDP averages over world
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            loss = float(env.all_sum(loss_sum.detach().double().cpu().reshape(1))[0]) \
-                / max(count_all, 1.0)
             step += 1
             state["units"] += _units(full, task.kind)
             if not math.isfinite(loss):
