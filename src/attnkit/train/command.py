@@ -8,6 +8,7 @@ import argparse
 import os
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 __all__ = ["add_arguments", "run", "main"]
@@ -17,7 +18,7 @@ _FIELDS = ("task", "model", "attention", "width", "layers", "heads", "ffn", "pos
            "dropout", "steps", "batch_size", "lr", "warmup", "weight_decay", "grad_clip",
            "eval_every", "eval_batch_size", "ckpt_every", "keep_ckpts", "seed", "device")
 
-DESCRIPTION = (
+DESCRIPTION = textwrap.fill(
     "Train an attention variant on a task from the literature, with a progress bar, "
     "evaluation at intervals, atomic checkpoints (safetensors) and exact resume; under "
     "`torchrun --nproc_per_node P -m attnkit.train ...` with DistributedDataParallel "
