@@ -261,6 +261,17 @@ def test_patterns_are_plain_masks_for_attention():
     m = P.bigbird(8, 1, 1, 2).at(n) & pad
     want = P.bigbird(8, 1, 1, 2).dense(n, n) & pad.dense(n, n)
     assert torch.equal(m.dense(n, n), want)
+    # a pattern fixed for n serves every prefix (cached decoding: query t, keys 0..t)
+    fixed = P.bigbird(8, 1, 1, 2, causal=True).at(n)
+    full = attnkit.attention(q, k, v, mask=fixed, backend="reference")
+    for t in (0, 9, 33, n - 1):
+        step = attnkit.attention(q[:, :, t:t + 1], k[:, :, :t + 1], v[:, :, :t + 1],
+                                 mask=fixed, backend="tiled")
+        assert rel(step, full[:, :, t:t + 1].double()) < 1e-5, t
+    assert torch.equal(fixed.dense(40, 40), fixed.dense(n, n)[..., :40, :40])
+    with pytest.raises(ValueError, match=r"built for n=70 positions.*got Tk=71"):
+        attnkit.attention(q, torch.randn(1, 2, n + 1, 8), torch.randn(1, 2, n + 1, 8),
+                          mask=fixed)
     out = attnkit.attention(q[:, :, -5:], k, v, mask=P.strided(8), backend="tiled")
     full = attnkit.attention(q, k, v, mask=P.strided(8), backend="reference")
     assert rel(out, full[:, :, -5:].double()) < 1e-5

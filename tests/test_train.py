@@ -146,6 +146,15 @@ def test_ssm_and_linear_train_on_lm_tasks(tmp_path):
         assert m["final_loss"] < 3.0 and 0 <= m["eval"]["accuracy"] <= 1
 
 
+def test_bigbird_on_the_encoder_decoder(tmp_path):
+    # one BigBird pattern fixed for the longer side serves the shorter encoder input and
+    # every step of cached greedy decoding (a prefix of its positions)
+    cfg = TrainConfig(task="reverse:n_symbols=8:max_len=10", attention="bigbird:2", steps=4,
+                      eval_every=4, ckpt_every=4, batch_size=8)
+    m = train(cfg, tmp_path / "bb", progress=False, log=None)
+    assert 0 <= m["eval"]["exact_match"] <= 1 and m["final_loss"] < 5
+
+
 # ----------------------------------------------------------------------------- checkpoints
 def test_resume_in_process_is_bit_exact(tmp_path):
     cfg = TrainConfig(task="assoc_recall", steps=20, ckpt_every=5, eval_every=10, batch_size=8,

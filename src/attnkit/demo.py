@@ -8,7 +8,7 @@
 5. ``attnkit inspect`` on the seed sentence with the bundled MiniLM (which heads link
    "it" to "cat"), ``attnkit bench`` (dense vs window vs linear, 1k-8k tokens) and
    ``attnkit train --sweep`` (does each variant learn induction heads? dense, a short
-   window, linear attention and the SSM, 500 steps each); everything lands in
+   window, linear attention and the SSM, 1000 steps each); everything lands in
    ``./attnkit-report/`` with an ``index.html``.
 """
 from __future__ import annotations
@@ -135,8 +135,8 @@ def report(out: str, con: Console) -> int:
                     "--out", os.path.join(out, "bench")])
     con.rule("[bold]attnkit train: which variants learn induction heads?")
     rc = rc or cli(["train", "--sweep", "--tasks", "induction", "--variants",
-                    "dense,window:4,linear:elu,ssm", "--widths", "32", "--steps", "500",
-                    "--lr", "1e-3", "--eval-every", "250", "--ckpt-every", "250", "--jobs", "2",
+                    "dense,window:4,linear:elu,ssm", "--widths", "32", "--steps", "1000",
+                    "--lr", "1e-3", "--eval-every", "500", "--ckpt-every", "500", "--jobs", "2",
                     "--threads", "1", "--out", os.path.join(out, "train")])
     if rc:
         return rc
@@ -172,7 +172,7 @@ collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{ma
 <p><b>Recommendation:</b> {html.escape(bench['recommendation'])}</p>
 <p><img src="bench/bench.png" alt="scaling plot"></p>
 <p>Tables: <a href="bench/bench.md">bench.md</a>, <a href="bench/bench.json">bench.json</a></p>
-<h2>train: induction heads (H3), 2-layer width-32 models, 500 steps</h2>
+<h2>train: induction heads (H3), 2-layer width-32 models, 1000 steps</h2>
 <table><tr><th>variant</th><th>accuracy</th><th>final loss</th><th>seconds</th></tr>{qrows}</table>
 <p><img src="train/quality.png" alt="quality table"></p>
 <p>Runs (checkpoints, metrics.json): <a href="train/runs/">train/runs/</a>;

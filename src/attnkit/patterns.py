@@ -113,8 +113,10 @@ class _KeyBlockBefore(MaskSpec):
 
 
 class _BlockMatrix(MaskSpec):
-    """Block-level mask: aligned position p, key k allowed iff M[p // block, k // block];
-    bound to Tk == n (BigBird's random blocks depend on n)."""
+    """Block-level mask: aligned position p, key k allowed iff M[p // block, k // block],
+    defined on positions 0 .. n-1 (BigBird's random blocks depend on n). It serves any
+    Tk <= n as the prefix of those positions, so a KV-cached decoder (Tk = t + 1) and a
+    shorter input see the same (p, k) entries as a full-length pass; Tk > n is refused."""
 
     def __init__(self, M: Tensor, block: int, n: int):
         self.M, self.block, self.n = M, block, n
@@ -123,9 +125,9 @@ class _BlockMatrix(MaskSpec):
         self._prefix = P
 
     def validate(self, B, H, Tq, Tk):
-        if Tk != self.n:
-            raise ValueError(f"mask: this block pattern was built for n={self.n} keys, got "
-                             f"Tk={Tk}")
+        if Tk > self.n:
+            raise ValueError(f"mask: this block pattern was built for n={self.n} positions "
+                             f"(it serves Tk <= n), got Tk={Tk}")
 
     def _allowed(self, b, h, q, k, off):
         M = self.M.to(q.device)

@@ -63,7 +63,10 @@ def build_model(cfg: TrainConfig, task) -> nn.Module:
             n_dec_layers=cfg.layers, d_ff=ffn, dropout=cfg.dropout, norm_first=True,
             max_len=task.max_len + 2, pad_id=task.pad_id, bos_id=task.bos_id,
             eos_id=task.eos_id))
-        apply_variant(model, cfg.attention, task.max_len + 1, causal=False, head_dim=hd)
+        # one pattern for both sides: fixed for the longer one, it serves the other (and
+        # every step of cached greedy decoding) as a prefix
+        apply_variant(model, cfg.attention, max(task.src_seq_len, task.tgt_seq_len),
+                      causal=False, head_dim=hd)
         return model
     if cfg.model == "vit":
         vc = ViTConfig(image_size=task.image_size, patch_size=cfg.patch, channels=task.channels,
