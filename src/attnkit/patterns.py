@@ -461,7 +461,8 @@ class _BigBird(Pattern):
         return self._at(n)[0]
 
     def at(self, n: int) -> MaskSpec:
-        """The plain mask spec of this pattern for exactly n tokens (composable)."""
+        """The plain mask spec of this pattern drawn for n tokens (composable); it also
+        serves Tk < n as the prefix of those positions (cached decoding), never Tk > n."""
         return self._at(n)[1]
 
     def _at(self, n: int):
