@@ -28,13 +28,12 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .errors import CheckpointError
 from .models import BERT, GPT, BERTConfig, GPTConfig
 
 __all__ = ["load", "CheckpointError", "resolve", "NAMED_MODELS"]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory cannot be loaded exactly; the message says which file/tensor."""
 
 
 # name -> (python package, sub-directory holding the HF files)

@@ -14,14 +14,13 @@ import torch
 from torch import Tensor
 
 from ..bias import BiasSpec
+from ..errors import UnsupportedCall
 from ..masks import MaskSpec, _Window
 
 __all__ = ["AttentionCall", "Backend", "UnsupportedCall", "register_backend", "get_backend",
            "available_backends"]
 
 
-class UnsupportedCall(ValueError):
-    """A backend was asked to serve a call it cannot serve exactly."""
 
 
 @dataclass(frozen=True, eq=False)

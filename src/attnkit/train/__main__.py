@@ -1,6 +1,7 @@
-"""``python -m attnkit.train`` (and ``torchrun ... -m attnkit.train``)."""
+"""``python -m attnkit.train ARGS`` (also under torchrun) is ``attnkit train ARGS``: the
+same parser, the same exit codes."""
 import sys
 
-from .command import main
+from ..cli import main
 
-sys.exit(main())
+sys.exit(main(["train", *sys.argv[1:]]))

@@ -31,8 +31,7 @@ __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "write_ato
            "clean_partial", "CheckpointError"]
 
 
-class CheckpointError(RuntimeError):
-    """A run directory or checkpoint that cannot be read; the message names the file."""
+from ..errors import CheckpointError  # noqa: E402  (one class for every checkpoint)
 
 
 def _fsync_dir(path: Path) -> None:

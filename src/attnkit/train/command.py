@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import sys
 import textwrap
 from pathlib import Path
 
-__all__ = ["add_arguments", "run", "main"]
+from ..errors import UsageError
+from .config import run_slug
+
+__all__ = ["add_arguments", "run"]
 
 # flag -> TrainConfig field, for the flags that configure a run (default None = not given)
 _FIELDS = ("task", "model", "attention", "width", "layers", "heads", "ffn", "positions", "patch",
@@ -83,16 +84,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jobs", type=int, default=1, help="grid runs in parallel (default 1)")
 
 
-class UsageError(Exception):
-    """Bad arguments (exit code 2)."""
-
-
 def _given(args) -> dict:
     return {f: getattr(args, f) for f in _FIELDS if getattr(args, f, None) is not None}
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9=.]+", "-", text).strip("-")
 
 
 def run(args) -> int:
@@ -120,7 +113,8 @@ def run(args) -> int:
                 raise UsageError(f"--resume: {out} is not a directory")
         else:
             cfg = TrainConfig(**given)
-            out = Path(args.out or f"runs/{_slug(f'{cfg.task}-{cfg.attention}-d{cfg.width}')}")
+            slug = run_slug(f"{cfg.task}-{cfg.attention}-d{cfg.width}")
+            out = Path(args.out or f"runs/{slug}")
         metrics = train(cfg, out, resume=bool(args.resume), progress=not args.no_progress,
                         dist_timeout=args.dist_timeout)
     except (ValueError, CheckpointError) as e:
@@ -156,8 +150,3 @@ def _sweep(args) -> int:
     failed = [c for c in table["cells"] if "error" in c]
     return 1 if failed else 0
 
-
-def main(argv=None) -> int:
-    """``python -m attnkit.train ARGS`` is ``attnkit train ARGS`` (same parser and exit codes)."""
-    from ..cli import main as cli_main
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])

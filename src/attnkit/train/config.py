@@ -12,11 +12,17 @@ from ..tasks import make_task, task_names
 from ..tasks.base import parse_task_args
 from ..variants import parse_variant
 
-__all__ = ["TrainConfig", "parse_task_spec", "MODELS"]
+__all__ = ["TrainConfig", "parse_task_spec", "run_slug", "MODELS"]
 
 # model family -> the task kind it serves
 MODELS = {"gpt": "lm", "ssm": "lm", "transformer": "seq2seq", "vit": "image", "gat": "graph"}
 _DEFAULT_MODEL = {"lm": "gpt", "seq2seq": "transformer", "image": "vit", "graph": "gat"}
+
+
+def run_slug(text: str) -> str:
+    """A run-directory name from a task/variant description (``mqar:seq_len=128`` ->
+    ``mqar-seq_len=128``)."""
+    return re.sub(r"[^A-Za-z0-9=.]+", "-", text).strip("-")
 
 
 def parse_task_spec(text: str) -> tuple[str, dict]:

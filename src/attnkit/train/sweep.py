@@ -19,8 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .command import _slug
-from .config import TrainConfig
+from .config import TrainConfig, run_slug
 
 __all__ = ["run_sweep", "write_table", "MAIN_METRIC"]
 
@@ -70,7 +69,7 @@ def run_sweep(tasks: list[str], variants: list[str], widths: list[int], out: Pat
                 c = TrainConfig(**cfg)              # validates before anything runs
                 cells.append({"task": task, "variant": variant, "width": width, "cfg": cfg,
                               "kind": c.make_task().kind,
-                              "dir": out / "runs" / _slug(f"{task}-{variant}-d{width}")})
+                              "dir": out / "runs" / run_slug(f"{task}-{variant}-d{width}")})
     (out / "runs").mkdir(parents=True, exist_ok=True)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs: expected an int >= 1, got {jobs!r}")
