@@ -34,49 +34,32 @@ import time
 
 B, H, D = 1, 4, 64
 
-# name: (description, target exponent)
+# name: (variant (attnkit.variants grammar), causal, description, target exponent)
 VARIANTS = {
-    "dense": ("softmax, no mask, torch SDPA", "~2.0"),
-    "dense-causal": ("softmax, causal, torch SDPA", "~2.0"),
-    "local": ("local(256), causal", "<=1.1"),
-    "strided": ("strided(isqrt(N))", "~1.5"),
-    "fixed": ("fixed(isqrt(N), summary=1)", "~1.5"),
-    "dilated": ("dilated(64, 4), causal", "<=1.1"),
-    "longformer": ("longformer(128, globals=2)", "<=1.1"),
-    "bigbird": ("bigbird(block=64, window=1, globals=1, random=2)", "<=1.1"),
-    "log-sparse": ("log_sparse(), causal", "~1.0 (n log n)"),
-    "linear-elu": ("linear elu+1, non-causal", "<=1.1"),
-    "linear-elu-causal": ("linear elu+1, causal, chunk 64", "<=1.1"),
-    "linear-favor-causal": ("linear FAVOR+ (64 features), causal, chunk 64", "<=1.1"),
+    "dense": ("dense", False, "softmax, no mask, torch SDPA", "~2.0"),
+    "dense-causal": ("dense", True, "softmax, causal, torch SDPA", "~2.0"),
+    "local": ("window:256", True, "window(256), causal", "<=1.1"),
+    "strided": ("strided", True, "strided(isqrt(N))", "~1.5"),
+    "fixed": ("fixed", True, "fixed(isqrt(N), summary=1)", "~1.5"),
+    "dilated": ("dilated:64:4", True, "dilated(64, 4), causal", "<=1.1"),
+    "longformer": ("longformer:128:2", False, "longformer(128, globals=2)", "<=1.1"),
+    "bigbird": ("bigbird:64", False, "bigbird(block=64, window=1, globals=1, random=2)", "<=1.1"),
+    "log-sparse": ("logsparse", True, "log_sparse(), causal", "~1.0 (n log n)"),
+    "linear-elu": ("linear:elu", False, "linear elu+1, non-causal", "<=1.1"),
+    "linear-elu-causal": ("linear:elu", True, "linear elu+1, causal, chunk 64", "<=1.1"),
+    "linear-favor-causal": ("linear:favor:64", True,
+                            "linear FAVOR+ (64 features), causal, chunk 64", "<=1.1"),
 }
 
 
 def build(name: str, n: int):
     """fn(q, k, v) -> out for variant ``name`` at length n, and its pair count (or None)."""
-    import attnkit
-    from attnkit import masks, patterns as P
-    from attnkit.linear import FavorPlus, linear_attention
-    s = math.isqrt(n)
-    pats = {"local": lambda: P.local(256), "strided": lambda: P.strided(s),
-            "fixed": lambda: P.fixed(s), "dilated": lambda: P.dilated(64, 4),
-            "longformer": lambda: P.longformer(128, 2), "bigbird": lambda: P.bigbird(64, 1, 1, 2),
-            "log-sparse": P.log_sparse}
-    if name in pats:
-        p = pats[name]()
-        return (lambda q, k, v: P.sparse_attention(q, k, v, p)), p.pairs(n)
-    if name == "dense":
-        return (lambda q, k, v: attnkit.attention(q, k, v, backend="sdpa")), n * n
-    if name == "dense-causal":
-        return (lambda q, k, v: attnkit.attention(q, k, v, mask=masks.causal(),
-                                                  backend="sdpa")), n * (n + 1) // 2
-    if name == "linear-elu":
-        return (lambda q, k, v: linear_attention(q, k, v, "elu")), None
-    if name == "linear-elu-causal":
-        return (lambda q, k, v: linear_attention(q, k, v, "elu", causal=True)), None
-    if name == "linear-favor-causal":
-        fm = FavorPlus(D, 64, seed=0)
-        return (lambda q, k, v: linear_attention(q, k, v, fm, causal=True)), None
-    raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {name!r}")
+    from attnkit.variants import parse_variant
+    if name not in VARIANTS:
+        raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {name!r}")
+    text, causal = VARIANTS[name][:2]
+    v = parse_variant(text)
+    return (lambda q, k, v_: v.attend(q, k, v_, causal=causal)), v.pairs(n, causal)
 
 
 # ---------------------------------------------------------------------------
@@ -213,7 +196,7 @@ def drive(args):
                       "ns_per_pair": (1e9 * ts[-1] / (B * H * pairs[-1])
                                       if pts and pairs[-1] else None),
                       "memory_exponent": slope(xs, [max(p["peak_mb"], 1e-3) for p in pts]),
-                      "target": VARIANTS[name][1], "description": VARIANTS[name][0]}
+                      "target": VARIANTS[name][3], "description": VARIANTS[name][2]}
     return ns, results, skipped, fits
 
 

@@ -80,14 +80,13 @@ def run_cases(rank, world, d):
     data = torch.load(os.path.join(d, "inputs.pt"))
     results = {}
     calls = [0]
-    orig = ring._Run
+    orig = ring.tiled_forward
 
-    class Counting(orig):  # counts kernel calls: skipped pairs must not reach the kernel
-        def forward(self, *a):
-            calls[0] += 1
-            return super().forward(*a)
+    def counting(*a, **kw):  # counts kernel calls: skipped pairs must not reach the kernel
+        calls[0] += 1
+        return orig(*a, **kw)
 
-    ring._Run = Counting
+    ring.tiled_forward = counting
     for c in data["cases"]:
         lay = c["layout"]
         q, k, v, dout = (shard(c[n], rank, world, lay).requires_grad_(n != "dout")
@@ -99,7 +98,7 @@ def run_cases(rank, world, d):
         out.backward(dout)
         results[c["name"]] = dict(out=out.detach(), dq=q.grad, dk=k.grad, dv=v.grad,
                                   calls=calls[0])
-    ring._Run = orig
+    ring.tiled_forward = orig
     if world == 4:  # two rings of two ranks each ({0, 1} and {2, 3}) on subgroups
         c = next(c for c in data["cases"] if c["name"] == "causal_zigzag_gqa")
         groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]

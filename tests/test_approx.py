@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import attnkit
-from attnkit import masks, patterns
+from attnkit import masks, sparse
 from attnkit.analysis import approx
 
 
@@ -27,16 +27,16 @@ def test_report_rows_and_the_trade():
                                                    for b in approx.INPUTS}
     err = {(r.variant, r.input): r.rel_error for r in rows}
     assert all(e >= 0 and e == e for e in err.values())
-    loc = patterns.local(n // 16).name
+    loc = sparse.window(n // 16).name
     # a local window finds the key next door and misses the one far away
     assert err[(loc, "near")] < 0.05 and err[(loc, "far")] > 0.5
     # the errors equal an independent computation of the same quantity
     q, k, v = approx.make_inputs("far", n)
     ref = attnkit.attention(q, k, v, mask=masks.causal(), backend="reference")
-    out = attnkit.attention(q, k, v, mask=patterns.local(n // 16), backend="reference")
+    out = attnkit.attention(q, k, v, mask=sparse.window(n // 16), backend="reference")
     assert err[(loc, "far")] == pytest.approx(float((out - ref).norm() / ref.norm()), rel=1e-9)
     dens = {r.variant: r.density for r in rows}
-    assert dens[loc] == pytest.approx(patterns.local(n // 16).density(n))
+    assert dens[loc] == pytest.approx(sparse.window(n // 16).density(n))
     assert dens["linear elu"] is None
 
 

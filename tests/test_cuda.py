@@ -20,7 +20,7 @@ MASKS = {
     "causal": lambda T: M.causal(),
     "window": lambda T: M.causal() & M.window(37),
     "padding": lambda T: M.padding([T, T // 2]) & M.causal(),
-    "global|strided": lambda T: M.global_tokens([0, 3]) | (M.strided(5) & M.causal()),
+    "global|strided": lambda T: M.global_tokens([0, 3]) | (M.periodic(5) & M.causal()),
 }
 
 

@@ -48,7 +48,7 @@ def mask_specs(draw, B: int, Tq: int, Tk: int, depth: int = 0):
     if kind == "window":
         return M.window(draw(st.integers(0, 40)), draw(st.integers(0, 40)))
     if kind == "strided":
-        return M.strided(draw(st.integers(1, 9)))
+        return M.periodic(draw(st.integers(1, 9)))
     if kind == "dilated":
         return M.dilated(draw(st.integers(0, 8)), draw(st.integers(1, 4)), causal=draw(st.booleans()))
     if kind == "global":

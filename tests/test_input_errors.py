@@ -60,7 +60,7 @@ def test_attention_input_errors(kw, exc, words):
     (lambda: M.window(-1), ValueError, ["left", ">= 0", "-1"]),
     (lambda: M.window(3, -2), ValueError, ["right", ">= 0", "-2"]),
     (lambda: M.window(2.5), TypeError, ["left", "int", "2.5"]),
-    (lambda: M.strided(0), ValueError, ["stride", ">= 1", "0"]),
+    (lambda: M.periodic(0), ValueError, ["period", ">= 1", "0"]),
     (lambda: M.dilated(3, 0), ValueError, ["dilation", ">= 1", "0"]),
     (lambda: M.global_tokens([-1]), ValueError, ["global_tokens", ">= 0", "-1"]),
     (lambda: M.padding(), ValueError, ["kv_lengths", "q_lengths"]),

@@ -97,8 +97,8 @@ def test_weights_for_chosen_layers_only_match_all_layers():
     m = attnkit.load("minilm", backend="tiled")   # a backend that never forms the weights
     ids, mask = m.tokenize("The cat sat on the mat because it was tired.")
     with torch.no_grad():
-        _, every = m(ids, mask, need_weights=True)
-        _, some = m(ids, mask, need_weights={1, 4})
+        _, every = m(ids, mask, return_weights=True)
+        _, some = m(ids, mask, return_weights={1, 4})
     assert [w is None for w in some] == [True, False, True, True, False, True]
     for i in (1, 4):
         assert torch.allclose(some[i], every[i])

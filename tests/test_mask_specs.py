@@ -57,9 +57,9 @@ def test_causal_is_aligned_to_the_end(size):
 
 @settings(**SETTINGS)
 @given(SIZES, st.integers(1, 7))
-def test_strided(size, s):
+def test_periodic(size, s):
     B, Tq, Tk = size
-    got = dense(M.strided(s), B, Tq, Tk)
+    got = dense(M.periodic(s), B, Tq, Tk)
     assert torch.equal(got, direct(lambda b, i, p, j: (p - j) % s == 0, B, Tq, Tk))
     CASES["mask specs"] += 1
 
@@ -115,11 +115,11 @@ def test_document(size, data):
 def test_from_tensor_bool_and_additive(size, data):
     B, Tq, Tk = size
     t = torch.rand(B, Tq, Tk) < 0.5
-    assert torch.equal(dense(M.from_tensor(t), B, Tq, Tk), t)
-    add = torch.where(t, torch.randn(B, Tq, Tk), float("-inf"))
+    assert torch.equal(dense(M.from_tensor(t[:, None]), B, Tq, Tk), t)   # (B, 1, Tq, Tk)
+    add = torch.where(t, torch.randn(B, Tq, Tk), float("-inf"))[:, None]
     spec, parts = M.split_additive(M.from_tensor(add) & M.causal())
     assert torch.equal(dense(spec, B, Tq, Tk), t & direct(lambda b, i, p, j: j <= p, B, Tq, Tk))
-    assert len(parts) == 1 and torch.equal(parts[0][:, 0], torch.where(t, add, 0.0))
+    assert len(parts) == 1 and torch.equal(parts[0][:, 0], torch.where(t, add[:, 0], 0.0))
 
 
 def leaf(data, B, Tq, Tk):
@@ -129,7 +129,7 @@ def leaf(data, B, Tq, Tk):
     if kind == "window":
         return M.window(data.draw(st.integers(0, 6)), data.draw(st.integers(0, 6)))
     if kind == "strided":
-        return M.strided(data.draw(st.integers(1, 5)))
+        return M.periodic(data.draw(st.integers(1, 5)))
     if kind == "dilated":
         return M.dilated(data.draw(st.integers(0, 4)), data.draw(st.integers(1, 3)))
     if kind == "global":

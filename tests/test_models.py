@@ -213,7 +213,7 @@ def test_bert_trains_mlm_and_pads_correctly():
     with torch.no_grad():
         pad = torch.cat((ids[:1, :7], torch.zeros(1, 5, dtype=torch.long)), 1)
         mask = torch.tensor([[1] * 7 + [0] * 5])
-        h_pad, ws = model(pad, mask, need_weights=True)
+        h_pad, ws = model(pad, mask, return_weights=True)
         torch.testing.assert_close(h_pad[:, :7], model(ids[:1, :7]), atol=1e-5, rtol=1e-5)
         assert len(ws) == 2 and ws[0].shape == (1, 4, 12, 12)
         assert float(ws[0][..., 7:].abs().max()) == 0.0
@@ -234,7 +234,7 @@ def test_vit_forward_backward_and_trains():
     cfg = ViTConfig.preset("tiny")
     model = ViT(cfg)
     images, labels = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
-    logits, ws = model(images, need_weights=True)
+    logits, ws = model(images, return_weights=True)
     assert logits.shape == (6, 10) and len(ws) == 2 and ws[0].shape == (6, 4, 17, 17)
     logits.sum().backward()
     assert model.cls_token.grad is not None and model.pos.grad.abs().sum() > 0

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnkit import masks
-from attnkit.modules import (DecoderLayer, EncoderLayer, FeedForward, KVCache, LayerConfig,
+from attnkit.modules import (DecoderBlock, Block, FeedForward, KVCache, LayerConfig,
                              LearnedPositions, MultiHeadAttention, RMSNorm, RotaryEmbedding,
                              SinusoidalPositions, SlidingWindowCache, apply_rotary, cache_nbytes,
                              key_padding_mask, sinusoidal_table)
@@ -57,13 +57,13 @@ def test_cross_attention_tq_ne_tk(fused):
     torch.manual_seed(1)
     m = MultiHeadAttention(24, 3, fused=fused)
     x, ctx = torch.randn(2, 5, 24), torch.randn(2, 11, 24)
-    out, w = m(x, context=ctx, need_weights=True)
+    out, w = m(x, context=ctx, return_weights=True)
     assert out.shape == (2, 5, 24) and w.shape == (2, 3, 5, 11)
     torch.testing.assert_close(w.sum(-1), torch.ones(2, 3, 5))
     torch.testing.assert_close(out, naive_mha(m, x, context=ctx), atol=1e-5, rtol=1e-5)
     # a padded context: padded keys get weight 0
     keep = torch.tensor([[True] * 11, [True] * 7 + [False] * 4])
-    out, w = m(x, context=ctx, mask=key_padding_mask(keep), need_weights=True)
+    out, w = m(x, context=ctx, mask=key_padding_mask(keep), return_weights=True)
     assert float(w[1, :, :, 7:].detach().abs().max()) == 0.0
     torch.testing.assert_close(out[1:], m(x[1:], context=ctx[1:, :7]), atol=1e-5, rtol=1e-5)
 
@@ -359,7 +359,7 @@ def test_encoder_layer_matches_torch(norm_first):
     torch.manual_seed(10)
     cfg = LayerConfig(d_model=16, n_heads=4, d_ff=32, activation="relu", norm_first=norm_first,
                       fused_qkv=True)
-    ours = EncoderLayer(cfg).eval()
+    ours = Block(cfg).eval()
     ref = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True,
                                            norm_first=norm_first).eval()
     with torch.no_grad():
@@ -381,7 +381,7 @@ def test_decoder_layer_matches_torch(norm_first):
     torch.manual_seed(11)
     cfg = LayerConfig(d_model=16, n_heads=4, d_ff=32, activation="relu", norm_first=norm_first,
                       fused_qkv=True)
-    ours = DecoderLayer(cfg, masks.causal()).eval()
+    ours = DecoderBlock(cfg, masks.causal()).eval()
     ref = torch.nn.TransformerDecoderLayer(16, 4, 32, dropout=0.0, batch_first=True,
                                            norm_first=norm_first).eval()
     with torch.no_grad():
@@ -401,6 +401,6 @@ def test_decoder_layer_matches_torch(norm_first):
     steps = [ours(x[:, t:t + 1], mem if t == 0 else None, cache=c_self, cross_cache=c_cross)
              for t in range(6)]
     torch.testing.assert_close(torch.cat(steps, 1), want, atol=1e-5, rtol=1e-5)
-    out, (ws, wc) = ours(x, mem, need_weights=True)
+    out, (ws, wc) = ours(x, mem, return_weights=True)
     assert ws.shape == (2, 4, 6, 6) and wc.shape == (2, 4, 6, 9)
     assert float(ws.detach().triu(1).abs().max()) == 0.0

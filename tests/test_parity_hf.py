@@ -145,7 +145,7 @@ def test_minilm_loads_by_name_with_tokenizer(minilm):
     ids, mask = minilm.tokenize(["Hello world", "Attention is all you need."])
     assert ids[0, 0].item() == 101 and ids[0, 3].item() == 102 and mask[0].sum() == 4
     with torch.no_grad():
-        h, weights = minilm(ids, mask, need_weights=True)
+        h, weights = minilm(ids, mask, return_weights=True)
     assert len(weights) == 6 and weights[0].shape == (2, 12, ids.shape[1], ids.shape[1])
     torch.testing.assert_close(weights[3].sum(-1), torch.ones(2, 12, ids.shape[1]))
     assert float(weights[0][0, :, :, 4:].abs().max()) == 0.0   # padding gets no attention
@@ -164,7 +164,7 @@ def test_minilm_sentence_embeddings_match_transformers(hf, minilm):
             got = minilm.set_attention(backend=backend).sentence_embeddings(SENTENCES)
             cos = (got * want).sum(-1)
             assert cos.min().item() >= 0.99999, f"{backend}: min cosine {cos.min().item()}"
-        h, weights = minilm.set_attention(backend="auto")(ids, mask, need_weights=True)
+        h, weights = minilm.set_attention(backend="auto")(ids, mask, return_weights=True)
         for ours_w, hf_w in zip(weights, out.attentions):
             assert (ours_w - hf_w).abs().max().item() < 1e-5
         torch.testing.assert_close(minilm.pooled(h), out.pooler_output, atol=1e-4, rtol=1e-4)

@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attnkit
-from attnkit import masks, patterns as P
+from attnkit import masks, sparse as P
 from attnkit.backends.tiled import TileConfig
 from attnkit.masks import EMPTY, FULL
-from attnkit.patterns import _OffsetPiece, _TiledPiece
+from attnkit.sparse import OffsetPiece as _OffsetPiece, TiledPiece as _TiledPiece
 
 SET = settings(deadline=None, max_examples=40)
 
@@ -49,7 +49,7 @@ def direct(kind, n, **a):
 
 
 def build(kind, **a):
-    return {"local": lambda: P.local(a["w"], causal=a["causal"]),
+    return {"local": lambda: P.window(a["w"], causal=a["causal"]),
             "strided": lambda: P.strided(a["s"]),
             "fixed": lambda: P.fixed(a["s"], a["c"]),
             "dilated": lambda: P.dilated(a["w"], a["dil"], causal=a["causal"]),
@@ -69,7 +69,7 @@ def pattern_case(draw, max_n=200):
 
 
 def dense(p, n):
-    return p.dense(n, n)[0, 0].numpy()
+    return p.at(n).dense(n, n)[0, 0].numpy()
 
 
 @SET
@@ -85,11 +85,11 @@ def test_dense_mask_matches_definition_and_pairs(case):
 
 def bigbird_direct(p, n):
     """Window blocks | global rows/cols | the drawn random blocks, at token level."""
-    b, nb = p.b, math.ceil(n / p.b)
+    b, nb = p.block, math.ceil(n / p.block)
     qb, kb = np.meshgrid(np.arange(n) // b, np.arange(n) // b, indexing="ij")
     causal = np.tril(np.ones((n, n), bool)) if p.causal else np.ones((n, n), bool)
-    window = (np.abs(qb - kb) <= p.wb) & causal
-    glob = ((qb < p.g) | (kb < p.g)) & causal
+    window = (np.abs(qb - kb) <= p.window_blocks) & causal
+    glob = ((qb < p.global_blocks) | (kb < p.global_blocks)) & causal
     R = p.random_blocks(n).numpy()
     rand_blocks = np.zeros((nb, nb), bool)
     for row in range(nb):
@@ -138,7 +138,7 @@ def test_pair_counts_scale_as_advertised():
     s = math.isqrt(n)
     assert P.strided(s).pairs(n) == pytest.approx(n * s + n * n / (2 * s), rel=0.01)
     assert P.log_sparse().pairs(n) == sum(n - d for d in [0] + [2**j for j in range(14)])
-    assert P.local(255).pairs(n) == pytest.approx(256 * n, rel=0.01)
+    assert P.window(255).pairs(n) == pytest.approx(256 * n, rel=0.01)
     assert P.bigbird(64, 1, 1, 2).pairs(n) <= (3 + 2 * 1 + 2) * 64 * n  # window, global, random
 
 
@@ -188,7 +188,7 @@ def test_components_partition_the_pattern(case, bq, bk):
             check_block_map(c.spec, Tq, Tk, bq, bk)
     assert total.max() <= 1                                        # disjoint
     np.testing.assert_array_equal(total.astype(bool), direct(kind, n, **a))
-    check_block_map(p, n, n, bq, bk)                               # natural-order map
+    check_block_map(p.at(n), n, n, bq, bk)                         # natural-order map
 
 
 # ---------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def run_both(p, n, H, Hkv, D, cfg, seed=0):
     out = P.sparse_attention(*x, p, cfg=cfg)
     grads = torch.autograd.grad((out * w).sum(), x)
     y = [t.double().requires_grad_() for t in (q, k, v)]
-    mask = p.dense(n, n) if not isinstance(p, P._BigBird) else p.at(n).dense(n, n)
+    mask = p.at(n).dense(n, n)
     ref = attnkit.attention(*y, mask=mask, backend="reference")
     rgrads = torch.autograd.grad((ref * w.double()).sum(), y)
     assert out.dtype == torch.float32
@@ -241,8 +241,8 @@ def test_offset_piece_row_blocks(rows):
     n = 45
     piece = _OffsetPiece(P.log_sparse().offsets(n), rows=rows)
     x = [torch.randn(1, h, n, 8, dtype=torch.float64, requires_grad=True) for h in (4, 2, 2)]
-    out = P._SparseFunction.apply(*x, [piece], 8 ** -0.5, None)
-    ref = attnkit.attention(*x, mask=P.log_sparse().dense(n, n), backend="reference")
+    out = P.SparseFunction.apply(*x, [piece], 8 ** -0.5, None)
+    ref = attnkit.attention(*x, mask=P.log_sparse().at(n).dense(n, n), backend="reference")
     w = torch.randn_like(out)
     for a, b in zip([out, *torch.autograd.grad((out * w).sum(), x)],
                     [ref, *torch.autograd.grad((ref * w).sum(), x)]):
@@ -259,7 +259,7 @@ def test_patterns_are_plain_masks_for_attention():
     # bigbird composes through .at(n); decoding (Tq < Tk) aligns to the end
     pad = masks.padding(torch.tensor([50]))
     m = P.bigbird(8, 1, 1, 2).at(n) & pad
-    want = P.bigbird(8, 1, 1, 2).dense(n, n) & pad.dense(n, n)
+    want = P.bigbird(8, 1, 1, 2).at(n).dense(n, n) & pad.dense(n, n)
     assert torch.equal(m.dense(n, n), want)
     # a pattern fixed for n serves every prefix (cached decoding: query t, keys 0..t)
     fixed = P.bigbird(8, 1, 1, 2, causal=True).at(n)
@@ -281,8 +281,8 @@ def test_patterns_are_plain_masks_for_attention():
 # bad parameters
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("make, exc, match", [
-    (lambda: P.local(-1), ValueError, "window"),
-    (lambda: P.local(2.5), TypeError, "window"),
+    (lambda: P.window(-1), ValueError, "window"),
+    (lambda: P.window(2.5), TypeError, "window"),
     (lambda: P.strided(0), ValueError, "stride"),
     (lambda: P.fixed(4, summary=5), ValueError, "summary"),
     (lambda: P.fixed(0), ValueError, "stride"),
@@ -291,7 +291,7 @@ def test_patterns_are_plain_masks_for_attention():
     (lambda: P.longformer(2, globals=[-1]), ValueError, "globals"),
     (lambda: P.bigbird(block=0), ValueError, "block"),
     (lambda: P.bigbird(random_blocks=-1), ValueError, "random_blocks"),
-    (lambda: P.local(3).pairs(0), ValueError, "n"),
+    (lambda: P.window(3).pairs(0), ValueError, "n"),
 ])
 def test_bad_parameters(make, exc, match):
     with pytest.raises(exc, match=match):
@@ -307,7 +307,7 @@ def test_too_many_globals_and_wrong_calls():
     with pytest.raises(ValueError, match="global"):
         P.sparse_attention(q, q, q, P.bigbird(block=4, global_blocks=2))
     with pytest.raises(ValueError, match="Tq == Tk"):
-        P.sparse_attention(q[:, :, :3], q, q, P.local(2))
+        P.sparse_attention(q[:, :, :3], q, q, P.window(2))
     with pytest.raises(TypeError, match="pattern"):
         P.sparse_attention(q, q, q, "local")
     with pytest.raises(TypeError, match="at\\(n\\)"):

@@ -76,8 +76,8 @@ def call(T, **kw):
     (dict(mask=M.causal()), 4096, "sdpa"),
     (dict(mask=M.causal() & M.window(256)), 16384, "tiled"),     # sparse: tiled skips tiles
     (dict(softcap=30.0), 1024, "tiled"),                          # SDPA has no softcap
-    (dict(mask=M.strided(3) | M.causal()), 1024, "sdpa"),          # dense-ish, small mask
-    (dict(mask=M.strided(3) | M.causal()), 16384, "tiled"),        # mask would be 2+ GiB
+    (dict(mask=M.periodic(3) | M.causal()), 1024, "sdpa"),          # dense-ish, small mask
+    (dict(mask=M.periodic(3) | M.causal()), 16384, "tiled"),        # mask would be 2+ GiB
     (dict(bias=attnkit.alibi(8)), 512, "sdpa"),
 ])
 def test_auto_rule(kw, T, want):

@@ -98,7 +98,7 @@ def test_linear_attention_in_multihead_attention_matches_functional():
 
 
 @pytest.mark.parametrize("call, msg", [
-    (dict(need_weights=True), "need_weights: linear attention never forms"),
+    (dict(return_weights=True), "return_weights: linear attention never forms"),
     (dict(cache=KVCache()), "cache: linear attention decodes with a LinearAttentionState"),
     (dict(mask=masks.window(3)), "mask: linear attention serves no mask or causal"),
 ])

@@ -19,7 +19,10 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["BiasSpec", "alibi", "alibi_slopes", "tensor_bias", "as_bias"]
+from .masks.tensor import check_additive
+
+__all__ = ["BiasSpec", "ALiBi", "TensorBias", "SumBias", "alibi", "alibi_slopes", "tensor_bias",
+           "as_bias"]
 
 
 def alibi_slopes(n_heads: int) -> Tensor:
@@ -41,10 +44,15 @@ def alibi_slopes(n_heads: int) -> Tensor:
 
 
 class BiasSpec:
-    """Base class: ``tile(...)`` returns a float32 tensor ``(Bb, Hb, q1-q0, k1-k0)``."""
+    """Base class: ``tile(...)`` returns a float tensor broadcastable to
+    ``(B, H, q1-q0, k1-k0)``; ``tensors()`` the tensors that may carry gradients."""
 
     batch_dependent = False
     head_dependent = False
+    toeplitz = False  # depends on (aligned q position - k) only: kernels cache its tiles
+
+    def tensors(self) -> list[Tensor]:
+        return []
 
     def validate(self, B: int, H: int, Tq: int, Tk: int) -> None:
         pass
@@ -61,7 +69,7 @@ class BiasSpec:
 
     def __add__(self, other):
         other = as_bias(other, "other")
-        return self if other is None else _SumBias([self, other])
+        return self if other is None else SumBias([self, other])
 
     __radd__ = __add__
 
@@ -69,9 +77,10 @@ class BiasSpec:
         return self
 
 
-class _ALiBi(BiasSpec):
+class ALiBi(BiasSpec):
+    """``-slope_h * |p - k|`` with p the query's aligned position."""
     head_dependent = True
-    toeplitz = True  # depends on (q - k) only: tiled kernels cache its tiles
+    toeplitz = True
 
     def __init__(self, slopes: Tensor):
         self.slopes = slopes
@@ -96,53 +105,67 @@ class _ALiBi(BiasSpec):
         return term
 
     def to(self, device):
-        return _ALiBi(self.slopes.to(device))
+        return ALiBi(self.slopes.to(device))
 
     def __repr__(self):
         return f"alibi({self.slopes.numel()})"
 
 
-class _TensorBias(BiasSpec):
+class TensorBias(BiasSpec):
+    """A float tensor broadcastable to (B, H, Tq, Tk) exactly as SDPA broadcasts a float
+    ``attn_mask`` (right-aligned; size-1 dimensions broadcast, Tq and Tk included)."""
+
     def __init__(self, values: Tensor):
-        self.values = values  # (Bb, Hb, Tq, Tk)
+        self.values = values  # (Bb, Hb, Tq or 1, Tk or 1)
         self.batch_dependent = values.shape[0] > 1
         self.head_dependent = values.shape[1] > 1
 
+    def tensors(self):
+        return [self.values]
+
     def validate(self, B, H, Tq, Tk):
-        ok = all(s in (1, t) for s, t in zip(self.values.shape, (B, H, Tq, Tk)))
-        if not ok or self.values.shape[2:] != (Tq, Tk):
+        if not all(s in (1, t) for s, t in zip(self.values.shape, (B, H, Tq, Tk))):
             raise ValueError(f"bias: expected a tensor broadcastable to (B, H, Tq, Tk) = "
-                             f"({B}, {H}, {Tq}, {Tk}) with full (Tq, Tk) trailing dims, got "
-                             f"shape {tuple(self.values.shape)}")
+                             f"({B}, {H}, {Tq}, {Tk}) (right-aligned, as SDPA's attn_mask), "
+                             f"got shape {tuple(self.values.shape)}")
 
     def tile(self, q0, q1, k0, k1, *, Tq, Tk, device=None, dtype=torch.float32):
-        t = self.values[:, :, q0:q1, k0:k1]
+        v = self.values
+        qs = slice(q0, q1) if v.shape[2] > 1 else slice(0, 1)
+        ks = slice(k0, k1) if v.shape[3] > 1 else slice(0, 1)
+        t = v[:, :, qs, ks]
         return t.to(device=device if device is not None else t.device, dtype=dtype)
 
     def score_mod_terms(self, Tq, Tk):
         v = self.values
-        bsel = v.shape[0] > 1
-        hsel = v.shape[1] > 1
+        pick = [d for d in range(4) if v.shape[d] > 1]
 
         def term(b, h, q_idx, kv_idx):
-            return v[b if bsel else 0, h if hsel else 0, q_idx, kv_idx]
+            idx = [b, h, q_idx, kv_idx]
+            return v[tuple(idx[d] if d in pick else 0 for d in range(4))]
         return term
 
     def to(self, device):
-        return _TensorBias(self.values.to(device))
+        return TensorBias(self.values.to(device))
 
     def __repr__(self):
         return f"tensor_bias{tuple(self.values.shape)}"
 
 
-class _SumBias(BiasSpec):
+class SumBias(BiasSpec):
+    """The sum of several biases."""
+
     def __init__(self, parts):
         flat = []
         for p in parts:
-            flat.extend(p.parts if isinstance(p, _SumBias) else [p])
+            flat.extend(p.parts if isinstance(p, SumBias) else [p])
         self.parts = flat
         self.batch_dependent = any(p.batch_dependent for p in flat)
         self.head_dependent = any(p.head_dependent for p in flat)
+        self.toeplitz = all(p.toeplitz for p in flat)
+
+    def tensors(self):
+        return [t for p in self.parts for t in p.tensors()]
 
     def validate(self, B, H, Tq, Tk):
         for p in self.parts:
@@ -166,7 +189,7 @@ class _SumBias(BiasSpec):
         return term
 
     def to(self, device):
-        return _SumBias([p.to(device) for p in self.parts])
+        return SumBias([p.to(device) for p in self.parts])
 
     def __repr__(self):
         return " + ".join(map(repr, self.parts))
@@ -174,23 +197,21 @@ class _SumBias(BiasSpec):
 
 def alibi(n_heads: int) -> BiasSpec:
     """ALiBi linear distance bias ``-slope_h * |pos_q - pos_k|`` (causal: ``slope_h*(k - q)``)."""
-    return _ALiBi(alibi_slopes(n_heads))
+    return ALiBi(alibi_slopes(n_heads))
 
 
-def tensor_bias(values: Tensor) -> BiasSpec:
-    """An additive bias tensor of shape (Tq, Tk), (B, Tq, Tk) or (B, H, Tq, Tk)."""
+def tensor_bias(values: Tensor, name: str = "bias") -> BiasSpec:
+    """An additive bias tensor of 2 to 4 dims broadcastable to (B, H, Tq, Tk) as SDPA
+    broadcasts ``attn_mask`` (so 3-D is ``(H, Tq, Tk)``). NaN or +inf raises ValueError;
+    -inf masks the entry."""
     if not isinstance(values, Tensor) or not values.dtype.is_floating_point:
-        raise TypeError(f"bias: expected a floating-point tensor, got "
+        raise TypeError(f"{name}: expected a floating-point tensor, got "
                         f"{getattr(values, 'dtype', type(values).__name__)}")
-    if values.dim() not in (2, 3, 4):
-        raise ValueError(f"bias: expected 2, 3 or 4 dims (Tq, Tk) / (B, Tq, Tk) / (B, H, Tq, Tk), "
-                         f"got shape {tuple(values.shape)}")
-    v = values
-    if v.dim() == 2:
-        v = v[None, None]
-    elif v.dim() == 3:
-        v = v[:, None]
-    return _TensorBias(v)
+    if not 2 <= values.dim() <= 4:
+        raise ValueError(f"{name}: expected 2, 3 or 4 dims broadcastable to (B, H, Tq, Tk) "
+                         f"(right-aligned, as SDPA's attn_mask), got shape {tuple(values.shape)}")
+    check_additive(values, name)
+    return TensorBias(values.reshape((1,) * (4 - values.dim()) + tuple(values.shape)))
 
 
 def as_bias(bias, name: str = "bias") -> BiasSpec | None:
@@ -198,10 +219,10 @@ def as_bias(bias, name: str = "bias") -> BiasSpec | None:
     if bias is None or isinstance(bias, BiasSpec):
         return bias
     if isinstance(bias, Tensor):
-        return tensor_bias(bias)
+        return tensor_bias(bias, name)
     if isinstance(bias, (list, tuple)):
         parts = [as_bias(b, name) for b in bias]
         parts = [p for p in parts if p is not None]
-        return None if not parts else parts[0] if len(parts) == 1 else _SumBias(parts)
+        return None if not parts else parts[0] if len(parts) == 1 else SumBias(parts)
     raise TypeError(f"{name}: expected a BiasSpec (e.g. alibi(H)), a float tensor or None, got "
                     f"{type(bias).__name__}")

@@ -19,7 +19,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
     from .commands import COMMANDS
     p = _Parser(prog="attnkit", description="The attention mechanism, exact, fast and open to "
                 "inspection. Layout everywhere: (B, H, T, D).",

@@ -1,11 +1,11 @@
-"""Attention variants by name: the one parser behind ``attnkit bench --variants`` and
-``attnkit train --attention``.
+"""Attention variants by name: the one grammar behind ``attnkit bench --variants``,
+``attnkit train --attention`` and the Hugging Face integration's ``attnkit:<variant>``.
 
 Grammar ``NAME[:ARG[:ARG]]``:
 
 ===================  ===============================================================
-``dense``            full softmax attention (torch SDPA)
-``window:W``         local window, W keys back (and W ahead if not causal); tiled
+``dense``            full softmax attention
+``window:W``         sliding window, W keys back (and W ahead if not causal)
 ``strided[:S]``      Sparse Transformer strided; S defaults to round(sqrt(n))
 ``fixed[:S[:C]]``    Sparse Transformer fixed; C summary keys per block
 ``dilated:W:D``      dilated window, W steps of D
@@ -16,28 +16,23 @@ Grammar ``NAME[:ARG[:ARG]]``:
 ``ssm``              a Mamba-style state-space model: a model, not an attention op
 ===================  ===============================================================
 
-``strided``, ``fixed`` and ``logsparse`` are causal (as in their papers) whatever the workload.
-Softmax variants are exact for their pattern (tested against the reference); patterns
-run through :func:`attnkit.patterns.sparse_attention`, whose time follows the pair count.
+The sparse names are :data:`attnkit.sparse.PATTERNS` (one table). ``strided``, ``fixed``
+and ``logsparse`` are causal (as in their papers) whatever the workload. Softmax variants
+are exact for their pattern (tested against the reference).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from . import masks as M
+from .sparse.registry import PATTERNS, build_pattern
 
 __all__ = ["Variant", "parse_variant", "parse_variants", "VARIANT_NAMES"]
 
-VARIANT_NAMES = ("dense", "window", "strided", "fixed", "dilated", "longformer", "bigbird",
-                 "logsparse", "linear", "ssm")
+VARIANT_NAMES = ("dense", *PATTERNS, "linear", "ssm")
 _FEATURES = ("elu", "relu", "favor")
-# name -> (fewest, most integer arguments, kind); ``linear`` is parsed on its own
-_ARITY = {"dense": (0, 0, "softmax"), "window": (1, 1, "sparse"), "strided": (0, 1, "sparse"),
-          "bigbird": (0, 1, "sparse"), "fixed": (0, 2, "sparse"), "dilated": (2, 2, "sparse"),
-          "longformer": (1, 2, "sparse"), "logsparse": (0, 0, "sparse"), "ssm": (0, 0, "ssm")}
 
 
 @dataclass(frozen=True)
@@ -49,25 +44,13 @@ class Variant:
     kind: str
 
     def pattern(self, n: int, causal: bool):
-        """The mask spec of a softmax variant for n tokens (None for dense)."""
-        from . import patterns as P
-        a = self.args
+        """The mask of a softmax/sparse variant for n tokens: None (dense, bidirectional),
+        ``causal()``, or an :class:`attnkit.sparse.Pattern`."""
+        if self.kind not in ("softmax", "sparse"):
+            raise ValueError(f"variant {self.text!r} is not a softmax attention pattern")
         if self.name == "dense":
             return M.causal() if causal else None
-        if self.name == "window":
-            return P.local(a[0], causal=causal)
-        if self.name == "strided":
-            return P.strided(a[0] if a else max(1, round(math.sqrt(n))))
-        if self.name == "fixed":
-            s = a[0] if a else max(1, round(math.sqrt(n)))
-            return P.fixed(s, a[1] if len(a) > 1 else 1)
-        if self.name == "dilated":
-            return P.dilated(a[0], a[1], causal=causal)
-        if self.name == "logsparse":
-            return P.log_sparse()
-        if self.name == "longformer":
-            return P.longformer(a[0], a[1] if len(a) > 1 else 1, causal=causal)
-        return P.bigbird(a[0] if a else 64, causal=causal)
+        return build_pattern(self.name, self.args, n, causal)
 
     def feature_map(self, dim: int):
         """The feature map of a linear variant for head dim ``dim``: ``"elu"``, ``"relu"``
@@ -88,11 +71,10 @@ class Variant:
         if self.kind == "linear":
             from .linear import linear_attention
             return linear_attention(q, k, v, self.feature_map(q.shape[-1]), causal=causal)
-        n = q.shape[2]
-        spec = self.pattern(n, causal)
+        spec = self.pattern(q.shape[2], causal)
         if self.kind == "softmax":
             return attention(q, k, v, mask=spec, backend="sdpa")
-        from .patterns import sparse_attention
+        from .sparse import sparse_attention
         return sparse_attention(q, k, v, spec)
 
     def pairs(self, n: int, causal: bool) -> int | None:
@@ -101,10 +83,22 @@ class Variant:
             return None
         if self.name == "dense":
             return n * (n + 1) // 2 if causal else n * n
+        return self.pattern(n, causal).pairs(n)
+
+    def apply_to(self, model, n: int, *, causal: bool) -> None:
+        """Swap this variant into every attention layer of an attnkit model built for
+        sequences of ``n`` tokens (``model.set_attention``; the model's own causal mask
+        stays and is AND-ed with the pattern)."""
+        if self.kind == "ssm":
+            raise ValueError("variant 'ssm' is a model, not an attention layer: it cannot be "
+                             "swapped into a model's attention")
+        if self.kind == "linear":
+            head_dim = next(m.head_dim for m in model.modules() if hasattr(m, "head_dim"))
+            model.set_attention(linear=self.feature_map(head_dim))
+            return
         spec = self.pattern(n, causal)
-        if hasattr(spec, "pairs"):
-            return spec.pairs(n)
-        return int(spec.dense(n, n).sum()) if n <= 8192 else None
+        model.set_attention(linear=None, pattern=None if spec is None or self.name == "dense"
+                            else spec.at(n))
 
     def __str__(self):
         return self.text
@@ -134,9 +128,12 @@ def parse_variant(text: str) -> Variant:
     text = text.strip()
     name, *parts = text.split(":")
     name = name.lower()
-    if name in _ARITY:
-        lo, hi, kind = _ARITY[name]
-        return Variant(text, name, _ints(name, text, parts, lo, hi), kind)
+    if name in ("dense", "ssm"):
+        return Variant(text, name, _ints(name, text, parts, 0, 0),
+                       "softmax" if name == "dense" else "ssm")
+    if name in PATTERNS:
+        e = PATTERNS[name]
+        return Variant(text, name, _ints(name, text, parts, e.min_args, e.max_args), "sparse")
     if name == "linear":
         if not parts or parts[0] not in _FEATURES:
             raise ValueError(f"variant {text!r}: expected linear:F with F in "

@@ -1,7 +1,8 @@
 """What sparse patterns and linear attention trade: relative error vs full softmax.
 
-For each variant (a named sparse pattern run by :func:`attnkit.patterns.sparse_attention`,
-or :func:`attnkit.linear.linear_attention` with a feature map) and each input kind, the
+For each variant (by name, :mod:`attnkit.variants`: a named sparse pattern run by
+:func:`attnkit.sparse.sparse_attention`, or linear attention with a feature map) and each
+input kind, the
 relative error ``||out - ref||_F / ||ref||_F`` against full softmax attention (the
 ``reference`` backend, float64) with the same causality, on the same inputs:
 
@@ -27,19 +28,19 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .. import masks, patterns
+from .. import masks
 from ..functional import attention
-from ..linear import FavorPlus, linear_attention
+from ..variants import parse_variant
 
-__all__ = ["Variant", "Row", "INPUTS", "make_inputs", "default_variants", "report",
+__all__ = ["Approximation", "Row", "INPUTS", "make_inputs", "default_variants", "report",
            "to_markdown", "main"]
 
 INPUTS = ("random", "near", "far")
 
 
 @dataclass(frozen=True)
-class Variant:
-    """A named approximation: ``run(q, k, v) -> out``; ``density`` = pairs / n² or None."""
+class Approximation:
+    """A variant at one setting: ``run(q, k, v) -> out``; ``density`` = pairs / n² or None."""
     name: str
     causal: bool
     run: Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -76,32 +77,32 @@ def make_inputs(kind: str, n: int, *, heads: int = 2, dim: int = 32, sharpness: 
     return sharpness * unit[:, :, target], unit * math.sqrt(dim), v
 
 
-def default_variants(n: int, *, dim: int = 32) -> list[Variant]:
-    """The patterns and feature maps compared, with parameters scaled to n."""
+def default_variants(n: int, *, dim: int = 32) -> list[Approximation]:
+    """The patterns and feature maps compared (variant names with parameters scaled to n,
+    and whether the comparison is causal)."""
     s = max(1, math.isqrt(n))
-    pats = [
-        (patterns.local(max(1, n // 16)), True),
-        (patterns.local(max(1, n // 32), causal=False), False),
-        (patterns.strided(s), True),
-        (patterns.fixed(s), True),
-        (patterns.dilated(max(1, n // 64), 4), True),
-        (patterns.longformer(max(1, n // 32), globals=2), False),
-        (patterns.bigbird(block=max(4, n // 32), random_blocks=2, seed=0), False),
-        (patterns.log_sparse(), True),
-    ]
-    out = [Variant(p.name, c, (lambda q, k, v, p=p: patterns.sparse_attention(q, k, v, p)),
-                   p.density(n)) for p, c in pats]
-    maps = [("elu", "elu"), ("relu", "relu")] + [
-        (f"favor+({m})", FavorPlus(dim, m, seed=0)) for m in (64, 256)]
-    for name, fm in maps:
-        out.append(Variant(f"linear {name}, causal", True,
-                           lambda q, k, v, fm=fm: linear_attention(q, k, v, fm, causal=True)))
-    out.append(Variant("linear elu", False, lambda q, k, v: linear_attention(q, k, v, "elu")))
+    settings = [(f"window:{max(1, n // 16)}", True), (f"window:{max(1, n // 32)}", False),
+                (f"strided:{s}", True), (f"fixed:{s}", True), (f"dilated:{max(1, n // 64)}:4", True),
+                (f"longformer:{max(1, n // 32)}:2", False), (f"bigbird:{max(4, n // 32)}", False),
+                ("logsparse", True), ("linear:elu", True), ("linear:relu", True),
+                ("linear:favor:64", True), ("linear:favor:256", True), ("linear:elu", False)]
+    out = []
+    for text, causal in settings:
+        v = parse_variant(text)
+        if v.kind == "linear":
+            fm = v.feature_map(dim)
+            name = f"linear {fm}" + (", causal" if causal else "")
+            density = None
+        else:
+            pattern = v.pattern(n, causal)
+            name, density = pattern.name, pattern.density(n)
+        out.append(Approximation(name, causal, lambda q, k, v, var=v, c=causal:
+                                 var.attend(q, k, v, causal=c), density))
     return out
 
 
 def report(ns: Sequence[int] = (256, 1024), inputs: Sequence[str] = INPUTS, *,
-           variants: Callable[[int], list[Variant]] | None = None, seed: int = 0,
+           variants: Callable[[int], list[Approximation]] | None = None, seed: int = 0,
            dim: int = 32) -> list[Row]:
     """One :class:`Row` per (n, input kind, variant)."""
     rows = []

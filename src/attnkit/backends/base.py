@@ -1,126 +1,39 @@
 """The backend contract and the registry.
 
-Every backend receives one validated :class:`AttentionCall` and either serves it
-exactly or says why it cannot (``unsupported`` returns a reason). ``attention``
-never switches algorithm silently: a backend asked for by name that cannot serve
-a call raises :class:`UnsupportedCall` with that reason.
+Every backend receives one validated :class:`~attnkit.call.AttentionCall` and either
+serves it exactly or says why it cannot (``unsupported`` returns a reason). ``attention``
+never switches algorithm silently: a backend asked for by name that cannot serve a call
+raises :class:`~attnkit.errors.UnsupportedCall` with that reason.
+
+A backend implements:
+
+======================================  =================================================
+``name``, ``description``               registry key, one line for ``attnkit backends``
+``unsupported(call) -> str | None``     None if it serves ``call`` exactly, else why not
+``forward(call) -> Tensor``             ``(B, H, Tq, Dv)`` in q's dtype, differentiable
+``forward_with_weights(call)``          optional: ``(out, weights)``; default: forward,
+                                        then the weights recomputed by the reference math
+``auto_preference(call)``               optional: ``(priority, reason)`` if ``auto`` may
+                                        pick it for ``call`` (highest priority wins), or
+                                        None (default: never picked automatically)
+======================================  =================================================
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+import importlib
 
-import torch
 from torch import Tensor
 
-from ..bias import BiasSpec
-from ..errors import UnsupportedCall
-from ..masks import MaskSpec, _Window
+from ..call import AttentionCall
+from ..kernels.reference import attention_weights
 
-__all__ = ["AttentionCall", "Backend", "UnsupportedCall", "register_backend", "get_backend",
-           "available_backends"]
-
-
-
-
-@dataclass(frozen=True, eq=False)
-class AttentionCall:
-    """One validated attention problem.
-
-    Shapes: ``q (B, H, Tq, D)``, ``k (B, Hkv, Tk, D)``, ``v (B, Hkv, Tk, Dv)``,
-    ``H % Hkv == 0`` (GQA group size ``G = H // Hkv``; MQA when ``Hkv == 1``).
-    """
-    q: Tensor
-    k: Tensor
-    v: Tensor
-    mask: MaskSpec | None
-    bias: BiasSpec | None
-    scale: float
-    softcap: float | None
-    dropout_p: float
-
-    @property
-    def B(self) -> int:
-        return self.q.shape[0]
-
-    @property
-    def H(self) -> int:
-        return self.q.shape[1]
-
-    @property
-    def Hkv(self) -> int:
-        return self.k.shape[1]
-
-    @property
-    def G(self) -> int:
-        return self.H // self.Hkv
-
-    @property
-    def Tq(self) -> int:
-        return self.q.shape[2]
-
-    @property
-    def Tk(self) -> int:
-        return self.k.shape[2]
-
-    @property
-    def D(self) -> int:
-        return self.q.shape[3]
-
-    @property
-    def Dv(self) -> int:
-        return self.v.shape[3]
-
-    @property
-    def device(self) -> torch.device:
-        return self.q.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.q.dtype
-
-    @cached_property
-    def needs_grad(self) -> bool:
-        ts = [self.q, self.k, self.v] + self.bias_tensors
-        return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
-
-    @cached_property
-    def bias_tensors(self) -> list[Tensor]:
-        from ..bias import _SumBias, _TensorBias
-        parts = [] if self.bias is None else self.bias.parts if isinstance(self.bias, _SumBias) \
-            else [self.bias]
-        return [p.values for p in parts if isinstance(p, _TensorBias)]
-
-    @property
-    def is_causal_only(self) -> bool:
-        """The mask is exactly ``causal()`` (no other spec)."""
-        m = self.mask
-        return isinstance(m, _Window) and m.left == float("inf") and m.right == 0
-
-    def dense_mask(self) -> Tensor | None:
-        """Boolean (Bm, Hm, Tq, Tk) on the call's device, or None when unmasked."""
-        if self.mask is None:
-            return None
-        return self.mask.dense(self.Tq, self.Tk, device=self.device)
-
-    def block_map(self, block_q: int, block_k: int) -> Tensor | None:
-        """The mask's block map at this tiling (cached on the call), or None if unmasked."""
-        if self.mask is None:
-            return None
-        cache = self.__dict__.setdefault("_block_maps", {})
-        key = (block_q, block_k)
-        if key not in cache:
-            cache[key] = self.mask.block_map(self.Tq, self.Tk, block_q, block_k)
-        return cache[key]
-
-    def flops(self) -> float:
-        """Dense forward FLOPs (QK^T and PV), ignoring the mask."""
-        return 2.0 * self.B * self.H * self.Tq * self.Tk * (self.D + self.Dv)
+__all__ = ["Backend", "register_backend", "unregister_backend", "get_backend",
+           "available_backends", "LAZY_BACKENDS"]
 
 
 class Backend:
     """Base class. Subclasses set ``name`` and ``description`` and implement
-    ``unsupported`` and ``forward``."""
+    ``unsupported`` and ``forward`` (see the module doc)."""
 
     name: str = ""
     description: str = ""
@@ -135,15 +48,23 @@ class Backend:
 
     def forward_with_weights(self, call: AttentionCall) -> tuple[Tensor, Tensor]:
         """Output and weights ``(B, H, Tq, Tk)``. Default: forward, then the weights
-        recomputed by the reference (backends that never form them)."""
-        from .reference import attention_weights
-        return self.forward(call), attention_weights(call)
+        recomputed by the reference math (for backends that never form them)."""
+        return self.forward(call), attention_weights(call).to(call.dtype)
+
+    def auto_preference(self, call: AttentionCall) -> tuple[float, str] | None:
+        """``(priority, reason)`` when ``backend="auto"`` may choose this backend for
+        ``call`` (the highest priority among the backends that can serve it wins), or
+        None. Built-ins: sdpa 20, tiled 30 (softcap, sparse masks) / 10 / 5."""
+        return None
 
     def __repr__(self):
         return f"<attnkit backend {self.name!r}>"
 
 
 _REGISTRY: dict[str, Backend] = {}
+# backends registered by importing a module on first use (their import has a cost or
+# needs an optional package): name -> module
+LAZY_BACKENDS = {"ring": "attnkit.distributed.backend", "triton": "attnkit.backends.triton"}
 
 
 def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
@@ -159,9 +80,22 @@ def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
     return backend
 
 
+def unregister_backend(name: str) -> Backend:
+    """Remove a backend from the registry (returns it)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unregister_backend: no backend named {name!r}")
+    return _REGISTRY.pop(name)
+
+
 def get_backend(name: str) -> Backend:
     if not isinstance(name, str):
         raise TypeError(f"backend: expected a backend name (str), got {type(name).__name__}")
+    if name not in _REGISTRY and name in LAZY_BACKENDS:
+        try:
+            importlib.import_module(LAZY_BACKENDS[name])
+        except ImportError as e:
+            raise ValueError(f"backend: {name!r} needs a package that is not installed ({e})") \
+                from None
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -170,4 +104,10 @@ def get_backend(name: str) -> Backend:
 
 
 def available_backends() -> list[str]:
-    return list(_REGISTRY)
+    """Registered backends, then the lazily registered ones not imported yet."""
+    return list(_REGISTRY) + [n for n in LAZY_BACKENDS if n not in _REGISTRY]
+
+
+def loaded_backends() -> list[Backend]:
+    """The backends registered so far (those ``auto`` considers), in registration order."""
+    return list(_REGISTRY.values())

@@ -14,8 +14,8 @@ import math
 import torch
 from torch import Tensor
 
-from ..masks import _Dilated, _Window
-from .base import AttentionCall, Backend
+from ..call import AttentionCall
+from .base import Backend
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,11 +46,11 @@ def _block_mask(call: AttentionCall):
 
 
 def _has_window(spec) -> bool:
-    """Does the spec contain a finite sliding window or a dilated window?"""
-    if isinstance(spec, _Dilated):
+    """Does the spec (or a part of it) bound the query-key distance like a sliding or
+    dilated window? (causal() bounds it on one side only: not a window.)"""
+    lo, hi = spec.distance_bounds()
+    if math.isfinite(hi) or (math.isfinite(lo) and lo < 0):
         return True
-    if isinstance(spec, _Window):  # causal() is _Window(inf, 0): not a finite window
-        return not math.isinf(spec.left) or (spec.right != 0 and not math.isinf(spec.right))
     return any(_has_window(p) for p in getattr(spec, "parts", ()))
 
 

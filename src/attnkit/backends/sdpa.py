@@ -10,7 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import AttentionCall, Backend
+from ..call import AttentionCall
+from .base import Backend
+
+__all__ = ["SDPABackend", "DENSE_MASK_BUDGET"]
+
+DENSE_MASK_BUDGET = 256 * 2**20  # bytes of dense mask/bias 'auto' lets SDPA materialise
 
 
 class SDPABackend(Backend):
@@ -20,6 +25,17 @@ class SDPABackend(Backend):
     def unsupported(self, call: AttentionCall) -> str | None:
         if call.softcap is not None:
             return "torch SDPA has no logit softcap (use 'tiled', 'flex' or 'reference')"
+        return None
+
+    def auto_preference(self, call: AttentionCall):
+        if call.softcap is not None:
+            return None
+        if call.bias is None and (call.mask is None or (call.is_causal_only
+                                                        and call.Tq == call.Tk)):
+            return 20.0, "dense or causal: torch SDPA's fused kernel"
+        nbytes = call.dense_bytes()
+        if nbytes <= DENSE_MASK_BUDGET:
+            return 20.0, f"mask/bias materialised densely ({nbytes / 2**20:.1f} MiB) for SDPA"
         return None
 
     def forward(self, call: AttentionCall) -> Tensor:
@@ -41,8 +57,8 @@ class SDPABackend(Backend):
         attn = mask
         if call.bias is not None:
             attn = call.bias.dense(call.Tq, call.Tk, device=call.device, dtype=q.dtype)
-            if mask is not None:
-                attn = attn.masked_fill(~mask, float("-inf"))
+            if mask is not None:  # (broadcasts both ways: a (1, 1, 1, Tk) bias, a causal mask)
+                attn = torch.where(mask, attn, float("-inf"))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn, **kw)
         if row_ok is not None:
             out = out * row_ok.to(out.dtype)

@@ -1,327 +1,19 @@
-"""Tiled online-softmax attention: the FlashAttention algorithm in PyTorch.
-
-Forward: for each query tile, walk the key blocks the mask's block map marks
-non-empty (adjacent ones merged into chunks of up to ``max_chunk`` keys), keep a
-running max ``m``, normaliser ``l`` and output ``o`` (online softmax), mask only
-the PARTIAL blocks, and save the log-sum-exp per row. Backward recomputes the
-weights tile by tile from the saved log-sum-exp (FlashAttention-2), so memory is
-O(T * D) plus one (tile x chunk) score buffer -- never (Tq, Tk).
-
-GQA/MQA: a query tile of shape (B, H, tq, D) is viewed as (B, Hkv, G*tq, D) and
-multiplied with the shared (B, Hkv, tk, D) key chunk: no per-head copy of K/V;
-gradients of the G query heads sum into dK/dV through the same product.
-
-Accumulation is in float32 (float64 for float64 inputs); low-precision inputs are
-upcast tile by tile. Fully masked rows get output 0 and log-sum-exp +inf, which
-makes their recomputed weights exactly 0 in the backward.
-"""
+"""The ``tiled`` backend: attnkit's FlashAttention (:mod:`attnkit.kernels.tiled`) --
+online softmax over key tiles, block-sparse by the mask's block map, O(T*D) memory."""
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
-import torch
 from torch import Tensor
 
-from ..masks import EMPTY, FULL, PARTIAL
-from .base import AttentionCall, Backend
+from ..call import AttentionCall
+from ..kernels.tiled import tiled_attention
+from ..kernels.tiles import TileConfig
+from ..masks import EMPTY
+from .base import Backend
+from .sdpa import DENSE_MASK_BUDGET
 
-NEG_INF = float("-inf")
-LOG2E = 1.4426950408889634  # 1 / ln 2
-LN2 = 0.6931471805599453
+__all__ = ["TiledBackend", "TileConfig", "tiled_attention", "SPARSE_DENSITY"]
 
-
-@dataclass(frozen=True)
-class TileConfig:
-    """Tile sizes. ``block_q`` x ``block_k`` is the block map's granularity (what is
-    skipped or masked); ``max_chunk`` caps the keys one matmul handles. Defaults
-    chosen by measurement on CPU (see benchmarks/tiles.py)."""
-    block_q: int = 128
-    block_k: int = 64
-    max_chunk: int = 1024
-
-    def __post_init__(self):
-        for name in ("block_q", "block_k", "max_chunk"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"TileConfig: {name} must be a positive int, got {v!r}")
-        if self.max_chunk < self.block_k:
-            raise ValueError(f"TileConfig: max_chunk ({self.max_chunk}) must be >= block_k "
-                             f"({self.block_k})")
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    k0: int
-    k1: int
-    partial: tuple[tuple[int, int], ...]  # key ranges (absolute) that need the mask
-
-
-def plan(call: AttentionCall, cfg: TileConfig) -> list[list[_Chunk]]:
-    """For each query tile, the key chunks to visit (empty blocks skipped)."""
-    bq, bk, Tq, Tk = cfg.block_q, cfg.block_k, call.Tq, call.Tk
-    nq, nk = math.ceil(Tq / bq), math.ceil(Tk / bk)
-    per_chunk = max(1, cfg.max_chunk // bk)
-    bm = call.block_map(bq, bk)
-    bm = [[FULL] * nk] * nq if bm is None else bm.tolist()
-    out = []
-    for row in bm:
-        chunks, j = [], 0
-        while j < nk:
-            if row[j] == EMPTY:
-                j += 1
-                continue
-            start = j
-            while j < nk and row[j] != EMPTY and j - start < per_chunk:
-                j += 1
-            partial, p = [], start
-            while p < j:  # merge consecutive partial blocks into ranges
-                if row[p] == PARTIAL:
-                    a = p
-                    while p < j and row[p] == PARTIAL:
-                        p += 1
-                    partial.append((a * bk, min(Tk, p * bk)))
-                else:
-                    p += 1
-            chunks.append(_Chunk(start * bk, min(Tk, j * bk), tuple(partial)))
-        out.append(chunks)
-    return out
-
-
-def _to5(t: Tensor, Hkv: int, G: int) -> Tensor:
-    """(Bb, Hb, tq, w) with Hb in {1, H} -> broadcastable to (B, Hkv, G, tq, w)."""
-    if t.shape[1] == 1:
-        return t.unsqueeze(2)
-    return t.view(t.shape[0], Hkv, G, t.shape[2], t.shape[3])
-
-
-class _Run:
-    """Everything fixed for one call: shapes, plan, dtypes, dropout seed."""
-
-    def __init__(self, call: AttentionCall, cfg: TileConfig):
-        self.call, self.cfg = call, cfg
-        self.plan = plan(call, cfg)
-        self._mask_cache: dict = {}
-        self.acc = torch.float64 if call.dtype == torch.float64 else torch.float32
-        self.seed = int(torch.randint(0, 2**62, (1,)).item()) if call.dropout_p > 0 else 0
-
-    def q_tiles(self):
-        bq = self.cfg.block_q
-        for i, chunks in enumerate(self.plan):
-            q0 = i * bq
-            yield i, q0, min(self.call.Tq, q0 + bq), chunks
-
-    def scores(self, qs: Tensor, k: Tensor, q0: int, q1: int, c: _Chunk):
-        """Scores of one tile in base 2 (natural scores * log2 e, so exp2 gives the weights):
-        (B, Hkv, G*tq, tk), and tanh(raw/cap) if softcapped. ``qs`` is q * scale, times
-        log2 e unless softcapped (see ``q_scaled``)."""
-        call = self.call
-        B, Hkv, G, tq = call.B, call.Hkv, call.G, q1 - q0
-        kc = k[:, :, c.k0:c.k1].transpose(-1, -2)
-        th = None
-        if call.softcap is None:
-            s = torch.matmul(qs, kc)
-        else:
-            th = torch.tanh(torch.matmul(qs, kc).div_(call.softcap))
-            s = th * (call.softcap * LOG2E)
-        s5 = s.view(B, Hkv, G, tq, c.k1 - c.k0)
-        if call.bias is not None:
-            s5 += self.bias_tile(q0, q1, c.k0, c.k1, s.device, s.dtype)
-        for a, e in c.partial:
-            s5[..., a - c.k0:e - c.k0] += self.mask_bias(q0, q1, a, e, s.device, s.dtype)
-        return s, th
-
-    def bias_tile(self, q0, q1, k0, k1, device, dtype) -> Tensor:
-        """The bias of a tile times log2 e, broadcastable to (B, Hkv, G, tq, tk)."""
-        call = self.call
-        key = ("b", q0 - k0, q1 - q0, k1 - k0) if getattr(call.bias, "toeplitz", False) else None
-        hit = self._mask_cache.get(key) if key else None
-        if hit is not None:
-            return hit
-        b = call.bias.tile(q0, q1, k0, k1, Tq=call.Tq, Tk=call.Tk, device=device, dtype=dtype)
-        out = _to5(b * LOG2E, call.Hkv, call.G)
-        if key:
-            self._mask_cache[key] = out
-        return out
-
-    def mask_bias(self, q0, q1, k0, k1, device, dtype) -> Tensor:
-        """The mask of a tile as an additive 0/-inf tensor broadcastable to
-        (B, Hkv, G, tq, tk) (adding is far cheaper than a broadcast masked_fill on CPU).
-        Translation-invariant specs repeat along diagonals: those tiles are cached."""
-        call = self.call
-        key = (q0 - k0, q1 - q0, k1 - k0) if call.mask.toeplitz else None
-        hit = self._mask_cache.get(key) if key else None
-        if hit is not None:
-            return hit
-        m = call.mask.tile(q0, q1, k0, k1, Tq=call.Tq, Tk=call.Tk, device=device)
-        out = torch.zeros(m.shape, dtype=dtype, device=device).masked_fill_(~m, NEG_INF)
-        out = _to5(out, call.Hkv, call.G)
-        if key:
-            self._mask_cache[key] = out
-        return out
-
-    def keep(self, i: int, j: int, shape, device) -> Tensor:
-        """Dropout keep-mask for tile (i, chunk j), scaled by 1/(1-p); reproducible."""
-        g = torch.Generator(device=device)
-        g.manual_seed((self.seed + 1_000_003 * i + 7_919 * j) % (2**63 - 1))
-        p = self.call.dropout_p
-        r = torch.rand(shape, generator=g, device=device, dtype=self.acc)
-        return (r >= p).to(self.acc) / (1.0 - p)
-
-    def bounded_scores(self, q: Tensor, k: Tensor) -> bool:
-        """True when every base-2 score provably lies in [-64, 64] (no bias; softcap, or
-        max|q| * max|k| * scale small): exp2 then neither overflows nor underflows to 0,
-        so the running-max shift (amax, subtract, rescale) can be skipped exactly."""
-        c = self.call
-        if c.bias is not None:
-            return False
-        if c.softcap is not None:
-            return c.softcap * LOG2E <= 64.0
-        qn = torch.linalg.vector_norm(q.to(self.acc), dim=-1).amax()
-        kn = torch.linalg.vector_norm(k.to(self.acc), dim=-1).amax()
-        return float(qn * kn) * c.scale * LOG2E <= 64.0
-
-    def q_tile(self, x5: Tensor, q0: int, q1: int) -> Tensor:
-        """(B, Hkv, G, Tq, X) -> tile (B, Hkv, G*tq, X) (a view when G == 1)."""
-        B, Hkv, G, _, X = x5.shape
-        return x5[:, :, :, q0:q1].reshape(B, Hkv, G * (q1 - q0), X)
-
-    def q_scaled(self, q: Tensor) -> tuple[Tensor, float]:
-        """q * scale (* log2 e when scores go straight to exp2) as (B, Hkv, G, Tq, D),
-        and the factor applied."""
-        c = self.call
-        qmul = c.scale * (LOG2E if c.softcap is None else 1.0)
-        return (q.to(self.acc) * qmul).view(c.B, c.Hkv, c.G, c.Tq, c.D), qmul
-
-    # ------------------------------------------------------------------
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        c, acc = self.call, self.acc
-        B, H, Hkv, G, Tq = c.B, c.H, c.Hkv, c.G, c.Tq
-        k, v = k.to(acc), v.to(acc)
-        qs5, _ = self.q_scaled(q)
-        lowest = torch.finfo(acc).min  # running max stays finite: exp2(-inf - lowest) = 0
-        fixed = self.bounded_scores(q, k)
-        out = torch.empty(B, H, Tq, c.Dv, dtype=acc, device=q.device)  # every tile written
-        m_all = torch.full((B, H, Tq), 0.0 if fixed else lowest, dtype=acc, device=q.device)
-        l_all = torch.zeros(B, H, Tq, dtype=acc, device=q.device)
-        out5 = out.view(B, Hkv, G, Tq, c.Dv)
-        m5, l5 = m_all.view(B, Hkv, G, Tq), l_all.view(B, Hkv, G, Tq)
-        for i, q0, q1, chunks in self.q_tiles():
-            if not chunks:  # no visible key: output 0, lse +inf
-                out5[:, :, :, q0:q1] = 0.0
-                continue
-            tq = q1 - q0
-            qs = self.q_tile(qs5, q0, q1)                             # (B, Hkv, G*tq, D)
-            m = l = o = None
-            for j, ch in enumerate(chunks):
-                s, _ = self.scores(qs, k, q0, q1, ch)                # (B, Hkv, G*tq, tk)
-                if fixed:  # |s| <= 64: exp2 needs no shift, chunks add up directly
-                    m_new = 0.0
-                else:
-                    m_new = s.amax(-1, keepdim=True).clamp_min_(lowest)
-                    if m is not None:
-                        m_new = torch.maximum(m, m_new)
-                    s = s.sub_(m_new)
-                p = s.exp2_()
-                rowsum = p.sum(-1, keepdim=True)
-                if c.dropout_p > 0:
-                    p = p * self.keep(i, j, p.shape, p.device)
-                pv = torch.matmul(p, v[:, :, ch.k0:ch.k1])
-                if m is None:
-                    l, o = rowsum, pv
-                elif fixed:
-                    l, o = l.add_(rowsum), o.add_(pv)
-                else:
-                    alpha = torch.exp2(m - m_new)
-                    l = l.mul_(alpha).add_(rowsum)
-                    o = o.mul_(alpha).add_(pv)
-                m = m_new
-            out5[:, :, :, q0:q1] = o.view(B, Hkv, G, tq, c.Dv)
-            if not fixed:
-                m5[:, :, :, q0:q1] = m.view(B, Hkv, G, tq)
-            l5[:, :, :, q0:q1] = l.view(B, Hkv, G, tq)
-        ok = l_all > 0
-        out.div_(torch.where(ok, l_all, 1.0).unsqueeze(-1))
-        lse = torch.where(ok, (m_all + torch.log2(l_all)) * LN2, math.inf)
-        return out, lse
-
-    def backward(self, dout, q, k, v, out, lse):
-        c, acc = self.call, self.acc
-        B, H, Hkv, G, Tq, Tk = c.B, c.H, c.Hkv, c.G, c.Tq, c.Tk
-        kf, vf = k.to(acc), v.to(acc)
-        qs5, qmul = self.q_scaled(q)
-        dq = torch.zeros(B, H, Tq, c.D, dtype=acc, device=q.device)
-        dk = torch.zeros(B, Hkv, Tk, c.D, dtype=acc, device=q.device)
-        dv = torch.zeros(B, Hkv, Tk, c.Dv, dtype=acc, device=q.device)
-        dbias = None
-        if any(t.requires_grad for t in c.bias_tensors):
-            dbias = torch.zeros(B, H, Tq, Tk, dtype=acc, device=q.device)
-        shape5 = (B, Hkv, G, Tq, -1)
-        do5 = dout.to(acc).reshape(shape5)
-        delta5 = (do5 * out.to(acc).view(shape5)).sum(-1, keepdim=True)  # (B, Hkv, G, Tq, 1)
-        lse5 = (lse.to(acc) * LOG2E).view(shape5)                         # base 2
-        dq5 = dq.view(shape5)
-        for i, q0, q1, chunks in self.q_tiles():
-            if not chunks:
-                continue
-            tq = q1 - q0
-            qs = self.q_tile(qs5, q0, q1)                             # (B, Hkv, G*tq, D)
-            do = self.q_tile(do5, q0, q1)                             # (B, Hkv, G*tq, Dv)
-            lse_t, dl_t = self.q_tile(lse5, q0, q1), self.q_tile(delta5, q0, q1)
-            dq_t = None
-            for j, ch in enumerate(chunks):
-                ks, vs = kf[:, :, ch.k0:ch.k1], vf[:, :, ch.k0:ch.k1]
-                s, th = self.scores(qs, kf, q0, q1, ch)
-                p = s.sub_(lse_t).exp2_()                             # weights (B, Hkv, G*tq, tk)
-                dp = torch.matmul(do, vs.transpose(-1, -2))
-                if c.dropout_p > 0:
-                    keep = self.keep(i, j, p.shape, p.device)
-                    dv[:, :, ch.k0:ch.k1] += torch.matmul((p * keep).transpose(-1, -2), do)
-                    dp.mul_(keep)
-                else:
-                    dv[:, :, ch.k0:ch.k1] += torch.matmul(p.transpose(-1, -2), do)
-                ds = p.mul_(dp.sub_(dl_t))                            # dL/d(score)
-                if dbias is not None:
-                    dbias[:, :, q0:q1, ch.k0:ch.k1] += ds.view(B, Hkv, G, tq, -1).reshape(
-                        B, H, tq, -1)
-                if th is not None:
-                    ds.mul_(1.0 - th * th)
-                g = torch.matmul(ds, ks)
-                dq_t = g if dq_t is None else dq_t.add_(g)
-                dk[:, :, ch.k0:ch.k1] += torch.matmul(ds.transpose(-1, -2), qs)
-            dq5[:, :, :, q0:q1] = dq_t.view(B, Hkv, G, tq, c.D)
-        dq.mul_(c.scale)
-        dk.mul_(c.scale / qmul)  # qs carried qmul; dS/dk needs q * scale
-        dbias_parts = []
-        for t in c.bias_tensors:
-            if dbias is None or not t.requires_grad:
-                dbias_parts.append(None)
-            else:
-                g = dbias.sum(dim=[d for d in range(4) if t.shape[d] == 1], keepdim=True)
-                dbias_parts.append(g.to(t.dtype))
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias_parts
-
-
-class _TiledFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, run, *bias_tensors):
-        out, lse = run.forward(q, k, v)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.run = run
-        ctx.mark_non_differentiable(lse)
-        return out.to(q.dtype), lse
-
-    @staticmethod
-    def backward(ctx, dout, _dlse):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv, dbias = ctx.run.backward(dout, q, k, v, out, lse)
-        return (dq, dk, dv, None, *dbias)
-
-
-def tiled_attention(call: AttentionCall, cfg: TileConfig | None = None) -> tuple[Tensor, Tensor]:
-    """Output (B, H, Tq, Dv) and log-sum-exp (B, H, Tq) (+inf on fully masked rows)."""
-    run = _Run(call, cfg or TileConfig())
-    return _TiledFunction.apply(call.q, call.k, call.v, run, *call.bias_tensors)
+SPARSE_DENSITY = 0.5  # block-map fill below which 'auto' prefers tiled
 
 
 class TiledBackend(Backend):
@@ -330,6 +22,20 @@ class TiledBackend(Backend):
 
     def __init__(self, config: TileConfig | None = None):
         self.config = config or TileConfig()
+
+    def auto_preference(self, call: AttentionCall):
+        if call.softcap is not None:
+            return 30.0, "softcap: SDPA cannot apply it"
+        if call.mask is not None:
+            bm = call.block_map(self.config.block_q, self.config.block_k)
+            density = float((bm != EMPTY).float().mean())
+            if density < SPARSE_DENSITY:
+                return 30.0, (f"sparse mask ({density:.0%} of tiles non-empty): tiled skips "
+                              "the rest")
+        nbytes = call.dense_bytes()
+        if (call.mask is not None or call.bias is not None) and nbytes > DENSE_MASK_BUDGET:
+            return 10.0, f"a dense mask would need {nbytes / 2**30:.2f} GiB; tiled needs O(T*D)"
+        return 5.0, "online softmax over key tiles, O(T*D) memory"
 
     def forward(self, call: AttentionCall) -> Tensor:
         return tiled_attention(call, self.config)[0]

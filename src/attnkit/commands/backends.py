@@ -11,7 +11,11 @@ def run(args) -> int:
     t.add_column("name")
     t.add_column("what")
     for name in available_backends():
-        t.add_row(name, get_backend(name).description)
+        try:
+            desc = get_backend(name).description
+        except ValueError as e:  # a lazily registered backend whose package is missing
+            desc = f"unavailable here: {e}"
+        t.add_row(name, desc)
     Console().print(t)
     return 0
 

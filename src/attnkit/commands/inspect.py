@@ -38,7 +38,7 @@ def run(args) -> int:
     if not all(0 <= x < n_layers for x in layers):
         raise UsageError(f"--layers: expected numbers in 0..{n_layers - 1}, got {args.layers!r}")
     with torch.no_grad():  # only these layers recompute weights (if the backend never forms them)
-        _, ws = model(ids, mask, need_weights=set(layers))
+        _, ws = model(ids, mask, return_weights=set(layers))
     W = torch.stack([ws[i][0] for i in layers]).float()                    # (L, H, T, T)
     L, H, T, _ = W.shape
     ranked = None

@@ -17,10 +17,10 @@ O(T / P); causal work is balanced by the ``zigzag`` layout.
 Always pass a ``timeout`` to ``init_process_group``: if a rank dies or hangs, the
 others then fail with an error within it instead of waiting forever.
 
-Models: ``context_parallel(model)`` shards the input along the sequence, runs
-the model with every ``backend`` attribute set to ``"ring"`` (the backend this
-package registers for ``attention(..., backend="ring")``) and returns the local
-output; see :mod:`.parallel`.
+Models: ``context_parallel(model)`` shards the input along the sequence, runs the
+model with every attention call on the ``ring`` backend (``use_backends("ring",
+override=True)``; registered for ``attention(..., backend="ring")``), the global
+positions passed as ``position_ids``, and returns the local output; see :mod:`.parallel`.
 
 GPUs with NCCL (one process per GPU)::
 
@@ -37,8 +37,8 @@ benchmark: ``torchrun --standalone --nproc-per-node=P benchmarks/ring.py --worke
 --backend nccl --layouts zigzag`` (or ``python benchmarks/ring.py --backend nccl
 --procs 1,2,4`` to sweep P; one GPU per process).
 """
-from .parallel import (ContextParallel, RingBackend, RingContext, context_parallel,
-                       local_positions, ring_context)
+from .backend import RingBackend, RingContext, local_positions, ring_context
+from .parallel import ContextParallel, context_parallel
 from .ring import ShiftedMask, ring_attention, ring_work
 from .sharding import LAYOUTS, padded_length, positions, segments, shard, unshard
 

@@ -1,108 +1,28 @@
-"""Running a model's attention context-parallel: the ``ring`` backend and a wrapper.
+"""Running a model context-parallel: :func:`context_parallel` wraps a module.
 
-* ``attention(q, k, v, mask=causal(), backend="ring")`` on local shards runs
-  :func:`ring_attention` on the default group (registered when
-  ``attnkit.distributed`` is imported). The mask is read at *global* positions;
-  the global length, layout and group come from the active :func:`ring_context`
-  (default: no padding, ``zigzag``, the world group).
-* :func:`context_parallel` wraps a module: it shards the input along the
-  sequence, sets every submodule's ``backend`` attribute (as attnkit's
-  attention modules have) to ``"ring"`` for the call, and runs it inside a
-  :func:`ring_context`. The output is the local shard; :meth:`ContextParallel.gather`
-  rebuilds the full sequence; :meth:`ContextParallel.reduce_gradients` sums the
-  parameter gradients over the group (each rank holds its tokens' share).
-
-Position embeddings: a model that builds positions with ``arange(T)`` must take
-them from :func:`local_positions` instead (the global positions of its shard;
-None outside a ring context, so the same code runs single-process).
+It shards the input along the sequence and runs the module on the local shard with
+every attention call on the ``ring`` backend (``attnkit.use_backends("ring",
+override=True)`` -- the modules themselves are not touched) inside a
+:func:`~attnkit.distributed.ring_context`. A module whose ``forward`` takes
+``position_ids`` (attnkit's GPT and BERT, Hugging Face models) receives the global
+positions of its shard, so learned and rotary positions are those of the full
+sequence. The output is the local shard; :meth:`ContextParallel.gather` rebuilds the
+full sequence; :meth:`ContextParallel.reduce_gradients` sums the parameter gradients
+over the group (each rank holds its tokens' share).
 """
 from __future__ import annotations
 
-import contextlib
-import threading
-from dataclasses import dataclass
+import inspect
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..backends.base import AttentionCall, Backend, register_backend
-from .ring import ring_attention
+from ..backends.selection import use_backends
+from .backend import ring_context
 from .sharding import _check_layout, positions, shard, unshard
 
-__all__ = ["RingBackend", "RingContext", "ring_context", "local_positions", "context_parallel",
-           "ContextParallel"]
-
-
-@dataclass(frozen=True)
-class RingContext:
-    length: int | None = None   # global (unpadded) length; None: T_local * world
-    layout: str = "zigzag"
-    group: object = None        # process group; None: the world
-
-
-_state = threading.local()
-
-
-def _current() -> RingContext:
-    return getattr(_state, "ctx", None) or RingContext()
-
-
-@contextlib.contextmanager
-def ring_context(*, length: int | None = None, layout: str = "zigzag", group=None):
-    """Within the block, the ``ring`` backend uses this global length, layout and group."""
-    _check_layout(layout)
-    old = getattr(_state, "ctx", None)
-    _state.ctx = RingContext(length, layout, group)
-    try:
-        yield _state.ctx
-    finally:
-        _state.ctx = old
-
-
-def local_positions(t_local: int | None = None, *, device=None,
-                    clamp: bool = False) -> Tensor | None:
-    """Global positions (int64 ``(T_local,)``; padding ``>= length``) of this rank's shard
-    under the active :func:`ring_context`, or None outside one -- so a model can write
-    ``pos = local_positions(T) ; pos = torch.arange(T) if pos is None else pos``.
-    ``clamp=True`` maps padding positions to ``length - 1`` (they are masked anyway), so
-    they index position tables safely."""
-    ctx = getattr(_state, "ctx", None)
-    if ctx is None:
-        return None
-    world, rank = dist.get_world_size(ctx.group), dist.get_rank(ctx.group)
-    length = ctx.length
-    if length is None:
-        if t_local is None:
-            raise ValueError("t_local: needed when the ring context has no length, got None")
-        length = t_local * world
-    pos = positions(rank, world, length, ctx.layout, device=device)
-    return pos.clamp_max(length - 1) if clamp else pos
-
-
-class RingBackend(Backend):
-    name = "ring"
-    description = "ring attention across the ranks of a torch.distributed group (masks global)"
-
-    def unsupported(self, call: AttentionCall) -> str | None:
-        if not dist.is_available() or not dist.is_initialized():
-            return "torch.distributed is not initialised (no process group)"
-        if call.dropout_p > 0:
-            return "dropout is not supported"
-        if call.bias is not None:
-            return "biases (ALiBi, tensors, additive masks) are not supported"
-        if call.Tq != call.Tk:
-            return f"q and k shards must have the same length, got Tq={call.Tq}, Tk={call.Tk}"
-        return None
-
-    def forward(self, call: AttentionCall) -> Tensor:
-        ctx = _current()
-        return ring_attention(call.q, call.k, call.v, group=ctx.group, mask=call.mask,
-                              layout=ctx.layout, length=ctx.length, scale=call.scale,
-                              softcap=call.softcap)
-
-
-register_backend(RingBackend(), replace=True)
+__all__ = ["context_parallel", "ContextParallel"]
 
 
 class ContextParallel(nn.Module):
@@ -125,16 +45,12 @@ class ContextParallel(nn.Module):
         world, rank = dist.get_world_size(self.group), dist.get_rank(self.group)
         self.length = x.shape[self.seq_dim]
         x_local = shard(x, rank, world, self.layout, dim=self.seq_dim)
-        mods = [m for m in self.module.modules() if isinstance(getattr(m, "backend", None), str)]
-        old = [m.backend for m in mods]
-        try:
-            for m in mods:
-                m.backend = "ring"
-            with ring_context(length=self.length, layout=self.layout, group=self.group):
-                return self.module(x_local, *args, **kwargs)
-        finally:
-            for m, b in zip(mods, old):
-                m.backend = b
+        if "position_ids" in inspect.signature(self.module.forward).parameters and \
+                "position_ids" not in kwargs:  # padding positions: the last real one (masked)
+            kwargs["position_ids"] = self.positions(device=x.device).clamp_max(self.length - 1)
+        with use_backends("ring", override=True), \
+                ring_context(length=self.length, layout=self.layout, group=self.group):
+            return self.module(x_local, *args, **kwargs)
 
     def positions(self, *, device=None) -> Tensor:
         """Global positions of the local shard of the last input (padded ones >= length)."""

@@ -14,7 +14,7 @@ A pair whose block map is all EMPTY (a causal future chunk, a window out of reac
 padding) is not computed at all; its K/V still pass on.
 
 Backward (FlashAttention-2 style): with the global out and lse, each pair's
-``_Run.backward`` gives exactly that key run's share of dQ, dK, dV. dQ stays
+``tiled_backward`` gives exactly that key run's share of dQ, dK, dV. dQ stays
 local; dK/dV accumulators travel the ring with their K/V and, after ``world``
 hops, arrive back at their owner.
 """
@@ -27,9 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..backends.base import AttentionCall
-from ..backends.tiled import TileConfig, _Run
-from ..functional import make_call
+from ..call import AttentionCall, make_call
+from ..kernels import TileConfig, merge_partial, tiled_backward, tiled_forward
 from ..masks import EMPTY, FULL, PARTIAL, AdditiveMask, MaskSpec, as_mask, causal as _causal
 from .sharding import padded_length, segments
 
@@ -45,19 +44,20 @@ class ShiftedMask(MaskSpec):
 
     def __init__(self, inner: MaskSpec | None, q_start: int, k_start: int, length: int):
         self.inner, self.q_start, self.k_start, self.length = inner, q_start, k_start, length
-        self.batch_dependent = bool(inner is not None and inner.batch_dependent)
-        self.head_dependent = bool(inner is not None and inner.head_dependent)
         self._maps: dict[tuple, Tensor] = {}
 
-    def _allowed(self, b, h, q, k, off):
+    def extent(self):
+        return (1, 1) if self.inner is None else self.inner.extent()
+
+    def allowed(self, b, h, q, k, offset):
         L = self.length
         qg, kg = q + self.q_start, k + self.k_start
         ok = (qg < L) & (kg < L)
         if self.inner is not None:  # clamp: index-based specs must not read past length
-            ok = ok & self.inner._allowed(b, h, qg.clamp(max=L - 1), kg.clamp(max=L - 1), 0)
+            ok = ok & self.inner.allowed(b, h, qg.clamp(max=L - 1), kg.clamp(max=L - 1), 0)
         return ok
 
-    def _block(self, q0, q1, k0, k1, off):
+    def tile_classes(self, q0, q1, k0, k1, offset):
         L = self.length
         gq0, gq1 = q0 + self.q_start, q1 + self.q_start
         gk0, gk1 = k0 + self.k_start, k1 + self.k_start
@@ -69,13 +69,14 @@ class ShiftedMask(MaskSpec):
             cq0, ck0 = gq0.clamp(max=L - 1), gk0.clamp(max=L - 1)
             cq1 = torch.maximum(gq1.clamp(max=L), cq0 + 1)
             ck1 = torch.maximum(gk1.clamp(max=L), ck0 + 1)
-            inner = self.inner._block(cq0, cq1, ck0, ck1, 0)
+            inner = self.inner.tile_classes(cq0, cq1, ck0, ck1, 0)
             if inner is None:
                 return None
         return torch.where(~valid, EMPTY, torch.where(cut & (inner == FULL), PARTIAL, inner))
 
     def tile(self, q0, q1, k0, k1, *, Tq, Tk, device=None):
-        device = self._device(device)
+        if device is None:
+            device = next((t.device for t in self.tensors()), "cpu")
         L = self.length
         gq0, gk0 = q0 + self.q_start, k0 + self.k_start
         nq, nk = max(0, min(q1 - q0, L - gq0)), max(0, min(k1 - k0, L - gk0))  # unpadded part
@@ -96,17 +97,8 @@ class ShiftedMask(MaskSpec):
             self._maps[key] = super().block_map(Tq, Tk, block_q, block_k)
         return self._maps[key]
 
-    def _nb(self):
-        return 1 if self.inner is None else self.inner._nb()
-
-    def _nh(self):
-        return 1 if self.inner is None else self.inner._nh()
-
-    def _device(self, device):
-        return device if device is not None or self.inner is None else self.inner._device(None)
-
-    def _tensors(self):
-        return [] if self.inner is None else self.inner._tensors()
+    def tensors(self):
+        return [] if self.inner is None else self.inner.tensors()
 
     def to(self, device):
         inner = None if self.inner is None else self.inner.to(device)
@@ -206,16 +198,6 @@ def ring_work(length: int, world: int, layout: str = "zigzag", *, causal: bool =
 # ---------------------------------------------------------------------------
 # the ring
 # ---------------------------------------------------------------------------
-def _merge(out: Tensor, lse: Tensor, o: Tensor, l: Tensor) -> None:
-    """out/lse (running; lse -inf = nothing yet) <- merged with a partial (o, l).
-    The tiled kernel marks an empty row with l = +inf: its weight here is 0."""
-    l = torch.where(l == POS_INF, NEG_INF, l)
-    new = torch.logaddexp(lse, l)
-    safe = torch.where(new == NEG_INF, 0.0, new)
-    out.mul_(torch.exp(lse - safe).unsqueeze(-1)).add_(o * torch.exp(l - safe).unsqueeze(-1))
-    lse.copy_(new)
-
-
 class _Ring:
     """One ring_attention call: group, neighbours, plan, kernel settings."""
 
@@ -243,11 +225,10 @@ class _Ring:
                 f"peers {self.prev} -> {self.rank} -> {self.next}); a peer rank failed or "
                 f"timed out: {e}") from e
 
-    def _call(self, q, k, v, p: _Pair) -> tuple[AttentionCall, Tensor, Tensor, Tensor]:
+    def _call(self, q, k, v, p: _Pair) -> AttentionCall:
         qs, ks, vs = (q[:, :, p.q0:p.q0 + p.nq], k[:, :, p.k0:p.k0 + p.nk],
                       v[:, :, p.k0:p.k0 + p.nk])
-        call = AttentionCall(qs, ks, vs, p.mask, None, self.scale, self.softcap, 0.0)
-        return call, qs, ks, vs
+        return AttentionCall(qs, ks, vs, p.mask, None, self.scale, self.softcap, 0.0)
 
     # -- forward -------------------------------------------------------
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -262,10 +243,10 @@ class _Ring:
                 nxt = (torch.empty_like(kv[0]), torch.empty_like(kv[1]))
                 reqs = self._post(sends=kv, recvs=nxt)
             for p in self.plan[s]:
-                call, qs, ks, vs = self._call(q, *kv, p)
-                o, l = _Run(call, self.cfg).forward(qs, ks, vs)
+                call = self._call(q, *kv, p)
+                o, l = tiled_forward(call, self.cfg)
                 sl = slice(p.q0, p.q0 + p.nq)
-                _merge(out[:, :, sl], lse[:, :, sl], o, l)
+                merge_partial(out[:, :, sl], lse[:, :, sl], o, l)
             self._wait(reqs, "K/V exchange", s)
             kv = nxt
         return out, torch.where(lse == NEG_INF, POS_INF, lse)
@@ -275,6 +256,7 @@ class _Ring:
         acc = out.dtype
         dout = dout.contiguous()
         dq = torch.zeros(q.shape, dtype=acc, device=q.device)
+        qa = q.to(acc)  # gradients come back in the accumulation dtype
         kv, pending = (k, v), []
         for s in range(self.world):
             recv_d, nxt, reqs = [], None, []
@@ -288,12 +270,12 @@ class _Ring:
             if s < self.world - 1:
                 nxt = (torch.empty_like(kv[0]), torch.empty_like(kv[1]))
                 reqs = self._post(sends=kv, recvs=nxt)
+            kva = (kv[0].to(acc), kv[1].to(acc))
             for p in self.plan[s]:
-                call, qs, ks, vs = self._call(q, *kv, p)
+                call = self._call(qa, *kva, p)
                 sl, kl = slice(p.q0, p.q0 + p.nq), slice(p.k0, p.k0 + p.nk)
-                dq_p, dk_p, dv_p, _ = _Run(call, self.cfg).backward(  # (in acc dtype)
-                    dout[:, :, sl], qs.to(acc), ks.to(acc), vs.to(acc), out[:, :, sl],
-                    lse[:, :, sl])
+                dq_p, dk_p, dv_p, _ = tiled_backward(call, dout[:, :, sl], out[:, :, sl],
+                                                     lse[:, :, sl], self.cfg)
                 dq[:, :, sl] += dq_p
                 self._wait(recv_d, "dK/dV receive", s)  # (overlapped the first pair)
                 recv_d = []

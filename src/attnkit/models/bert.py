@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..modules import EncoderLayer, LayerConfig, LearnedPositions, key_padding_mask
+from .. import masks
+from .._checks import renamed_flag
+from ..modules import Block, LayerConfig, LearnedPositions
 from ..modules.attention import UNSET
 from .common import TextModel, init_weights, preset_config, set_attention, wants_weights
 
@@ -80,7 +82,7 @@ class BERT(TextModel):
         lc = LayerConfig(d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff,
                          norm_eps=cfg.norm_eps, norm_first=False, activation=cfg.activation,
                          dropout=cfg.dropout, attn_dropout=cfg.dropout, backend=cfg.backend)
-        self.layers = nn.ModuleList(EncoderLayer(lc) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(lc) for _ in range(cfg.n_layers))
         self.pooler = nn.Linear(cfg.d_model, cfg.d_model) if cfg.pooler else None
         ffn = self.layers[0].ffn if cfg.n_layers else None
         self.mlm = MLMHead(cfg, ffn.act if ffn else F.gelu) if cfg.mlm_head else None
@@ -93,11 +95,15 @@ class BERT(TextModel):
         return self
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, need_weights=False):  # bool or layer indices
-        """``input_ids (B, T)`` -> hidden states ``(B, T, d)``; with ``need_weights``
+                token_type_ids: Tensor | None = None, return_weights=False,
+                position_ids: Tensor | None = None, need_weights=None):
+        """``input_ids (B, T)`` -> hidden states ``(B, T, d)``; with ``return_weights``
         also the per-layer attention weights ``[(B, H, T, T)] * n_layers`` (a set of
         layer indices asks for those layers only; the others are None).
-        ``attention_mask (B, T)``: 1 = real token, 0 = padding (hidden from keys)."""
+        ``attention_mask (B, T)``: 1 = real token, 0 = padding (hidden from keys).
+        ``position_ids (T,)`` or ``(B, T)``: default ``0 .. T-1``."""
+        return_weights = renamed_flag(return_weights, need_weights, "need_weights",
+                                      "return_weights")
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 \
                 or input_ids.dtype.is_floating_point:
             raise ValueError(f"input_ids: expected an integer tensor (B, T), got "
@@ -107,18 +113,18 @@ class BERT(TextModel):
                              f"input_ids), got {tuple(attention_mask.shape)}")
         T = input_ids.shape[1]
         types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
-        x = (self.tok_emb(input_ids) + self.pos_emb(torch.arange(T, device=input_ids.device))
-             + self.type_emb(types))
+        pos = torch.arange(T, device=input_ids.device) if position_ids is None else position_ids
+        x = self.tok_emb(input_ids) + self.pos_emb(pos) + self.type_emb(types)
         x = self.drop(self.emb_norm(x))                                         # (B, T, d)
-        mask = None if attention_mask is None else key_padding_mask(attention_mask)
+        mask = None if attention_mask is None else masks.key_padding(attention_mask)
         weights = []
         for i, layer in enumerate(self.layers):
-            want = wants_weights(need_weights, i)
-            x = layer(x, mask=mask, need_weights=want)
+            want = wants_weights(return_weights, i)
+            x = layer(x, mask=mask, return_weights=want)
             if want:
                 x, w = x
             weights.append(w if want else None)
-        return (x, weights) if need_weights else x
+        return (x, weights) if return_weights else x
 
     def mlm_logits(self, hidden: Tensor) -> Tensor:
         """``(B, T, d)`` -> ``(B, T, vocab)``."""

@@ -77,9 +77,9 @@ class TextModel(nn.Module):
         return ids, mask
 
 
-def wants_weights(need_weights, layer: int) -> bool:
-    """``need_weights`` is a bool or a collection of layer indices: does ``layer`` return
+def wants_weights(return_weights, layer: int) -> bool:
+    """``return_weights`` is a bool or a collection of layer indices: does ``layer`` return
     its attention weights? (Only those layers pay for recomputing them.)"""
-    if isinstance(need_weights, bool):
-        return need_weights
-    return layer in need_weights
+    if isinstance(return_weights, bool):
+        return return_weights
+    return layer in return_weights

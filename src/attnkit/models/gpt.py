@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import masks
-from ..modules import (EncoderLayer, KVCache, LayerConfig, LearnedPositions, SinusoidalPositions,
-                       SlidingWindowCache, key_padding_mask, make_norm)
+from .._checks import renamed_flag
+from ..modules import (Block, KVCache, LayerConfig, LearnedPositions, SinusoidalPositions,
+                       SlidingWindowCache, make_norm)
 from ..modules.attention import UNSET
-from ..modules.positional import token_positions
 from .common import TextModel, init_weights, preset_config, set_attention, wants_weights
 
 __all__ = ["GPTConfig", "GPT"]
@@ -106,7 +106,7 @@ class GPT(TextModel):
                         if cfg.positions == "sinusoidal" else None)
         self.drop = nn.Dropout(cfg.dropout)
         lc = cfg.layer_config()
-        self.layers = nn.ModuleList(EncoderLayer(lc, self._pattern(None))
+        self.layers = nn.ModuleList(Block(lc, self._pattern(None))
                                     for _ in range(cfg.n_layers))
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size,
@@ -131,10 +131,16 @@ class GPT(TextModel):
         return [SlidingWindowCache(max(1, self.cfg.window - 1)) for _ in self.layers]
 
     def forward(self, idx: Tensor, attention_mask: Tensor | None = None,
-                cache: list[KVCache] | None = None, need_weights=False):  # bool or layer indices
+                cache: list[KVCache] | None = None, return_weights=False,
+                position_ids: Tensor | None = None, need_weights=None):
         """``idx (B, T)`` token ids -> ``logits (B, T, vocab)`` (and the per-layer weights
-        ``(B, H, T, Tk)`` when ``need_weights``). ``attention_mask (B, Tk)`` hides padded
-        keys (Tk counts cached tokens too); positions are 0.. in order (right padding)."""
+        ``(B, H, T, Tk)`` when ``return_weights``: True, or a set of layer indices to ask
+        those layers only, the others being None). ``attention_mask (B, Tk)`` hides padded
+        keys (Tk counts cached tokens too). ``position_ids (T,)`` or ``(B, T)``: the tokens'
+        positions (default: consecutive after the cache; left-padded batches and context
+        parallelism pass their own)."""
+        return_weights = renamed_flag(return_weights, need_weights, "need_weights",
+                                      "return_weights")
         if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point:
             raise ValueError(f"idx: expected an integer tensor (B, T), got "
                              f"{getattr(idx, 'shape', type(idx).__name__)}")
@@ -142,21 +148,26 @@ class GPT(TextModel):
             raise ValueError(f"cache: expected {len(self.layers)} per-layer caches, got "
                              f"{len(cache)}")
         offset = 0 if cache is None else cache[0].seen
+        pos = position_ids
+        if pos is None:
+            pos = torch.arange(offset, offset + idx.shape[1], device=idx.device)
         x = self.tok_emb(idx)                                                   # (B, T, d)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(token_positions(offset, idx.shape[1], device=idx.device))
+            x = x + self.pos_emb(pos)
         x = self.drop(x)
-        mask = None if attention_mask is None else key_padding_mask(attention_mask)
+        mask = None if attention_mask is None else masks.key_padding(attention_mask)
+        rope_pos = None if position_ids is None else pos
         weights = []
         for i, layer in enumerate(self.layers):
-            want = wants_weights(need_weights, i)
-            x = layer(x, mask=mask, cache=None if cache is None else cache[i], need_weights=want)
+            want = wants_weights(return_weights, i)
+            x = layer(x, mask=mask, cache=None if cache is None else cache[i],
+                      return_weights=want, positions=rope_pos)
             if want:
                 x, w = x
             weights.append(w if want else None)
         x = self.norm(x)
         logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.tok_emb.weight)
-        return (logits, weights) if need_weights else logits
+        return (logits, weights) if return_weights else logits
 
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, *, do_sample: bool = False,

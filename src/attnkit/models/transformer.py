@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import masks
-from ..modules import (DecoderLayer, EncoderLayer, KVCache, LayerConfig, SinusoidalPositions,
-                       key_padding_mask)
+from ..modules import Block, DecoderBlock, KVCache, LayerConfig, SinusoidalPositions
 from ..modules.attention import UNSET
 from .common import preset_config, set_attention
 
@@ -78,8 +77,8 @@ class Transformer(nn.Module):
         lc = LayerConfig(d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff,
                          norm_eps=cfg.norm_eps, norm_first=cfg.norm_first, activation="relu",
                          dropout=cfg.dropout, attn_dropout=cfg.dropout, backend=cfg.backend)
-        self.encoder = nn.ModuleList(EncoderLayer(lc) for _ in range(cfg.n_enc_layers))
-        self.decoder = nn.ModuleList(DecoderLayer(lc, masks.causal())
+        self.encoder = nn.ModuleList(Block(lc) for _ in range(cfg.n_enc_layers))
+        self.decoder = nn.ModuleList(DecoderBlock(lc, masks.causal())
                                      for _ in range(cfg.n_dec_layers))
         norm = (lambda: nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)) if cfg.norm_first \
             else nn.Identity
@@ -113,7 +112,7 @@ class Transformer(nn.Module):
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """``src (B, S)`` -> ``memory (B, S, d)`` and its key mask ``(B, S)`` (non-pad)."""
         src_keep = src != self.cfg.pad_id
-        mask = key_padding_mask(src_keep)
+        mask = masks.key_padding(src_keep)
         x = self._embed(self.src_emb, src)
         for layer in self.encoder:
             x = layer(x, mask=mask)
@@ -125,7 +124,7 @@ class Transformer(nn.Module):
         (self, cross) pair per decoder layer, for step-by-step decoding."""
         offset = 0 if caches is None else caches[0][0].seen
         x = self._embed(self.tgt_emb, tgt, offset)
-        cmask = key_padding_mask(src_keep)
+        cmask = masks.key_padding(src_keep)
         for i, layer in enumerate(self.decoder):
             c_self, c_cross = (None, None) if caches is None else caches[i]
             x = layer(x, memory, context_mask=cmask, cache=c_self, cross_cache=c_cross)

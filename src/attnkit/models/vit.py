@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..modules import EncoderLayer, LayerConfig
+from .._checks import renamed_flag
+from ..modules import Block, LayerConfig
 from ..modules.attention import UNSET
 from .common import init_weights, preset_config, set_attention
 
@@ -65,7 +66,7 @@ class ViT(nn.Module):
         lc = LayerConfig(d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff,
                          norm_eps=cfg.norm_eps, norm_first=True, activation="gelu",
                          dropout=cfg.dropout, backend=cfg.backend)
-        self.layers = nn.ModuleList(EncoderLayer(lc) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(lc) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.d_model, cfg.n_classes)
         init_weights(self)
@@ -75,9 +76,11 @@ class ViT(nn.Module):
         set_attention(self.layers, backend=backend, pattern=pattern, linear=linear)
         return self
 
-    def features(self, images: Tensor, need_weights: bool = False):
+    def features(self, images: Tensor, return_weights: bool = False, need_weights=None):
         """``images (B, C, H, W)`` -> tokens ``(B, 1 + N, d)`` after the final norm
-        (and per-layer weights ``(B, H, 1+N, 1+N)`` with ``need_weights``)."""
+        (and per-layer weights ``(B, H, 1+N, 1+N)`` with ``return_weights``)."""
+        return_weights = renamed_flag(return_weights, need_weights, "need_weights",
+                                      "return_weights")
         c = self.cfg
         if not isinstance(images, Tensor) or images.dim() != 4 or \
                 tuple(images.shape[1:]) != (c.channels, c.image_size, c.image_size):
@@ -89,16 +92,18 @@ class ViT(nn.Module):
         x = self.drop(x + self.pos)
         weights = []
         for layer in self.layers:
-            x = layer(x, need_weights=need_weights)
-            if need_weights:
+            x = layer(x, return_weights=return_weights)
+            if return_weights:
                 x, w = x
                 weights.append(w)
         x = self.norm(x)
-        return (x, weights) if need_weights else x
+        return (x, weights) if return_weights else x
 
-    def forward(self, images: Tensor, need_weights: bool = False):
+    def forward(self, images: Tensor, return_weights: bool = False, need_weights=None):
         """``images (B, C, H, W)`` -> ``logits (B, n_classes)`` from the class token."""
-        res = self.features(images, need_weights)
-        x, w = res if need_weights else (res, None)
+        return_weights = renamed_flag(return_weights, need_weights, "need_weights",
+                                      "return_weights")
+        res = self.features(images, return_weights)
+        x, w = res if return_weights else (res, None)
         logits = self.head(x[:, 0])
-        return (logits, w) if need_weights else logits
+        return (logits, w) if return_weights else logits

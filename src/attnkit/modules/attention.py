@@ -22,15 +22,16 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import renamed_flag
 from ..backends import available_backends
 from ..bias import alibi
 from ..functional import attention
-from ..linear import _feature_map, linear_attention
-from ..masks import MaskSpec, as_mask, causal
+from ..linear import linear_attention, make_feature_map
+from ..masks import MaskSpec, as_mask, causal, key_padding
 from .cache import KVCache
 from .positional import RotaryEmbedding
 
-__all__ = ["MultiHeadAttention", "KeyPadding", "key_padding_mask", "UNSET"]
+__all__ = ["MultiHeadAttention", "key_padding_mask", "UNSET"]
 
 UNSET = object()  # "leave as it is" for set_attention
 
@@ -41,56 +42,19 @@ def _pos_int(name: str, v) -> int:
     return v
 
 
-class KeyPadding(MaskSpec):
-    """Hide padded keys: ``keep (B, Tk)`` bool, True = a real token (every query, every
-    head). Unlike ``masks.padding(lengths)`` the real tokens need not be a prefix."""
-
-    batch_dependent = True
-
-    def __init__(self, keep: Tensor):
-        self.keep = keep
-
-    def validate(self, B, H, Tq, Tk):
-        if tuple(self.keep.shape) != (B, Tk):
-            raise ValueError(f"attention_mask: expected shape (B, Tk) = ({B}, {Tk}), got "
-                             f"{tuple(self.keep.shape)}")
-
-    def _nb(self):
-        return self.keep.shape[0]
-
-    def _allowed(self, b, h, q, k, off):
-        return self.keep[b, k]                                  # (B, 1, 1, tk)
-
-    def _tensors(self):
-        return [self.keep]
-
-    def _device(self, device):
-        return device if device is not None else self.keep.device
-
-    def to(self, device):
-        return KeyPadding(self.keep.to(device))
-
-    def __repr__(self):
-        return f"key_padding{tuple(self.keep.shape)}"
-
-
 def key_padding_mask(attention_mask: Tensor) -> MaskSpec:
-    """A Hugging Face style ``attention_mask (B, Tk)`` (1/True = real token) as a mask
-    spec hiding padded keys from every query."""
-    if not isinstance(attention_mask, Tensor) or attention_mask.dim() != 2:
-        raise ValueError(f"attention_mask: expected a (B, T) tensor of 0/1 or bool, got "
-                         f"{getattr(attention_mask, 'shape', type(attention_mask).__name__)}")
-    return KeyPadding(attention_mask.bool())
+    """A Hugging Face style ``attention_mask (B, Tk)`` as a spec: :func:`attnkit.masks.key_padding`."""
+    return key_padding(attention_mask)
 
 
 class MultiHeadAttention(nn.Module):
-    """``forward(x, context=None, mask=None, cache=None, need_weights=False)``.
+    """``forward(x, context=None, mask=None, cache=None, return_weights=False, positions=None)``.
 
     Args:
         d_model: model width. n_heads: query heads H. n_kv_heads: key/value heads
             (None = H). head_dim: D (default ``d_model // n_heads``).
         bias: biases on the projections. dropout: attention-weight dropout (training).
-        pattern: a mask spec applied to every call (e.g. ``causal()``,
+        pattern: a mask spec or sparse pattern applied to every call (e.g. ``causal()``,
             ``causal() & window(128)``); a per-call ``mask`` is AND-ed with it.
         positions: None, ``"rope"``, ``"alibi"`` or a :class:`RotaryEmbedding`
             (self-attention only).
@@ -162,7 +126,7 @@ class MultiHeadAttention(nn.Module):
         if pattern is not UNSET:
             self.pattern = as_mask(pattern, "pattern")
         if linear is not UNSET:
-            self.linear = None if linear is None else _feature_map(linear, self.head_dim)
+            self.linear = None if linear is None else make_feature_map(linear, self.head_dim)
         return self
 
     # -- projections --------------------------------------------------------
@@ -203,18 +167,22 @@ class MultiHeadAttention(nn.Module):
                              f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask=None,
-                cache: KVCache | None = None, need_weights: bool = False):
+                cache: KVCache | None = None, return_weights: bool = False,
+                positions: Tensor | None = None, need_weights: bool | None = None):
         """``x (B, Tq, d_model)``; ``context (B, Tk, d_model)`` for cross-attention.
 
         ``mask``: anything :func:`attnkit.attention` accepts (spec, bool or additive
         tensor), AND-ed with the pattern. ``cache``: a :class:`KVCache`; for
         self-attention new keys/values are appended (RoPE positions continue from
         ``cache.seen``); for cross-attention a filled cache is reused as is and
-        ``context`` may then be None.
+        ``context`` may then be None. ``positions``: RoPE positions of the queries,
+        ``(Tq,)`` or ``(B, Tq)`` (default: consecutive after the cache).
 
         Returns ``out (B, Tq, d_model)``, or ``(out, weights (B, H, Tq, Tk))`` when
-        ``need_weights``.
+        ``return_weights`` (``need_weights`` is its deprecated name).
         """
+        return_weights = renamed_flag(return_weights, need_weights, "need_weights",
+                                      "return_weights")
         self._check_input("x", x)
         if cache is not None and not isinstance(cache, KVCache):
             raise TypeError(f"cache: expected a KVCache or None, got {type(cache).__name__}")
@@ -244,7 +212,7 @@ class MultiHeadAttention(nn.Module):
             q, k, v = self._project_self(x)
             offset = 0 if cache is None else cache.seen
             if self.rope is not None:
-                q, k = self.rope(q, k, offset)
+                q, k = self.rope(q, k, offset, positions)
             if cache is not None:
                 k, v = cache.update(k, v)
                 if cache.seen > k.shape[2]:       # positions before k[0] were evicted
@@ -254,20 +222,21 @@ class MultiHeadAttention(nn.Module):
         if mask is not None:
             spec = as_mask(mask) if spec is None else spec & mask
         if self.linear is not None:
-            out = self._linear_attention(q, k, v, spec, cache, need_weights)
+            out = self._linear_attention(q, k, v, spec, cache, return_weights)
             B, H, Tq, D = out.shape
             return self.o_proj(out.transpose(1, 2).reshape(B, Tq, H * D))
         res = attention(q, k, v, mask=spec, bias=self.alibi,
                         dropout_p=self.dropout if self.training else 0.0,
-                        backend=self.backend, return_weights=need_weights)
-        out, w = res if need_weights else (res, None)
+                        backend=self.backend, return_weights=return_weights)
+        out, w = res if return_weights else (res, None)
         B, H, Tq, D = out.shape
         out = self.o_proj(out.transpose(1, 2).reshape(B, Tq, H * D))
-        return (out, w) if need_weights else out
+        return (out, w) if return_weights else out
 
-    def _linear_attention(self, q, k, v, spec, cache, need_weights) -> Tensor:
+    def _linear_attention(self, q, k, v, spec, cache, return_weights) -> Tensor:
         """Linear attention on ``(B, H, T, D)`` heads; refuses what it cannot serve."""
-        why = ("need_weights: linear attention never forms attention weights" if need_weights
+        why = ("return_weights: linear attention never forms attention weights"
+               if return_weights
                else "cache: linear attention decodes with a LinearAttentionState "
                "(attnkit.linear_attention_step), not a KVCache" if cache is not None
                else "positions: ALiBi is a softmax bias; linear attention cannot apply it"
@@ -283,6 +252,7 @@ class MultiHeadAttention(nn.Module):
     def _check_window(self, Tq: int, Tk: int, cache: KVCache) -> None:
         """A sliding cache dropped positions: the pattern must not see any of them."""
         p, n = self.pattern, cache.seen - Tk
+        p = None if p is None else p.resolve(Tq, Tk + n)
         if p is None or not p.toeplitz or bool(p.tile(0, Tq, 0, n, Tq=Tq, Tk=Tk + n).any()):
             raise ValueError(f"cache: {cache!r} has dropped {n} positions that the pattern "
                              f"{p!r} would attend to; use a pattern like window(w) with "

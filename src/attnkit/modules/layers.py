@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import renamed_flag
 from .attention import MultiHeadAttention
 from .cache import KVCache
 from .positional import RotaryEmbedding
 
-__all__ = ["RMSNorm", "make_norm", "FeedForward", "LayerConfig", "EncoderLayer", "DecoderLayer",
+__all__ = ["RMSNorm", "make_norm", "FeedForward", "LayerConfig", "Block", "DecoderBlock",
            "ACTIVATIONS"]
 
 ACTIVATIONS = {
@@ -111,8 +112,9 @@ def _self_attention(cfg: LayerConfig, pattern) -> MultiHeadAttention:
                               backend=cfg.backend, head_dim=cfg.head_dim, fused=cfg.fused_qkv)
 
 
-class EncoderLayer(nn.Module):
-    """Self-attention + FFN. With a causal pattern this is also the GPT/Llama block."""
+class Block(nn.Module):
+    """Self-attention + FFN (pre- or post-norm): the BERT/ViT encoder layer, and with a
+    causal pattern the GPT/Llama block."""
 
     def __init__(self, cfg: LayerConfig, pattern=None):
         super().__init__()
@@ -123,11 +125,11 @@ class EncoderLayer(nn.Module):
         self.norm2 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def _attend(self, x, norm, attn, kw, need_weights):
+    def _attend(self, x, norm, attn, kw, return_weights):
         """Residual sub-layer around an attention module; returns (x, weights or None)."""
         h = norm(x) if self.norm_first else x
-        res = attn(h, need_weights=need_weights, **kw)
-        h, w = res if need_weights else (res, None)
+        res = attn(h, return_weights=return_weights, **kw)
+        h, w = res if return_weights else (res, None)
         x = x + self.drop(h)
         return (x if self.norm_first else norm(x)), w
 
@@ -137,14 +139,19 @@ class EncoderLayer(nn.Module):
         return self.norm2(x + self.drop(self.ffn(x)))
 
     def forward(self, x: Tensor, mask=None, cache: KVCache | None = None,
-                need_weights: bool = False):
-        """``x (B, T, d)`` -> same, or ``(x, weights (B, H, T, Tk))`` with need_weights."""
-        x, w = self._attend(x, self.norm1, self.attn, dict(mask=mask, cache=cache), need_weights)
+                return_weights: bool = False, positions: Tensor | None = None,
+                need_weights: bool | None = None):
+        """``x (B, T, d)`` -> same, or ``(x, weights (B, H, T, Tk))`` with return_weights.
+        ``positions``: RoPE positions ``(T,)`` or ``(B, T)`` (default consecutive)."""
+        return_weights = renamed_flag(return_weights, need_weights, "need_weights",
+                                      "return_weights")
+        x, w = self._attend(x, self.norm1, self.attn,
+                            dict(mask=mask, cache=cache, positions=positions), return_weights)
         x = self._ffn(x)
-        return (x, w) if need_weights else x
+        return (x, w) if return_weights else x
 
 
-class DecoderLayer(EncoderLayer):
+class DecoderBlock(Block):
     """Masked self-attention + cross-attention over ``context`` + FFN (2017 decoder)."""
 
     def __init__(self, cfg: LayerConfig, pattern=None):
@@ -158,12 +165,14 @@ class DecoderLayer(EncoderLayer):
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask=None, context_mask=None,
                 cache: KVCache | None = None, cross_cache: KVCache | None = None,
-                need_weights: bool = False):
+                return_weights: bool = False, need_weights: bool | None = None):
         """``x (B, T, d)``, ``context (B, S, d)`` -> ``x``, or ``(x, (self_w, cross_w))``."""
+        return_weights = renamed_flag(return_weights, need_weights, "need_weights",
+                                      "return_weights")
         x, w_self = self._attend(x, self.norm1, self.attn, dict(mask=mask, cache=cache),
-                                 need_weights)
+                                 return_weights)
         x, w_cross = self._attend(x, self.norm_cross, self.cross_attn,
                                   dict(context=context, mask=context_mask, cache=cross_cache),
-                                  need_weights)
+                                  return_weights)
         x = self._ffn(x)
-        return (x, (w_self, w_cross)) if need_weights else x
+        return (x, (w_self, w_cross)) if return_weights else x

@@ -16,6 +16,9 @@
 * ALiBi (Press et al. 2022) is a score bias, not an embedding: pass
   ``positions="alibi"`` to :class:`~attnkit.modules.MultiHeadAttention`, which adds
   :func:`attnkit.alibi` to every call.
+
+Positions are explicit: modules and models take ``positions`` / ``position_ids``
+(default: consecutive after the cached tokens), nothing is read from global state.
 """
 from __future__ import annotations
 
@@ -25,17 +28,14 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["sinusoidal_table", "SinusoidalPositions", "LearnedPositions", "RotaryEmbedding",
-           "apply_rotary"]
+           "apply_rotary", "token_positions"]
 
 
 def token_positions(offset: int, T: int, *, device=None) -> Tensor:
-    """Positions of the T tokens of this call: ``offset .. offset+T-1``, or, inside
-    :func:`attnkit.distributed.ring_context` (context parallelism), the global positions
-    of this rank's shard of the sequence (padding tokens get the last real position;
-    they are masked)."""
-    from ..distributed.parallel import local_positions  # no torch.distributed cost otherwise
-    pos = local_positions(T, device=device, clamp=True) if offset == 0 else None
-    return torch.arange(offset, offset + T, device=device) if pos is None else pos
+    """Positions of the T tokens of a call that follows ``offset`` cached tokens:
+    ``offset .. offset+T-1`` (int64). Models take explicit ``position_ids`` instead when
+    the positions are not consecutive (context parallelism, packed sequences)."""
+    return torch.arange(offset, offset + T, device=device)
 
 
 def sinusoidal_table(n_positions: int, d_model: int, base: float = 10000.0) -> Tensor:
@@ -128,10 +128,18 @@ class RotaryEmbedding(nn.Module):
             f = f.repeat_interleave(2, dim=-1)
         return f.cos(), f.sin()
 
-    def forward(self, q: Tensor, k: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
+    def forward(self, q: Tensor, k: Tensor, offset: int = 0,
+                positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``positions``: the tokens' positions, ``(T,)`` or ``(B, T)`` (like HF's
+        ``position_ids``); default ``offset .. offset + T - 1``."""
         T = q.shape[-2]
-        pos = token_positions(offset, T, device=q.device)
-        cos, sin = self.angles(pos)                                               # (T, D)
+        pos = token_positions(offset, T, device=q.device) if positions is None else positions
+        if pos.shape[-1] != T:
+            raise ValueError(f"positions: expected (T,) or (B, T) with T={T}, got shape "
+                             f"{tuple(pos.shape)}")
+        cos, sin = self.angles(pos)                                    # (T, D) or (B, T, D)
+        if cos.dim() == 3:
+            cos, sin = cos[:, None], sin[:, None]                      # (B, 1, T, D)
         return apply_rotary(q, cos, sin, self.style), apply_rotary(k, cos, sin, self.style)
 
     def extra_repr(self) -> str:

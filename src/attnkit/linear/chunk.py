@@ -1,4 +1,4 @@
-"""Linear (kernel) attention: O(n) time, no n x n anywhere.
+"""Linear (kernel) attention, the fast forms: O(n) time, no n x n anywhere.
 
 Softmax attention's ``exp(q.k)`` is replaced by a kernel ``phi(q) . phi(k)`` with a
 feature map ``phi: R^D -> R^F`` (F features), so
@@ -43,124 +43,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-__all__ = ["FeatureMap", "EluFeatureMap", "ReluFeatureMap", "FavorPlus", "linear_attention",
-           "LinearAttentionState", "linear_attention_step"]
+from .features import FeatureMap, make_feature_map
 
-
-class FeatureMap:
-    """phi: (..., D) -> (..., F), non-negative. ``log_domain`` maps also give
-    ``log_features`` (used for stabilisation)."""
-    name = "feature map"
-    log_domain = False
-
-    def n_features(self, dim: int) -> int:
-        return dim
-
-    def __call__(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def check(self, dim: int) -> None:
-        """Raise ValueError if this map cannot take inputs of head dim ``dim``."""
-
-    def __repr__(self):
-        return self.name
-
-
-class EluFeatureMap(FeatureMap):
-    """elu(x) + 1 (Katharopoulos et al. 2020): positive, F = D."""
-    name = "elu"
-
-    def __call__(self, x):
-        return torch.nn.functional.elu(x) + 1.0
-
-
-class ReluFeatureMap(FeatureMap):
-    """relu(x): non-negative, F = D; a row can have denominator 0 (see eps)."""
-    name = "relu"
-
-    def __call__(self, x):
-        return torch.relu(x)
-
-
-class FavorPlus(FeatureMap):
-    """Performer FAVOR+ positive random features for ``exp(scale * q.k)``:
-
-        phi(x) = exp(W x' - |x'|² / 2) / sqrt(m),   x' = x * sqrt(scale),
-
-    so that E[phi(q).phi(k)] = exp(q'.k'). Rows of W (m x dim) are orthogonal in blocks
-    of ``dim`` (``orthogonal=True``) with norms drawn from chi(dim), like i.i.d. Gaussian
-    rows' norms. ``scale`` defaults to 1/sqrt(dim). ``redraw(seed)`` draws a new W.
-    """
-    log_domain = True
-
-    def __init__(self, dim: int, n_features: int, *, seed: int = 0, scale: float | None = None,
-                 orthogonal: bool = True):
-        for name, val in (("dim", dim), ("n_features", n_features), ("seed", seed)):
-            if isinstance(val, bool) or not isinstance(val, int):
-                raise TypeError(f"FavorPlus: {name} must be an int, got {type(val).__name__}")
-        if dim < 1:
-            raise ValueError(f"FavorPlus: dim must be >= 1, got {dim}")
-        if n_features < 1:
-            raise ValueError(f"FavorPlus: n_features must be >= 1, got {n_features}")
-        if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)
-                                      and scale > 0):
-            raise ValueError(f"FavorPlus: scale must be a positive finite number, got {scale!r}")
-        self.dim, self.m, self.orthogonal = dim, n_features, bool(orthogonal)
-        self.scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
-        self.redraw(seed)
-
-    @property
-    def name(self):
-        return f"favor+({self.m})"
-
-    def redraw(self, seed: int) -> "FavorPlus":
-        """Draw a new projection W from ``seed`` (in place); returns self."""
-        g = torch.Generator().manual_seed(int(seed))
-        d, m = self.dim, self.m
-        if self.orthogonal:
-            blocks = []
-            for _ in range(math.ceil(m / d)):
-                Q, R = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
-                blocks.append((Q * torch.sign(torch.diagonal(R))).T)   # Haar rows
-            norms = torch.randn(m, d, generator=g, dtype=torch.float64).norm(dim=1)
-            self.W = torch.cat(blocks)[:m] * norms[:, None]             # (m, d)
-        else:
-            self.W = torch.randn(m, d, generator=g, dtype=torch.float64)
-        self.seed = int(seed)
-        return self
-
-    def n_features(self, dim):
-        return self.m
-
-    def check(self, dim):
-        if dim != self.dim:
-            raise ValueError(f"feature_map: FavorPlus was built for head dim {self.dim}, got "
-                             f"inputs with D={dim}")
-
-    def log_features(self, x: Tensor) -> Tensor:
-        """log phi(x): (..., dim) -> (..., m)."""
-        x = x * math.sqrt(self.scale)
-        W = self.W.to(device=x.device, dtype=x.dtype)
-        return x @ W.T - 0.5 * (x * x).sum(-1, keepdim=True) - 0.5 * math.log(self.m)
-
-    def __call__(self, x):
-        return torch.exp(self.log_features(x))
-
-
-_MAPS = {"elu": EluFeatureMap, "relu": ReluFeatureMap}
-
-
-def _feature_map(fm, dim: int) -> FeatureMap:
-    if isinstance(fm, str):
-        if fm not in _MAPS:
-            raise ValueError(f"feature_map: expected 'elu', 'relu' or a FeatureMap (e.g. "
-                             f"FavorPlus(dim, n_features)), got {fm!r}")
-        fm = _MAPS[fm]()
-    if not isinstance(fm, FeatureMap):
-        raise TypeError(f"feature_map: expected 'elu', 'relu' or a FeatureMap, got "
-                        f"{type(fm).__name__}")
-    fm.check(dim)
-    return fm
+__all__ = ["linear_attention", "LinearAttentionState", "linear_attention_step"]
 
 
 @dataclass(frozen=True)
@@ -182,7 +67,7 @@ class LinearAttentionState:
     def zeros(cls, feature_map, batch: int, kv_heads: int, dim: int, value_dim: int, *,
               eps: float = 1e-6, dtype=torch.float32, device=None) -> "LinearAttentionState":
         """The empty state (no tokens seen) for (B, Hkv) heads of dim D -> Dv."""
-        fm = _feature_map(feature_map, dim)
+        fm = make_feature_map(feature_map, dim)
         F = fm.n_features(dim)
         m0 = -math.inf if fm.log_domain else 0.0
         return cls(torch.zeros(batch, kv_heads, F, value_dim, dtype=dtype, device=device),
@@ -302,11 +187,11 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, feature_map="elu", *,
                                                device=q.device)
         else:
             _check_state(state, B, Hkv, D, Dv)
-        fm = state.feature_map if state is not None else _feature_map(feature_map, D)
+        fm = state.feature_map if state is not None else make_feature_map(feature_map, D)
         out5, new = _causal(fm, q5, k, v, state, chunk_size)
         out = out5.reshape(B, H, T, Dv).to(q.dtype)
         return (out, new) if return_state else out
-    fm = _feature_map(feature_map, D)
+    fm = make_feature_map(feature_map, D)
     fq = _query_features(fm, q5)                                       # (B, Hkv, G, T, F)
     if fm.log_domain:
         lk = fm.log_features(k)

@@ -1,0 +1,9 @@
+"""Linear (kernel) attention: the readable math (:mod:`.naive`), the fast forms
+(:mod:`.chunk`: parallel, chunked-causal, recurrent) and the feature maps (:mod:`.features`)."""
+from .chunk import LinearAttentionState, linear_attention, linear_attention_step
+from .features import EluFeatureMap, FavorPlus, FeatureMap, ReluFeatureMap, make_feature_map
+from .naive import linear_attention_naive
+
+__all__ = ["FeatureMap", "EluFeatureMap", "ReluFeatureMap", "FavorPlus", "make_feature_map",
+           "linear_attention", "linear_attention_naive", "LinearAttentionState",
+           "linear_attention_step"]
