@@ -230,6 +230,19 @@ def test_zero_bias_fill_and_scale_fold_are_noted(base, tmp_path):
     assert [n.split(":")[0] for n in g.load_notes] == ["layers.1.attn.qkv_proj"]
 
 
+def test_causal_bert_stays_causal_through_set_attention(base, tmp_path):
+    enc = attnkit.load(base["bert"])
+    dec = attnkit.load(copy(base["bert"], tmp_path / "d", config={"is_decoder": True}))
+    ids = torch.randint(0, 23, (2, 9))
+    with torch.no_grad():
+        h = dec(ids)
+        h2 = dec.set_attention(pattern=None, backend="tiled")(ids)
+        h3 = dec(torch.cat((ids[:, :5], torch.zeros(2, 4, dtype=torch.long)), 1))
+        assert (h - h2).abs().max() < 1e-5                    # pattern=None: still causal
+        assert (h[:, :5] - h3[:, :5]).abs().max() < 1e-5      # the future changes nothing
+        assert (enc(ids) - h).abs().max() > 1e-2
+
+
 def test_dtype_none_keeps_the_checkpoint_dtype(base, tmp_path):
     t = {k: v.to(torch.bfloat16) for k, v in
          load_file(str(base["llama"] / "model.safetensors")).items()}

@@ -136,9 +136,8 @@ class GPT(TextModel):
 
     def forward(self, idx: Tensor, attention_mask: Tensor | None = None,
                 cache: list[KVCache] | None = None, need_weights=False):  # bool or layer indices
-        """``idx (B, T)`` token ids -> ``logits (B, T, vocab)`` (hidden states ``(B, T, d)``
-        with ``lm_head=False``), and the per-layer weights ``(B, H, T, Tk)`` when
-        ``need_weights``. ``attention_mask (B, Tk)`` hides padded
+        """``idx (B, T)`` token ids -> ``logits (B, T, vocab)`` (and the per-layer weights
+        ``(B, H, T, Tk)`` when ``need_weights``). ``attention_mask (B, Tk)`` hides padded
         keys (Tk counts cached tokens too); positions are 0.. in order (right padding)."""
         if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point:
             raise ValueError(f"idx: expected an integer tensor (B, T), got "
