@@ -2,10 +2,13 @@
 
 Embeddings = token + learned position + segment (token type), then LayerNorm.
 Outputs of :meth:`BERT.forward` are the final hidden states; heads are separate:
-:meth:`mlm_logits` (tied to the token embedding, as in the paper), :meth:`pooled`
-(tanh dense over ``[CLS]``, the NSP/classification pooler) and :meth:`mean_pool`
-(sentence-transformers mean pooling). :meth:`sentence_embeddings` is the
-all-MiniLM-L6-v2 recipe: mean-pool over real tokens, then L2-normalise.
+:meth:`mlm_logits` (tied to the token embedding, as in the paper, or its own decoder
+with ``tie_embeddings=False``), :meth:`pooled` (tanh dense over ``[CLS]``, the
+NSP/classification pooler), :meth:`nsp_logits` (next-sentence head, ``nsp_head=True``)
+and :meth:`mean_pool` (sentence-transformers mean pooling). :meth:`sentence_embeddings`
+is the all-MiniLM-L6-v2 recipe: mean-pool over real tokens, then L2-normalise.
+``causal=True`` gives every layer causal self-attention (Hugging Face's
+``is_decoder=True``, e.g. ``BertLMHeadModel``).
 """
 from __future__ import annotations
 
@@ -46,6 +49,9 @@ class BERTConfig:
     pad_token_id: int = 0
     pooler: bool = True               # the [CLS] tanh pooler
     mlm_head: bool = True             # the masked-LM head
+    tie_embeddings: bool = True       # MLM decoder = token embedding (False: its own weight)
+    nsp_head: bool = False            # next-sentence head over the pooler (BertForPreTraining)
+    causal: bool = False              # causal self-attention (HF is_decoder=True)
     backend: str = "auto"
 
     @classmethod
@@ -63,9 +69,12 @@ class MLMHead(nn.Module):
         self.act = act
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.decoder = (None if cfg.tie_embeddings                    # untied: (vocab, d)
+                        else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False))
 
     def forward(self, h: Tensor, emb: Tensor) -> Tensor:
-        return F.linear(self.norm(self.act(self.dense(h))), emb, self.bias)
+        w = emb if self.decoder is None else self.decoder.weight
+        return F.linear(self.norm(self.act(self.dense(h))), w, self.bias)
 
 
 class BERT(TextModel):
@@ -82,16 +91,26 @@ class BERT(TextModel):
         lc = LayerConfig(d_model=cfg.d_model, n_heads=cfg.n_heads, d_ff=cfg.d_ff,
                          norm_eps=cfg.norm_eps, norm_first=False, activation=cfg.activation,
                          dropout=cfg.dropout, attn_dropout=cfg.dropout, backend=cfg.backend)
-        self.layers = nn.ModuleList(Block(lc) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(lc, self._pattern(None)) for _ in range(cfg.n_layers))
         self.pooler = nn.Linear(cfg.d_model, cfg.d_model) if cfg.pooler else None
+        if cfg.nsp_head and not cfg.pooler:
+            raise ValueError("nsp_head: the next-sentence head reads the pooler; set pooler=True")
+        self.nsp = nn.Linear(cfg.d_model, 2) if cfg.nsp_head else None
         ffn = self.layers[0].ffn if cfg.n_layers else None
         self.mlm = MLMHead(cfg, ffn.act if ffn else F.gelu) if cfg.mlm_head else None
         init_weights(self)
 
+    def _pattern(self, extra):
+        if not self.cfg.causal:
+            return extra
+        return masks.causal() if extra is None else masks.causal() & extra
+
     def set_attention(self, *, backend=UNSET, pattern=UNSET, linear=UNSET) -> "BERT":
-        """Swap the backend, a sparse pattern (e.g. ``window(8, 8) | global_tokens([0])``)
-        and/or linear attention (a feature map; no padding mask then)."""
-        set_attention(self.layers, backend=backend, pattern=pattern, linear=linear)
+        """Swap the backend, a sparse pattern (e.g. ``window(8, 8) | global_tokens([0])``;
+        AND-ed with causal when ``causal=True``) and/or linear attention (a feature map;
+        no padding mask then)."""
+        set_attention(self.layers, backend=backend, linear=linear,
+                      pattern=UNSET if pattern is UNSET else self._pattern(pattern))
         return self
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
@@ -137,6 +156,12 @@ class BERT(TextModel):
         if self.pooler is None:
             raise ValueError("pooled: this model has no pooler (pooler=False)")
         return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def nsp_logits(self, hidden: Tensor) -> Tensor:
+        """Next-sentence logits over the pooled ``[CLS]``: ``(B, T, d)`` -> ``(B, 2)``."""
+        if self.nsp is None:
+            raise ValueError("nsp_logits: this model has no next-sentence head (nsp_head=False)")
+        return self.nsp(self.pooled(hidden))
 
     @staticmethod
     def mean_pool(hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:

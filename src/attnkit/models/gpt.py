@@ -10,6 +10,9 @@ attention          MHA, fused qkv, biases          GQA possible, separate q/k/v,
 output             tied to the token embedding     separate ``lm_head``
 =================  ==============================  ===================================
 
+``lm_head=False`` builds the bare transformer (Hugging Face's ``GPT2Model`` /
+``LlamaModel``): ``forward`` then returns the final normed hidden states ``(B, T, d)``.
+
 ``generate()`` decodes greedily or by sampling (temperature, top-k, top-p), with a
 per-layer :class:`~attnkit.modules.KVCache` (or without, recomputing the prefix:
 the tokens are identical, tested).
@@ -67,6 +70,7 @@ class GPTConfig:
     bias: bool = True
     fused_qkv: bool = True
     tie_embeddings: bool = True
+    lm_head: bool = True              # False: forward returns the final normed hidden states
     window: int | None = None         # sliding-window attention: each token sees <= window
     dropout: float = 0.0
     backend: str = "auto"
@@ -109,8 +113,8 @@ class GPT(TextModel):
         self.layers = nn.ModuleList(Block(lc, self._pattern(None))
                                     for _ in range(cfg.n_layers))
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size,
-                                                                 bias=False)
+        self.lm_head = (None if cfg.tie_embeddings or not cfg.lm_head
+                        else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False))
         init_weights(self)
 
     def _pattern(self, extra):
@@ -166,7 +170,8 @@ class GPT(TextModel):
                 x, w = x
             weights.append(w if want else None)
         x = self.norm(x)
-        logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.tok_emb.weight)
+        logits = (x if not self.cfg.lm_head else self.lm_head(x) if self.lm_head is not None
+                  else F.linear(x, self.tok_emb.weight))
         return (logits, weights) if return_weights else logits
 
     @torch.no_grad()
@@ -181,6 +186,9 @@ class GPT(TextModel):
         set whose probability reaches ``top_p``. Rows that emitted ``eos_token_id``
         are padded with it; generation stops when every row has.
         """
+        if not self.cfg.lm_head:
+            raise ValueError("generate: this model has no LM head (lm_head=False, e.g. loaded "
+                             "from a GPT2Model/LlamaModel checkpoint); it returns hidden states")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
                 or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
