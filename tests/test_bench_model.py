@@ -229,9 +229,9 @@ def test_head_stats_on_synthetic_heads():
     uniform = uniform / uniform.sum(-1, keepdim=True)
     st_ = HeadStats(n, 1, 3, causal=True)
     w = torch.stack([prev, sink, uniform])
-    st_.add([w])
+    st_.add({0: w})
     band = (torch.arange(n)[:, None] - torch.arange(n)[None, :]).clamp_min(0) <= 2
-    st_.add_pattern("window:2", [w], [band[None]])
+    st_.add_pattern("window:2", {0: w}, {0: band[None]})
     res = st_.result([2])
     layer = res["layers"][0]
     assert layer["local_heads"] == [0] and layer["sink_heads"] == [1]

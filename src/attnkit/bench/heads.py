@@ -50,12 +50,13 @@ class HeadStats:
         self.dist = d.abs() if not causal else d.clamp_min(0)
         # a decoder's weights are 0 above the diagonal, so clamping loses nothing
 
-    def add(self, weights: list[Tensor]) -> None:
-        """One window's dense weights, ``[(H, T, T)] * n_layers``."""
-        self.windows += 1
+    def add(self, weights: dict[int, Tensor], new_window: bool = True) -> None:
+        """One window's dense weights ``{layer: (H, T, T)}`` (all layers, or a chunk of
+        them with ``new_window=False`` after the first chunk)."""
+        self.windows += bool(new_window)
         T = self.n
         idx = self.dist.reshape(1, -1).expand(self.H, -1)
-        for layer, w in enumerate(weights):
+        for layer, w in weights.items():
             w = w.double()                                                    # (H, T, T)
             hist = torch.zeros(self.H, T, dtype=torch.float64)
             hist.scatter_add_(1, idx, w.reshape(self.H, -1))
@@ -65,10 +66,13 @@ class HeadStats:
             self.last[layer] += col[:, -1]
             self.top[layer] += col.max(-1).values
 
-    def add_pattern(self, name: str, weights: list[Tensor], masks: list[Tensor | None]) -> None:
-        """Mass of one window's dense weights inside a variant's pattern, per layer."""
+    def add_pattern(self, name: str, weights: dict[int, Tensor],
+                    masks: dict[int, Tensor | None]) -> None:
+        """Mass of one window's dense weights inside a variant's pattern, per layer
+        (``masks[layer]``: bool ``(Hm, T, T)``, None = everything allowed)."""
         acc = self.kept.setdefault(name, torch.zeros(self.L, self.H, dtype=torch.float64))
-        for layer, (w, m) in enumerate(zip(weights, masks)):
+        for layer, w in weights.items():
+            m = masks[layer]
             if m is None:
                 acc[layer] += 1.0
             else:

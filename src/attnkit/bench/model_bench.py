@@ -27,7 +27,8 @@ from .heads import HeadStats
 from .measure import PeakMemory
 from .timing import interleaved, ratio
 
-__all__ = ["ModelBenchConfig", "check_config", "validate", "run_model_bench", "recommend", "machine"]
+__all__ = ["ModelBenchConfig", "check_config", "validate", "run_model_bench", "recommend",
+           "machine"]
 
 
 @dataclass
@@ -132,6 +133,24 @@ def _fix_malloc() -> str:
         return ""
 
 
+WEIGHTS_BYTES = 256 * 2**20  # dense weights held at once for the per-head analysis
+
+
+def _head_evidence(source, ids, n, variants, cfg, stats) -> None:
+    """Feed one window's dense weights to ``stats``, a chunk of layers at a time."""
+    L = source.n_layers
+    per = max(1, WEIGHTS_BYTES // (source.n_heads * n * n * 4))
+    for c0 in range(0, L, per):
+        layers = list(range(c0, min(L, c0 + per)))
+        source.apply("dense", n)
+        weights = source.weights(ids, layers)
+        stats.add(weights, new_window=c0 == 0)
+        for v in variants:
+            if v.kind == "sparse":
+                source.apply(v, n, cfg.layers)
+                stats.add_pattern(v.text, weights, {i: source.pattern_mask(i, n) for i in layers})
+
+
 def _one_length(source, text, n, variants, cfg, on_step) -> tuple[list[dict], dict]:
     L, kind = source.n_layers, source.kind
     wins = source.windows(text, n)[:cfg.max_windows]
@@ -141,20 +160,17 @@ def _one_length(source, text, n, variants, cfg, on_step) -> tuple[list[dict], di
     for w, ids in enumerate(wins):
         if on_step:
             on_step(f"fidelity at n={n:,}, window {w + 1}/{len(wins)}")
+        _head_evidence(source, ids, n, variants, cfg, stats)
         source.apply("dense", n)
         dense = source.run(ids)
         qkv = source.attention_inputs(ids)
         d_att = [source.attend(i, *qkv[i]) for i in range(L)]
-        weights = source.weights(ids)
-        stats.add(weights)
         for v in variants:
             source.apply(v, n, cfg.layers)
             acc[v.text].add_outputs(dense, source.run(ids), ids)
             with torch.no_grad():
                 for i in range(L):
                     acc[v.text].add_layer(i, d_att[i], source.attend(i, *qkv[i]))
-            if v.kind == "sparse":
-                stats.add_pattern(v.text, weights, [source.pattern_mask(i, n) for i in range(L)])
             if w == 0:
                 layer = cfg.layers[0] if cfg.layers else 0
                 served[v.text] = source.served_by(layer, *qkv[layer])

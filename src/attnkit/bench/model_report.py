@@ -217,7 +217,7 @@ def plot_mass(res: dict, path: str) -> None:
         ax.set_xscale("log", base=2)
         ax.set_ylim(0, 1.02)
         ax.set_title(f"layer {layer}", fontsize=9)
-        ax.set_xlabel("window w (tokens each side)" if not h["causal"] else "window w (tokens back)")
+        ax.set_xlabel("window w (tokens back)" if h["causal"] else "window w (tokens each side)")
         ax.set_ylabel("attention mass within w")
         ax.grid(True, alpha=0.3)
     for j in range(L, rows * cols):

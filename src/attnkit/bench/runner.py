@@ -66,9 +66,12 @@ def parse_size(text: str) -> int:
 def variant_point(*, variant: str, n: int, batch: int, heads: int, kv_heads: int | None,
                   head_dim: int, dtype: str, device: str, causal: bool, backward: bool,
                   repeats: int = 5, error_max_n: int = 4096, seed: int = 0,
-                  budget_s: float = 10.0) -> dict:
-    """Measure one variant at one n (run in its own process by :func:`run_bench`)."""
+                  budget_s: float = 10.0, threads: int = 0) -> dict:
+    """Measure one variant at one n (run in its own process by :func:`run_bench`);
+    ``threads`` > 0 sets torch's CPU threads."""
     torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
     var = parse_variant(variant)
     dt = DTYPES[dtype]
     kvh = kv_heads or heads
@@ -114,7 +117,8 @@ def fit_exponent(ns: list[int], times: list[float]) -> float | None:
 
 
 def run_bench(wl: Workload, variants: list[str], *, repeats: int = 5, timeout: float = 600,
-              error_max_n: int = 4096, on_point=None, budget_s: float = 10.0) -> dict:
+              error_max_n: int = 4096, on_point=None, budget_s: float = 10.0,
+              threads: int = 0) -> dict:
     """Measure every (variant, n); returns {"workload", "rows", "variants"}.
 
     ``dense`` is always measured (the baseline for speed ratios). ``on_point(i, total,
@@ -133,7 +137,7 @@ def run_bench(wl: Workload, variants: list[str], *, repeats: int = 5, timeout: f
             kw = dict(variant=name, n=n, batch=wl.batch, heads=wl.heads, kv_heads=wl.kv_heads,
                       head_dim=wl.head_dim, dtype=wl.dtype, device=wl.device, causal=wl.causal,
                       backward=wl.backward, repeats=repeats, error_max_n=error_max_n,
-                      budget_s=budget_s)
+                      budget_s=budget_s, threads=threads)
             r = run_isolated("attnkit.bench.runner:variant_point", kw, timeout=timeout)
             row = {"variant": name, "n": n, **r}
             if name == "dense":
@@ -173,7 +177,8 @@ def recommend(result: dict, *, memory_budget: int | None = None,
         elif err > error_bound:
             refused.append(f"{r['variant']} (error {err:.1e} > {error_bound:g})")
         elif memory_budget is not None and (r.get("peak_bytes") or 0) > memory_budget:
-            refused.append(f"{r['variant']} (memory {r['peak_bytes'] / 2**20:,.0f} MiB over budget)")
+            refused.append(f"{r['variant']} (memory {r['peak_bytes'] / 2**20:,.0f} MiB over "
+                           f"budget)")
         else:
             cands.append((r["median_s"], r, err))
     if not cands:

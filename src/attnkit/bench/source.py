@@ -14,7 +14,7 @@ A second source (e.g. any Hugging Face model through ``attn_implementation=
   attention operation receives them (after RoPE);
 * ``attend(layer, q, k, v)``: that layer's attention operation under the applied
   variant (no projections): ``(B, H, T, Dv)``;
-* ``weights(ids)``: the dense run's attention weights per layer ``(H, T, T)``;
+* ``weights(ids, layers)``: the dense run's attention weights ``{layer: (H, T, T)}``;
 * ``pattern_mask(layer, n)``: the applied variant's allowed pairs ``(Hm, n, n)`` or None;
 * ``served_by(layer, q, k, v)``: which kernel serves the applied variant, and why.
 
@@ -57,7 +57,7 @@ class ModelSource(Protocol):
     def run(self, ids: Tensor) -> Outputs: ...
     def attention_inputs(self, ids: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]: ...
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor: ...
-    def weights(self, ids: Tensor) -> list[Tensor]: ...
+    def weights(self, ids: Tensor, layers: list[int]) -> dict[int, Tensor]: ...
     def pattern_mask(self, layer: int, n: int) -> Tensor | None: ...
     def served_by(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> str: ...
 
@@ -242,9 +242,11 @@ class AttnkitSource:
         return m.pattern.dense(n, n, device=self.device)[0]
 
     @torch.no_grad()
-    def weights(self, ids: Tensor) -> list[Tensor]:
-        _, ws = self.model(ids, need_weights=True)
-        return [w[0].float() for w in ws]                                      # (H, T, T)
+    def weights(self, ids: Tensor, layers: list[int]) -> dict[int, Tensor]:
+        """The dense run's attention weights of ``layers``: ``{layer: (H, T, T)}`` (only
+        those layers recompute them)."""
+        _, ws = self.model(ids, need_weights=set(layers))
+        return {i: ws[i][0].float() for i in layers}
 
 
 def open_source(name_or_dir: str, device: str = "cpu") -> AttnkitSource:

@@ -16,7 +16,8 @@ from ..errors import UsageError
 # option -> (default with random inputs, default with --model); None = no default
 MODE_DEFAULTS = {
     "seq": ("1k,2k,4k", "256"),
-    "variants": ("dense,window:256,bigbird,linear:elu", "dense,window:16,window:64,bigbird:16,linear:elu"),
+    "variants": ("dense,window:256,bigbird,linear:elu",
+                 "dense,window:16,window:64,bigbird:16,linear:elu"),
 }
 # random-input options: their defaults, and refused with --inputs text
 RANDOM_ONLY = {"batch": 1, "heads": 12, "kv_heads": None, "head_dim": 64, "dtype": "fp32",
@@ -75,6 +76,11 @@ def _check_common(args) -> None:
                              f"{torch.cuda.device_count()} CUDA device(s)")
     if args.repeats < 1:
         raise UsageError(f"--repeats: expected an int >= 1, got {args.repeats}")
+    if args.threads < 0:
+        raise UsageError(f"--threads: expected an int >= 0 (0 = torch's default), got "
+                         f"{args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not args.time_budget > 0:
         raise UsageError(f"--time-budget: expected seconds > 0, got {args.time_budget:g}")
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -208,7 +214,8 @@ def run_random(args) -> int:
              f"{'causal' if wl.causal else 'bidirectional'} attention, B={wl.batch}, "
              f"H={wl.heads}{f'/{wl.kv_heads} KV' if wl.kv_heads else ''}, D={wl.head_dim}"
              f"{f' (shapes of {args.model})' if args.model else ''}, {wl.dtype}, {wl.device}, "
-             f"{'forward+backward' if wl.backward else 'forward'}")
+             f"{'forward+backward' if wl.backward else 'forward'}, "
+             f"{args.threads or 'default'} thread(s)")
     with Progress(console=con, transient=True) as prog:
         task = prog.add_task("bench", total=(len(variants) + ("dense" not in variants))
                              * len(wl.seqs))
@@ -217,7 +224,7 @@ def run_random(args) -> int:
             prog.update(task, completed=i, description=f"measuring {label}")
         result = run_bench(wl, variants, repeats=args.repeats, timeout=args.timeout,
                            error_max_n=args.error_max_n, on_point=on_point,
-                           budget_s=args.time_budget)
+                           budget_s=args.time_budget, threads=args.threads)
     best, why = recommend(result, memory_budget=budget, error_bound=args.error_bound)
     con.print(report.rich_table(result, title))
     con.print(f"[bold]Recommendation:[/] {why}")
@@ -282,6 +289,9 @@ def add_parser(sub) -> None:
                    "then more until the median is stable or --time-budget is spent (default: 5)")
     p.add_argument("--time-budget", type=float, default=10.0, help="seconds of timing per "
                    "length (--model) or per point (random) (default: 10)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch; 0 keeps "
+                   "torch's default (all cores), which on a shared machine makes times swing "
+                   "with other processes' load (default: 1)")
     p.add_argument("--out", help="directory for bench.md, bench.json and PNGs (default: none)")
     g = p.add_argument_group("random inputs (--inputs random)")
     g.add_argument("--batch", type=int, default=None, help="batch size (default: 1)")
