@@ -6,7 +6,8 @@
 3. What ``auto`` picks for a few workloads, and why.
 4. A sparse mask: causal window-256 on the tiled backend vs SDPA's causal kernel.
 5. ``attnkit inspect`` on the seed sentence with the bundled MiniLM (which heads link
-   "it" to "cat"), ``attnkit bench`` (dense vs window vs linear, 1k-8k tokens) and
+   "it" to "cat"), ``attnkit bench --model minilm`` (which variant MiniLM can use: fidelity
+   on the shipped text, speed, per-head evidence) and
    ``attnkit train --sweep`` (does each variant learn induction heads? dense, a short
    window, linear attention and the SSM, 1000 steps each); everything lands in
    ``./attnkit-report/`` with an ``index.html``.
@@ -47,6 +48,7 @@ def _attnkit(*args: str) -> int:
 
 
 SENTENCE = "The cat sat on the mat because it was tired."
+BENCH_VARIANTS = "dense,window:16,window:64,bigbird:16,linear:elu"
 
 
 def report(out: str, con: Console) -> int:
@@ -58,9 +60,9 @@ def report(out: str, con: Console) -> int:
     con.rule("[bold]attnkit inspect: what does MiniLM attend to?")
     rc = _attnkit("inspect", SENTENCE, "--from", "it", "--to", "cat", "--out",
               os.path.join(out, "inspect"))
-    con.rule("[bold]attnkit bench: dense vs window vs linear")
-    rc = rc or _attnkit("bench", "--seq", "1k,2k,4k,8k", "--variants", "dense,window:256,linear:elu",
-                    "--out", os.path.join(out, "bench"))
+    con.rule("[bold]attnkit bench: which attention variant can MiniLM use?")
+    rc = rc or _attnkit("bench", "--model", "minilm", "--variants", BENCH_VARIANTS,
+                        "--out", os.path.join(out, "bench"))
     con.rule("[bold]attnkit train: which variants learn induction heads?")
     rc = rc or _attnkit("train", "--sweep", "--tasks", "induction", "--variants",
                     "dense,window:4,linear:elu,ssm", "--widths", "32", "--steps", "1000",
@@ -77,12 +79,7 @@ def report(out: str, con: Console) -> int:
     layer, head, score = ins["ranked"][0]
     rows = "".join(f"<tr><td>{i + 1}</td><td>{r[0]}</td><td>{r[1]}</td><td>{r[2]:.3f}</td></tr>"
                    for i, r in enumerate(ins["ranked"][:5]))
-    brows = "".join(
-        f"<tr><td>{html.escape(r['variant'])}</td><td>{r['n']:,}</td>"
-        f"<td>{r['median_s'] * 1e3:,.1f}</td><td>{r.get('speedup_vs_dense', 0):.2f}x</td>"
-        f"<td>{(r.get('peak_bytes') or 0) / 2**20:,.1f}</td>"
-        f"<td>{r.get('rel_error', float('nan')):.1e}</td></tr>"
-        for r in bench["rows"] if "median_s" in r)
+    brows = "".join(_bench_row(r, html.escape) for r in bench["rows"])
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>attnkit report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:
 collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:100%}}
@@ -95,11 +92,20 @@ collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{ma
 <img src="inspect/layer{layer}.png" alt="layer {layer}"></p>
 <p><a href="inspect/attention.html#layer={layer}&head={head}">Interactive viewer</a>
 (every layer and head; hover a token). All numbers: <a href="inspect/inspect.json">inspect.json</a></p>
-<h2>bench: {html.escape(bench['title'])}</h2><table><tr><th>variant</th><th>n</th>
-<th>median ms</th><th>speed vs dense</th><th>peak MiB</th><th>rel. error</th></tr>{brows}</table>
-<p><b>Recommendation:</b> {html.escape(bench['recommendation'])}</p>
-<p><img src="bench/bench.png" alt="scaling plot"></p>
-<p>Tables: <a href="bench/bench.md">bench.md</a>, <a href="bench/bench.json">bench.json</a></p>
+<h2>bench: {html.escape(bench['title'])}</h2>
+<p>Each variant swapped into every attention layer of MiniLM and run on the shipped text,
+against the dense model: cosine of final hidden states and of sentence embeddings (1 = the
+same), and the worst layer's attention-output error on the dense run's own q/k/v. Times are
+medians of interleaved runs; a ratio is "within noise" when the spreads overlap.</p>
+<table><tr><th>variant</th><th>n</th><th>cosine</th><th>emb. cosine</th>
+<th>worst layer error</th><th>attention vs dense</th><th>model ms</th><th>model vs dense</th>
+<th>peak MiB</th></tr>{brows}</table>
+<p><b>Recommendation:</b> {html.escape(bench['recommendation']['text'])}</p>
+<p><img src="bench/mass_vs_window.png" alt="attention mass vs window size per layer">
+<img src="bench/layers.png" alt="per-layer error and mass kept">
+<img src="bench/fidelity_speed.png" alt="fidelity vs speed"></p>
+<p>Tables and notes: <a href="bench/bench.md">bench.md</a>,
+<a href="bench/bench.json">bench.json</a></p>
 <h2>train: induction heads (H3), 2-layer width-32 models, 1000 steps</h2>
 <table><tr><th>variant</th><th>accuracy</th><th>final loss</th><th>seconds</th></tr>{qrows}</table>
 <p><img src="train/quality.png" alt="quality table"></p>
@@ -112,6 +118,21 @@ table: <a href="train/quality.md">quality.md</a></p>
     con.print(f"[bold]Report:[/] {os.path.abspath(path)} (best it->cat head: layer {layer} "
               f"head {head}, {score:.2f})")
     return 0
+
+
+def _bench_row(r: dict, esc) -> str:
+    """One ``bench --model`` row of the report page."""
+    def sp(x):
+        return "baseline" if r["variant"] == "dense" else \
+            f"{x['ratio']:.2f}x" + (" (within noise)" if x["within_noise"] else "")
+    f = r["fidelity"]
+    worst = f"{f['worst_layer_error']:.2e} (layer {f['worst_layer']})" \
+        if f["worst_layer_error"] else "0"
+    return (f"<tr><td>{esc(r['variant'])}</td><td>{r['n']:,}</td><td>{f['cosine']:.4f}</td>"
+            f"<td>{f['embedding_cosine']:.4f}</td><td>{worst}</td>"
+            f"<td>{sp(r['attention_speedup'])}</td>"
+            f"<td>{r['model_time']['median_s'] * 1e3:,.1f}</td><td>{sp(r['model_speedup'])}</td>"
+            f"<td>{(r.get('peak_bytes') or 0) / 2**20:,.1f}</td></tr>")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Writing a bench result: rich table, markdown, JSON and log-log plots (PNG)."""
+"""Writing a ``bench --inputs random`` result: rich table, markdown, JSON and log-log
+plots (PNG). Times are min / median / max over the runs; speed ratios carry their
+quartile interval and say "within noise" when it contains 1; exponents carry their
+standard error."""
 from __future__ import annotations
 
 import json
@@ -6,9 +9,22 @@ import os
 
 from rich.table import Table
 
+from .timing import fmt_ratio
+
+NOTE = ("Inputs: random q/k/v (not a model's): their attention is spread over every key, so "
+        "each approximation's error here is an upper bound, not what a trained model sees "
+        "(use --model). Sparse patterns run on attnkit's tiled kernel (PyTorch ops per tile) "
+        "while dense runs SDPA's fused kernel: below the length where most tiles are skipped, a "
+        "pattern is slower than dense whatever its pair count. Exponent: slope of log(time) on "
+        "log(n) over every run, +- its standard error.")
+
 
 def _ms(r) -> str:
-    return f"{r['median_s'] * 1e3:,.1f}" if "median_s" in r else "—"
+    if "median_s" not in r:
+        return "—"
+    if "max_s" not in r:
+        return f"{r['median_s'] * 1e3:,.1f}"
+    return f"{r['min_s'] * 1e3:,.1f} / {r['median_s'] * 1e3:,.1f} / {r['max_s'] * 1e3:,.1f}"
 
 
 def _mib(r) -> str:
@@ -21,14 +37,18 @@ def _cells(result: dict) -> list[list[str]]:
     for r in result["rows"]:
         s = result["variants"][r["variant"]]
         exp = "—" if s["exponent"] is None else f"{s['exponent']:.2f}"
+        if s.get("exponent_stderr") is not None and s["exponent_stderr"] == s["exponent_stderr"]:
+            exp += f" ± {s['exponent_stderr']:.2f}"
         err = "—" if "rel_error" not in r else f"{r['rel_error']:.1e}"
-        sp = f"{r['speedup_vs_dense']:.2f}x" if "speedup_vs_dense" in r else "—"
+        sp = (fmt_ratio(r["speedup"]) if "speedup" in r else
+              f"{r['speedup_vs_dense']:.2f}x" if "speedup_vs_dense" in r else "—")
         note = r.get("error", "")
         rows.append([r["variant"], f"{r['n']:,}", _ms(r), sp, _mib(r), exp, err, note])
     return rows
 
 
-HEAD = ["variant", "n", "median ms", "speed vs dense", "peak MiB", "exponent", "rel. error", "note"]
+HEAD = ["variant", "n", "ms min/med/max", "speed vs dense", "peak MiB", "exponent",
+        "rel. error (random q/k/v)", "note"]
 
 
 def rich_table(result: dict, title: str) -> Table:
@@ -45,7 +65,7 @@ def markdown(result: dict, title: str, recommendation: str) -> str:
     lines = [f"### {title}", "", "| " + " | ".join(HEAD) + " |",
              "|" + "|".join("---" if h in ("variant", "note") else "---:" for h in HEAD) + "|"]
     lines += ["| " + " | ".join(c) + " |" for c in _cells(result)]
-    lines += ["", f"**Recommendation:** {recommendation}", ""]
+    lines += ["", f"**Recommendation:** {recommendation}", "", NOTE, ""]
     return "\n".join(lines)
 
 
@@ -60,11 +80,16 @@ def plot(result: dict, path: str, title: str) -> None:
             continue
         ns = [r["n"] for r in pts]
         exp = "" if s["exponent"] is None else f" (n^{s['exponent']:.2f})"
-        ax_t.plot(ns, [r["median_s"] for r in pts], "o-", label=name + exp)
+        if s.get("exponent_stderr") is not None and s["exponent_stderr"] == s["exponent_stderr"]:
+            exp = f" (n^{s['exponent']:.2f}±{s['exponent_stderr']:.2f})"
+        med = [r["median_s"] for r in pts]
+        lo = [m - r.get("min_s", m) for m, r in zip(med, pts)]
+        hi = [r.get("max_s", m) - m for m, r in zip(med, pts)]
+        ax_t.errorbar(ns, med, yerr=[lo, hi], fmt="o-", capsize=3, label=name + exp)
         mem = [(r["n"], r["peak_bytes"] / 2**20) for r in pts if r.get("peak_bytes")]
         if mem:
             ax_m.plot(*zip(*mem), "o-", label=name)
-    for ax, lab in ((ax_t, "median time (s)"), (ax_m, "peak extra memory (MiB)")):
+    for ax, lab in ((ax_t, "time (s): median, bars min-max"), (ax_m, "peak extra memory (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length n")
@@ -83,6 +108,7 @@ def write(result: dict, out_dir: str, title: str, recommendation: str) -> list[s
     with open(paths[0], "w") as f:
         f.write(markdown(result, title, recommendation))
     with open(paths[1], "w") as f:
-        json.dump({**result, "title": title, "recommendation": recommendation}, f, indent=1)
+        json.dump({**result, "title": title, "recommendation": recommendation, "note": NOTE}, f,
+                  indent=1)
     plot(result, paths[2], title)
     return paths

@@ -1,10 +1,16 @@
-"""``attnkit bench``: time, memory, scaling exponent and error per attention variant.
+"""``attnkit bench --inputs random``: time, memory, scaling exponent and error per
+attention variant on *random* q/k/v (no model: see :mod:`attnkit.bench.model_bench`).
 
-Every (variant, n) point runs in its own process (:func:`variant_point`); times are
-medians after a warm-up; the dense variant is always measured as the baseline, so
-speed ratios come from the same run. The scaling exponent is the least-squares slope
-of log(time) against log(n); the error is ``||out - ref||_F / ||ref||_F`` against full
-softmax attention (float64) on the same inputs, at every n up to ``error_max_n``.
+Every (variant, n) point runs in its own process (:func:`variant_point`); after a
+warm-up, runs repeat until the median is stable or the time budget is spent
+(:func:`attnkit.bench.timing.timed_stable`: min / quartiles / median / max); the dense
+variant is always measured as the baseline, so speed ratios come from the same run and
+carry an interval (``within_noise`` when it contains 1). The scaling exponent is the
+least-squares slope of log(time) against log(n) over every run, with its standard
+error; the error is ``||out - ref||_F / ||ref||_F`` against full softmax attention
+(float64) on the same random inputs, at every n up to ``error_max_n`` -- random q/k/v
+spread attention over all keys, so every approximation looks far off here; real
+attention is measured by ``attnkit bench --model``.
 """
 from __future__ import annotations
 
@@ -15,8 +21,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..variants import parse_variant
-from .measure import PeakMemory, run_isolated, timed
+from .measure import PeakMemory, run_isolated
 from .points import DTYPES
+from .timing import fit_exponent as _fit_runs
+from .timing import ratio, timed_stable
 
 __all__ = ["Workload", "variant_point", "run_bench", "fit_exponent", "recommend",
            "parse_size", "parse_seqs"]
@@ -57,9 +65,13 @@ def parse_size(text: str) -> int:
 
 def variant_point(*, variant: str, n: int, batch: int, heads: int, kv_heads: int | None,
                   head_dim: int, dtype: str, device: str, causal: bool, backward: bool,
-                  repeats: int = 3, error_max_n: int = 4096, seed: int = 0) -> dict:
-    """Measure one variant at one n (run in its own process by :func:`run_bench`)."""
+                  repeats: int = 5, error_max_n: int = 4096, seed: int = 0,
+                  budget_s: float = 10.0, threads: int = 0) -> dict:
+    """Measure one variant at one n (run in its own process by :func:`run_bench`);
+    ``threads`` > 0 sets torch's CPU threads."""
     torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
     var = parse_variant(variant)
     dt = DTYPES[dtype]
     kvh = kv_heads or heads
@@ -80,7 +92,8 @@ def variant_point(*, variant: str, n: int, batch: int, heads: int, kv_heads: int
     with torch.set_grad_enabled(backward):
         with PeakMemory(device) as pm:
             out = step()
-        t = timed(step, repeats=repeats, warmup=0, device=device)
+        sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+        t = timed_stable(step, min_runs=repeats, budget_s=budget_s, warmup=0, sync=sync)
     res = {**t, "peak_bytes": pm.peak_bytes, "pairs": var.pairs(n, causal)}
     if n <= error_max_n:
         from ..functional import attention
@@ -103,8 +116,9 @@ def fit_exponent(ns: list[int], times: list[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else None
 
 
-def run_bench(wl: Workload, variants: list[str], *, repeats: int = 3, timeout: float = 600,
-              error_max_n: int = 4096, on_point=None) -> dict:
+def run_bench(wl: Workload, variants: list[str], *, repeats: int = 5, timeout: float = 600,
+              error_max_n: int = 4096, on_point=None, budget_s: float = 10.0,
+              threads: int = 0) -> dict:
     """Measure every (variant, n); returns {"workload", "rows", "variants"}.
 
     ``dense`` is always measured (the baseline for speed ratios). ``on_point(i, total,
@@ -122,23 +136,29 @@ def run_bench(wl: Workload, variants: list[str], *, repeats: int = 3, timeout: f
             i += 1
             kw = dict(variant=name, n=n, batch=wl.batch, heads=wl.heads, kv_heads=wl.kv_heads,
                       head_dim=wl.head_dim, dtype=wl.dtype, device=wl.device, causal=wl.causal,
-                      backward=wl.backward, repeats=repeats, error_max_n=error_max_n)
+                      backward=wl.backward, repeats=repeats, error_max_n=error_max_n,
+                      budget_s=budget_s, threads=threads)
             r = run_isolated("attnkit.bench.runner:variant_point", kw, timeout=timeout)
             row = {"variant": name, "n": n, **r}
             if name == "dense":
                 base = r
             if "median_s" in r and base and "median_s" in base:
                 row["speedup_vs_dense"] = base["median_s"] / r["median_s"]
+                row["speedup"] = ratio(base, r)
             rows.append(row)
     summary = {}
     for name in names:
         mine = [r for r in rows if r["variant"] == name and "median_s" in r]
         errs = [r["rel_error"] for r in mine if "rel_error" in r]
+        fit = _fit_runs([r["n"] for r in mine], [r.get("times_s") or [r["median_s"]]
+                                                 for r in mine])
         summary[name] = {
-            "exponent": fit_exponent([r["n"] for r in mine], [r["median_s"] for r in mine]),
+            "exponent": None if fit is None else fit["exponent"],
+            "exponent_stderr": None if fit is None else fit["stderr"],
             "rel_error": max(errs) if errs else None,
         }
-    return {"workload": asdict(wl), "rows": rows, "variants": summary}
+    return {"mode": "random", "inputs": "random", "workload": asdict(wl), "rows": rows,
+            "variants": summary}
 
 
 def recommend(result: dict, *, memory_budget: int | None = None,
@@ -157,14 +177,18 @@ def recommend(result: dict, *, memory_budget: int | None = None,
         elif err > error_bound:
             refused.append(f"{r['variant']} (error {err:.1e} > {error_bound:g})")
         elif memory_budget is not None and (r.get("peak_bytes") or 0) > memory_budget:
-            refused.append(f"{r['variant']} (memory {r['peak_bytes'] / 2**20:,.0f} MiB over budget)")
+            refused.append(f"{r['variant']} (memory {r['peak_bytes'] / 2**20:,.0f} MiB over "
+                           f"budget)")
         else:
             cands.append((r["median_s"], r, err))
     if not cands:
         return None, f"no variant fits at n={n:,}: " + "; ".join(refused)
     t, r, err = min(cands, key=lambda c: c[0])
+    sp = r.get("speedup")
+    noise = " (within noise)" if sp and sp["within_noise"] else ""
     why = (f"{r['variant']}: fastest at n={n:,} ({t * 1e3:,.1f} ms, "
-           f"{r.get('speedup_vs_dense', 1.0):.1f}x dense) with error {err:.1e} <= {error_bound:g}")
+           f"{r.get('speedup_vs_dense', 1.0):.1f}x dense{noise}) with error {err:.1e} <= "
+           f"{error_bound:g} on random q/k/v")
     if r.get("peak_bytes") is not None:
         why += f" and peak memory {r['peak_bytes'] / 2**20:,.1f} MiB"
         if memory_budget is not None:

@@ -1,0 +1,257 @@
+"""What ``attnkit bench --model`` needs from a model: the :class:`ModelSource` protocol,
+and :class:`AttnkitSource`, attnkit's own ports (``attnkit.load(NAME|DIR)``: BERT
+encoders, GPT-2/Llama decoders).
+
+A second source (e.g. any Hugging Face model through ``attn_implementation=
+"attnkit:<variant>"``) plugs in by implementing the same few methods:
+
+* ``windows(text, n)`` -> list of ``ids (1, n)``: the text cut into n-token windows;
+* ``check(variant)``: raise ValueError saying why the model cannot take the variant;
+* ``apply(variant, layers)``: swap the variant into those attention layers (None: all;
+  ``dense``: restore the model as loaded);
+* ``run(ids)`` -> :class:`Outputs` (hidden states, sentence embedding or logits);
+* ``attention_inputs(ids)`` -> per layer ``(q, k, v)`` of a dense run, as the
+  attention operation receives them (after RoPE);
+* ``attend(layer, q, k, v)``: that layer's attention operation under the applied
+  variant (no projections): ``(B, H, T, Dv)``;
+* ``weights(ids, layers)``: the dense run's attention weights ``{layer: (H, T, T)}``;
+* ``pattern_mask(layer, n)``: the applied variant's allowed pairs ``(Hm, n, n)`` or None;
+* ``served_by(layer, q, k, v)``: which kernel serves the applied variant, and why.
+
+:func:`apply_variant` is the one place where a variant name becomes model settings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from ..variants import Variant, parse_variant
+
+__all__ = ["Outputs", "ModelSource", "AttnkitSource", "apply_variant", "open_source",
+           "text_windows"]
+
+
+@dataclass
+class Outputs:
+    hidden: Tensor | None = None        # (B, T, d) final hidden states (encoders)
+    embedding: Tensor | None = None     # (B, d) pooled sentence embedding (encoders)
+    logits: Tensor | None = None        # (B, T, V) next-token logits (decoders)
+
+
+class ModelSource(Protocol):
+    name: str
+    kind: str                   # "encoder" | "decoder"
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    max_tokens: int
+    tokenizer_name: str
+
+    def windows(self, text: str, n: int) -> list[Tensor]: ...
+    def check(self, variant: Variant, n: int) -> None: ...
+    def apply(self, variant: Variant, n: int, layers: list[int] | None = None) -> None: ...
+    def run(self, ids: Tensor) -> Outputs: ...
+    def attention_inputs(self, ids: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]: ...
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor: ...
+    def weights(self, ids: Tensor, layers: list[int]) -> dict[int, Tensor]: ...
+    def pattern_mask(self, layer: int, n: int) -> Tensor | None: ...
+    def served_by(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> str: ...
+
+
+def _attention_modules(model) -> list:
+    from ..modules import MultiHeadAttention
+    return [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+
+
+def apply_variant(model, variant: Variant | str, n: int, layers: list[int] | None = None):
+    """Swap ``variant`` into ``model``'s attention layers (``layers``: indices into its
+    attention modules, None = all); ``dense`` restores the model as loaded.
+
+    The one place where a variant becomes model settings: a softmax pattern through
+    ``model.set_attention(pattern=variant.pattern(n, causal))`` (decoders AND it with
+    their causal mask themselves), linear attention through
+    ``set_attention(linear=variant.feature_map(head_dim))``."""
+    from ..models import GPT
+    var = parse_variant(variant) if isinstance(variant, str) else variant
+    if var.kind == "ssm":
+        raise ValueError(f"variant {var.text!r} is a model (attnkit.models.SSM), not an "
+                         f"attention operation a model can swap in; use it with "
+                         f"`attnkit train --attention ssm`")
+    mods = _attention_modules(model)
+    causal = isinstance(model, GPT)
+    if var.kind == "linear":
+        pattern, linear = None, var.feature_map(mods[0].head_dim)
+    else:
+        pattern = None if var.name == "dense" else var.pattern(n, causal)
+        if hasattr(pattern, "at"):      # drawn for n tokens (BigBird's random blocks)
+            pattern = pattern.at(n)
+        linear = None
+    model.set_attention(pattern=pattern, linear=linear)
+    if layers is None or var.name == "dense":
+        return
+    chosen = [(mods[i].pattern, mods[i].linear) for i in layers]  # the model's own settings
+    model.set_attention(pattern=None, linear=None)                  # every other layer dense
+    for i, (p, lin) in zip(layers, chosen):
+        mods[i].set_attention(pattern=p, linear=lin)
+
+
+def text_windows(tokenizer, text: str, n: int) -> tuple[list[list[int]], int]:
+    """Cut ``text`` into consecutive n-token windows, each with the tokenizer's special
+    tokens (BERT: ``[CLS] ... [SEP]``); returns (windows, content tokens in the text)."""
+    tokenizer.no_truncation()
+    enc = tokenizer.encode(text)
+    special = enc.special_tokens_mask
+    lead = next((i for i, s in enumerate(special) if not s), len(special))
+    tail = next((i for i, s in enumerate(reversed(special)) if not s), 0)
+    ids = enc.ids
+    prefix, suffix, body = ids[:lead], ids[len(ids) - tail:], ids[lead:len(ids) - tail]
+    per = n - len(prefix) - len(suffix)
+    if per < 1:
+        raise ValueError(f"--seq: {n} leaves no room for text next to the tokenizer's "
+                         f"{len(prefix) + len(suffix)} special tokens")
+    wins = [prefix + body[i:i + per] + suffix for i in range(0, len(body) - per + 1, per)]
+    return wins, len(body)
+
+
+class AttnkitSource:
+    """An attnkit model (``attnkit.load(...)`` or built in Python) as a bench source."""
+
+    def __init__(self, model, name: str | None = None):
+        from ..models import BERT, GPT
+        if not isinstance(model, (BERT, GPT)):
+            raise ValueError(f"model: expected a text encoder (BERT) or decoder (GPT, Llama), "
+                             f"got {type(model).__name__}")
+        if getattr(model, "tokenizer", None) is None:
+            raise ValueError("model: has no tokenizer (a tokenizer.json next to the weights) "
+                             "to read the text with")
+        self.model = model.eval()
+        self.name = name or str(getattr(model, "source", type(model).__name__))
+        self.kind = "decoder" if isinstance(model, GPT) else "encoder"
+        self.mods = _attention_modules(model)
+        m0 = self.mods[0]
+        self.n_layers, self.n_heads, self.n_kv_heads = len(self.mods), m0.n_heads, m0.n_kv_heads
+        self.head_dim = m0.head_dim
+        self.max_tokens = int(model.cfg.max_len)
+        self.tokenizer_name = type(model.tokenizer.model).__name__
+        self.positions = ("alibi" if m0.alibi is not None else "rope" if m0.rope is not None
+                          else "absolute")
+        self.device = next(model.parameters()).device
+
+    # -- text ----------------------------------------------------------------
+    def windows(self, text: str, n: int) -> list[Tensor]:
+        wins, _ = text_windows(self.model.tokenizer, text, n)
+        return [torch.tensor([w], dtype=torch.long, device=self.device) for w in wins]
+
+    def count_tokens(self, text: str) -> int:
+        self.model.tokenizer.no_truncation()
+        return len(self.model.tokenizer.encode(text).ids)
+
+    # -- variants ------------------------------------------------------------
+    def apply(self, variant, n: int, layers: list[int] | None = None) -> None:
+        apply_variant(self.model, variant, n, layers)
+
+    def check(self, variant, n: int) -> None:
+        """Apply ``variant`` and run a short input: the model's own refusal, as ValueError."""
+        from ..errors import UnsupportedCall
+        t = min(n, 16)
+        ids = torch.full((1, t), self.model.pad_token_id + 1, dtype=torch.long,
+                         device=self.device)
+        try:
+            self.apply(variant, n)
+            with torch.no_grad():
+                self.model(ids)
+        except (ValueError, TypeError, UnsupportedCall) as e:
+            raise ValueError(f"this model cannot take it: {e}") from None
+        finally:
+            self.apply("dense", n)
+
+    # -- runs ----------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, ids: Tensor) -> Outputs:
+        out = self.model(ids)
+        if self.kind == "decoder":
+            return Outputs(logits=out)
+        return Outputs(hidden=out, embedding=self.model.mean_pool(out))
+
+    @torch.no_grad()
+    def attention_inputs(self, ids: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
+        xs = self._capture(ids)[0]
+        out = []
+        for m, x in zip(self.mods, xs):
+            q = m.project_q(x)                                                  # (B, H, T, D)
+            k, v = m.project_kv(x)                                              # (B, Hkv, T, D)
+            if m.rope is not None:
+                q, k = m.rope(q, k, 0)
+            out.append((q, k, v))
+        return out
+
+    @torch.no_grad()
+    def captured_outputs(self, ids: Tensor) -> list[Tensor]:
+        """Each layer's attention output as the model computed it (the input of its output
+        projection) ``(B, H, T, Dv)``: checks :meth:`attend` against the model."""
+        return self._capture(ids)[1]
+
+    def _capture(self, ids: Tensor):
+        xs, outs, hooks = [None] * len(self.mods), [None] * len(self.mods), []
+        for i, m in enumerate(self.mods):
+            def pre(mod, args, kwargs, i=i):
+                xs[i] = args[0] if args else kwargs["x"]
+
+            def o_pre(mod, args, i=i, H=m.n_heads):
+                B, T, HD = args[0].shape
+                outs[i] = args[0].view(B, T, H, HD // H).transpose(1, 2)
+            hooks.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+            hooks.append(m.o_proj.register_forward_pre_hook(o_pre))
+        try:
+            self.model(ids)
+        finally:
+            for h in hooks:
+                h.remove()
+        return xs, outs
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """The attention operation of ``layer`` as its module runs it (the same call
+        :class:`~attnkit.MultiHeadAttention` makes after projecting)."""
+        from ..functional import attention
+        from ..linear import linear_attention
+        m = self.mods[layer]
+        if m.linear is not None:
+            return linear_attention(q, k, v, m.linear, causal=m.pattern is not None)
+        return attention(q, k, v, mask=m.pattern, bias=m.alibi, backend=m.backend)
+
+    def served_by(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> str:
+        from ..functional import make_call, select_backend
+        m = self.mods[layer]
+        if m.linear is not None:
+            return "linear_attention (O(T) in PyTorch ops)"
+        if m.backend != "auto":
+            return m.backend
+        name, why = select_backend(make_call(q, k, v, mask=m.pattern, bias=m.alibi))
+        return f"{name}: {why}"
+
+    def pattern_mask(self, layer: int, n: int) -> Tensor | None:
+        """The applied variant's allowed pairs in ``layer`` ``(Hm, n, n)`` (None: no mask
+        or linear attention)."""
+        m = self.mods[layer]
+        if m.linear is not None or m.pattern is None:
+            return None
+        return m.pattern.dense(n, n, device=self.device)[0]
+
+    @torch.no_grad()
+    def weights(self, ids: Tensor, layers: list[int]) -> dict[int, Tensor]:
+        """The dense run's attention weights of ``layers``: ``{layer: (H, T, T)}`` (only
+        those layers recompute them)."""
+        _, ws = self.model(ids, need_weights=set(layers))
+        return {i: ws[i][0].float() for i in layers}
+
+
+def open_source(name_or_dir: str, device: str = "cpu") -> AttnkitSource:
+    """A bench source from ``attnkit.load`` (a registered name or a checkpoint directory).
+    Raises ValueError (bad directory, unsupported architecture, no tokenizer)."""
+    from ..loading import load, resolve
+    resolve(name_or_dir)
+    return AttnkitSource(load(name_or_dir).to(device), name=str(name_or_dir))
