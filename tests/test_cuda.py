@@ -76,3 +76,90 @@ def test_cuda_tiled_small_tiles_softcap_alibi():
     g2 = torch.autograd.grad(ref.sum(), (q, k, v))
     for a, b in zip(g1, g2):
         assert _rel(a, b) < 1e-12
+
+
+# ---------------------------------------------------------------------------
+# the triton backend (attnkit.kernels.triton), compiled for the GPU
+# ---------------------------------------------------------------------------
+TRITON_MASKS = dict(MASKS, **{
+    "window-bidir": lambda T: M.window(40, 9),
+    "dilated": lambda T: M.dilated(20, 3),
+    "strided": lambda T: M.causal() & M.strided(7),
+    "document": lambda T: M.document(torch.arange(T).div(61, rounding_mode="floor")
+                                     .unsqueeze(0).repeat(2, 1)) & M.causal(),
+    "not-causal": lambda T: ~M.causal(),
+})
+
+
+def _triton_ready():
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pytest.skip("triton is not installed")
+    import attnkit.backends.triton  # noqa: F401  (registers "triton")
+
+
+def _triton_check(q, k, v, tol, **kw):
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = attnkit.attention(q64, k64, v64, backend="reference", **kw)
+    dout = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), dout)
+    out = attnkit.attention(q, k, v, backend="triton", **kw)
+    assert torch.isfinite(out).all() and _rel(out, ref) < tol
+    grads = torch.autograd.grad(out, (q, k, v), dout.to(q.dtype))
+    for g, r in zip(grads, ref_grads):
+        assert torch.isfinite(g).all() and _rel(g, r) < 4 * tol
+
+
+@pytest.mark.parametrize("mask", list(TRITON_MASKS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("heads", [(8, 8), (8, 2), (4, 1)])
+@pytest.mark.parametrize("lengths", [(200, 200), (77, 301), (301, 150)])
+def test_cuda_triton_matches_reference(mask, dtype, heads, lengths, monkeypatch):
+    _triton_ready()
+    monkeypatch.setenv("ATTNKIT_TRITON_AUTOTUNE", "0")  # the fixed fallback: fewer compiles
+    torch.manual_seed(0)
+    (H, Hkv), (Tq, Tk) = heads, lengths
+    spec = TRITON_MASKS[mask](Tk)
+    if mask == "document" and Tq > Tk:
+        ids = lambda T: torch.arange(T).div(61, rounding_mode="floor").repeat(2, 1)  # noqa: E731
+        spec = M.document(ids(Tk), ids(Tq)) & M.causal()
+    q = torch.randn(2, H, Tq, 64, device="cuda", dtype=dtype, requires_grad=True)
+    k = torch.randn(2, Hkv, Tk, 64, device="cuda", dtype=dtype, requires_grad=True)
+    v = torch.randn(2, Hkv, Tk, 64, device="cuda", dtype=dtype, requires_grad=True)
+    _triton_check(q, k, v, TOL[dtype], mask=spec)
+
+
+@pytest.mark.parametrize("dims", [(16, 16), (40, 24), (128, 128), (256, 256), (96, 200)])
+@pytest.mark.parametrize("extra", ["alibi-softcap", "tensor-bias", "plain"])
+def test_cuda_triton_head_dims_biases_softcap(dims, extra):
+    _triton_ready()
+    torch.manual_seed(1)
+    D, Dv = dims
+    dtype = torch.bfloat16
+    q = torch.randn(2, 4, 150, D, device="cuda", dtype=dtype, requires_grad=True)
+    k = torch.randn(2, 2, 170, D, device="cuda", dtype=dtype, requires_grad=True)
+    v = torch.randn(2, 2, 170, Dv, device="cuda", dtype=dtype, requires_grad=True)
+    kw = {"alibi-softcap": dict(bias=attnkit.alibi(4), softcap=5.0, mask=M.causal()),
+          "tensor-bias": dict(bias=torch.randn(2, 1, 150, 170, device="cuda"),
+                              mask=M.padding([170, 90], q_lengths=[150, 40])),
+          "plain": dict(mask=M.causal() & M.window(33))}[extra]
+    _triton_check(q, k, v, TOL[dtype], **kw)
+
+
+def test_cuda_triton_fully_masked_rows_and_bias_grad():
+    _triton_ready()
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(2, 4, 130, 64, device="cuda", requires_grad=True) for _ in range(3))
+    bias = torch.randn(130, 130, device="cuda", requires_grad=True)
+    mask = M.padding([130, 0], q_lengths=[70, 130]) & M.causal()
+    out = attnkit.attention(q, k, v, mask=mask, bias=bias, backend="triton")
+    assert torch.equal(out[1], torch.zeros_like(out[1])) and torch.equal(
+        out[0, :, 70:], torch.zeros_like(out[0, :, 70:]))
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v, bias))
+    b64 = bias.detach().double().requires_grad_()
+    ins = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = attnkit.attention(*ins, mask=mask, bias=b64, backend="reference")
+    ref_grads = torch.autograd.grad(ref.square().sum(), (*ins, b64))
+    for g, r in zip(grads, ref_grads):
+        assert torch.isfinite(g).all() and _rel(g, r) < 4 * TOL[torch.float32]

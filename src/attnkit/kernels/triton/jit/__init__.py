@@ -1,0 +1,1 @@
+"""The ``@triton.jit`` sources; imported per mode by ``attnkit.kernels.triton.kernels``."""
