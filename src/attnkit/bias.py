@@ -54,6 +54,11 @@ class BiasSpec:
     def tensors(self) -> list[Tensor]:
         return []
 
+    def distance_slopes(self) -> Tensor | None:
+        """Per-head slopes ``m (H,)`` when the bias is exactly ``-m_h * |p - k|`` (ALiBi),
+        else None: kernels then evaluate it from H numbers."""
+        return None
+
     def validate(self, B: int, H: int, Tq: int, Tk: int) -> None:
         pass
 
@@ -84,6 +89,9 @@ class ALiBi(BiasSpec):
 
     def __init__(self, slopes: Tensor):
         self.slopes = slopes
+
+    def distance_slopes(self):
+        return self.slopes
 
     def validate(self, B, H, Tq, Tk):
         if self.slopes.numel() != H:

@@ -11,18 +11,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..call import AttentionCall
 from ..errors import UnsupportedCall
 from ..masks import EMPTY
-from .base import AttentionCall, Backend, register_backend
+from .base import Backend, register_backend
+from .sdpa import DENSE_MASK_BUDGET as SDPA_MASK_BUDGET
+from .tiled import SPARSE_DENSITY
 
 __all__ = ["TritonBackend"]
 
 MAX_HEAD_DIM = 256
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# the built-in auto rule's numbers (functional.py): SDPA materialises masks up to this,
-# and 'tiled' claims masks whose block map is under this fraction non-empty
-SDPA_MASK_BUDGET = 256 * 2**20
-SPARSE_DENSITY = 0.5
 NOT_MEASURED = "triton kernels, not yet measured on a GPU"
 
 
@@ -86,7 +85,7 @@ class TritonBackend(Backend):
         dense_or_causal = call.mask is None or (call.is_causal_only and call.Tq == call.Tk)
         if call.bias is None and dense_or_causal:
             return None  # SDPA's fused kernels
-        nbytes = call.B * call.H * call.Tq * call.Tk * (call.q.element_size() + 1)
+        nbytes = call.dense_bytes()
         if nbytes > SDPA_MASK_BUDGET and not self._dense_bias(call):
             return 15.0, (f"a dense mask/bias would need {nbytes / 2**30:.2f} GiB; the "
                           f"kernels need O(T*D) and the partial tiles' masks ({NOT_MEASURED})")

@@ -37,6 +37,9 @@ class FullMask(MaskSpec):
     def tile_classes(self, q0, q1, k0, k1, offset):
         return torch.full_like(q0 + k0, FULL)
 
+    def band(self):
+        return -INF, INF
+
     def __repr__(self):
         return "full()"
 
@@ -67,6 +70,9 @@ class Window(MaskSpec):
         return torch.where(full, FULL, torch.where(empty, EMPTY, PARTIAL))
 
     def distance_bounds(self):
+        return -self.right, self.left
+
+    def band(self):
         return -self.right, self.left
 
     @property

@@ -16,6 +16,9 @@ and key index, where ``offset = Tk - Tq`` aligns queries to the end of the keys
                                        depends on (1 = broadcast); default ``(1, 1)``
 ``distance_bounds()``                  ``(lo, hi)``: every allowed pair has
                                        ``lo <= (q + offset) - k <= hi``; default unbounded
+``band()``                             ``(lo, hi)`` when the spec is *exactly* the band
+                                       ``lo <= (q + offset) - k <= hi`` (kernels then
+                                       evaluate it from two numbers), else None
 ``validate(B, H, Tq, Tk)``             raise ValueError if the spec cannot apply
 ``tensors()``, ``to(device)``          the index tensors it holds, moved
 ``toeplitz`` (class attribute)         True when ``allowed`` depends on ``(q + offset) - k``
@@ -66,6 +69,9 @@ class MaskSpec:
 
     def distance_bounds(self) -> tuple[float, float]:
         return -INF, INF
+
+    def band(self) -> tuple[float, float] | None:
+        return None
 
     def validate(self, B: int, H: int, Tq: int, Tk: int) -> None:
         """Raise ValueError if this spec cannot apply to a (B, H, Tq, Tk) problem."""
@@ -239,6 +245,10 @@ class AndMask(_Combine):
     def distance_bounds(self):
         (a, b), (c, d) = (p.distance_bounds() for p in self.parts)
         return max(a, c), min(b, d)
+
+    def band(self):
+        x, y = (p.band() for p in self.parts)
+        return None if x is None or y is None else (max(x[0], y[0]), min(x[1], y[1]))
 
     def __repr__(self):
         return f"({self.parts[0]!r} & {self.parts[1]!r})"

@@ -13,13 +13,10 @@ unmasked, PARTIAL ones are masked by
   invariant specs (the spec's ``toeplitz`` flag: strided, dilated, ...) share one slot
   per diagonal offset.
 
-Recognition uses only public products: the spec's ``repr`` (parsed) and
-``spec.tile`` (a window hypothesis is checked against the first and last query rows;
-any mismatch falls back to gathering, which is exact for every spec). When the mask
-specs grow public capability queries, :func:`recognise_window` is the one place to
-switch. ALiBi is recognised the same way (``repr(call.bias)`` starts with ``alibi(``,
-slopes read back from ``bias.tile`` at distance 1 and checked on two rows); any other
-bias is made dense (float32, differentiable, so tensor biases get exact gradients).
+Recognition asks the specs (their capability queries): ``mask.band()`` (an exact band
+of distances: causal, window, full and their ``&``) and ``bias.distance_slopes()``
+(ALiBi); every other mask is gathered (exact for every spec) and any other bias is made
+dense (float32, differentiable, so tensor biases get exact gradients).
 
 The schedules: ``rows`` (CSR over query tiles, for the forward and dQ kernels) and
 ``cols`` (CSC over key tiles, for dK/dV), int32 on the call's device.
@@ -27,7 +24,6 @@ The schedules: ``rows`` (CSR over query tiles, for the forward and dQ kernels) a
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
@@ -83,95 +79,26 @@ class BiasLowering:
 
 
 # ---------------------------------------------------------------------------
-# recognition (public products only: repr and tile)
+# recognition: the specs' capability queries
 # ---------------------------------------------------------------------------
-_NUM = r"(inf|\d+(?:\.\d*)?)"
-
-
-def _split_and(text: str) -> tuple[str, str] | None:
-    """'A & B' at paren depth 0 -> (A, B); None if the top level is not a single '&'."""
-    depth, hits = 0, []
-    for i, ch in enumerate(text):
-        depth += ch == "("
-        depth -= ch == ")"
-        if depth == 0 and text.startswith(" & ", i):
-            hits.append(i)
-        if depth == 0 and (text.startswith(" | ", i) or ch == "~"):
-            return None
-    if len(hits) != 1:
-        return None
-    return text[:hits[0]], text[hits[0] + 3:]
-
-
-def _parse_window(text: str) -> tuple[float, float] | None:
-    """Bounds (lo, hi) on d = p - k of a repr made of causal/window/full and '&'."""
-    text = text.strip()
-    if text == "causal()":
-        return 0.0, math.inf
-    if text == "full()":
-        return -math.inf, math.inf
-    m = re.fullmatch(rf"window\({_NUM}, {_NUM}\)", text)
-    if m:
-        left, right = float(m.group(1)), float(m.group(2))
-        return -right, left
-    if text.startswith("(") and text.endswith(")"):
-        parts = _split_and(text[1:-1])
-        if parts:
-            a, b = _parse_window(parts[0]), _parse_window(parts[1])
-            if a is not None and b is not None:
-                return max(a[0], b[0]), min(a[1], b[1])
-    return None
-
-
 def recognise_window(call) -> tuple[int, int] | None:
-    """Integer bounds (lo, hi) with ``allowed == lo <= (q + Tk - Tq) - k <= hi`` if the
-    call's mask is a window (checked on the first and last query rows), else None."""
-    spec = call.mask
-    if spec is None:
-        return None
-    bounds = _parse_window(repr(spec))
-    if bounds is None:
+    """Integer bounds (lo, hi) with ``allowed == lo <= (q + Tk - Tq) - k <= hi`` when the
+    call's mask is exactly a band (``spec.band()``: causal, window, full and their
+    ``&``), clipped to the distances that occur; else None."""
+    band = None if call.mask is None else call.mask.band()
+    if band is None:
         return None
     Tq, Tk = call.Tq, call.Tk
-    lo = max(math.ceil(bounds[0]), -Tq) if bounds[0] > -math.inf else -Tq  # d >= 1 - Tq
-    hi = min(math.floor(bounds[1]), Tk) if bounds[1] < math.inf else Tk    # d <= Tk - 1
-    off = Tk - Tq
-    k = torch.arange(Tk, device=call.device)
-    for qi in {0, Tq - 1}:
-        got = spec.tile(qi, qi + 1, 0, Tk, Tq=Tq, Tk=Tk, device=call.device)
-        d = qi + off - k
-        want = (d >= lo) & (d <= hi)
-        if got.shape[:2] != (1, 1) or not torch.equal(got.reshape(-1), want):
-            return None
+    lo = max(math.ceil(band[0]), -Tq) if band[0] > -math.inf else -Tq  # d >= 1 - Tq
+    hi = min(math.floor(band[1]), Tk) if band[1] < math.inf else Tk    # d <= Tk - 1
     return int(lo), int(hi)
 
 
 def recognise_alibi(call) -> Tensor | None:
-    """Per-head slopes (H,) float64 if ``call.bias`` is exactly ALiBi, else None."""
-    bias = call.bias
-    text = repr(bias)
-    if not text.startswith("alibi(") or " + " in text:
-        return None
-    Tq, Tk, H, dev = call.Tq, call.Tk, call.H, call.device
-    off = Tk - Tq
-    if Tk >= 2:
-        qi, ki, dist = Tq - 1, Tk - 2, 1.0          # position Tk - 1 vs key Tk - 2
-    elif Tq >= 2:
-        qi, ki, dist = 0, 0, float(Tq - 1)           # position 1 - Tq vs key 0
-    else:
-        qi, ki, dist = 0, 0, None                    # one pair, distance 0: any slope
-    t = bias.tile(qi, qi + 1, ki, ki + 1, Tq=Tq, Tk=Tk, device=dev, dtype=torch.float64)
-    if t.dim() != 4 or t.shape[0] != 1 or t.shape[1] != H:
-        return None
-    slopes = torch.zeros(H, dtype=torch.float64, device=dev) if dist is None \
-        else -t.reshape(H) / dist
-    k = torch.arange(Tk, device=dev, dtype=torch.float64)
-    for r in {0, Tq - 1}:
-        got = bias.tile(r, r + 1, 0, Tk, Tq=Tq, Tk=Tk, device=dev, dtype=torch.float64)
-        want = -slopes.view(1, H, 1, 1) * (r + off - k).abs().view(1, 1, 1, Tk)
-        if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-12, atol=0.0):
-            return None
-    return slopes
+    """Per-head slopes (H,) float64 when ``call.bias`` is exactly ALiBi
+    (``bias.distance_slopes()``), else None."""
+    slopes = None if call.bias is None else call.bias.distance_slopes()
+    return None if slopes is None else slopes.to(call.device, torch.float64)
 
 
 # ---------------------------------------------------------------------------
