@@ -245,7 +245,7 @@ class AttnkitSource:
     def weights(self, ids: Tensor, layers: list[int]) -> dict[int, Tensor]:
         """The dense run's attention weights of ``layers``: ``{layer: (H, T, T)}`` (only
         those layers recompute them)."""
-        _, ws = self.model(ids, need_weights=set(layers))
+        _, ws = self.model(ids, return_weights=set(layers))
         return {i: ws[i][0].float() for i in layers}
 
 
