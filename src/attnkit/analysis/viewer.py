@@ -152,7 +152,8 @@ def write_page(path: str, capture: Capture, heads: dict[str, list[dict]] | None 
 <canvas id="overlay"></canvas></div></div></div>
 <div id="side"><div id="legend"><canvas id="legendbar" width="220" height="14"></canvas>
 <div id="legendticks"></div><div class="cap">attention weight</div></div>
-<div id="imagebox"></div><div id="headinfo"></div><div id="headsbox"><table id="heads"></table></div>
+<div id="imagebox"></div><div id="headinfo"></div>
+<div id="headsbox"><table id="heads"></table></div>
 <div id="ranking"></div></div></div>
 <h3 id="striptitle"></h3><div id="strip"></div>
 <h3>All heads <span class="hint">(each thumbnail scaled to its own maximum; click to open)

@@ -194,7 +194,7 @@ function ranking() {
   R.rows.forEach((r, n) => { const cur = D.views[R.view].layers[S.l] === r.layer && S.h === r.head && S.v === R.view;
     s += '<tr data-l="' + r.layer + '" data-h="' + r.head + '"' + (cur ? ' class="cur"' : '') + '><td>' + (n + 1) +
       '</td><td>' + r.layer + '</td><td>' + r.head + '</td><td>' + r.weight.toFixed(3) + '</td><td>' +
-      r.others.toFixed(3) + '</td><td>' + r.contrast.toFixed(3) + '</td><td>' + (+r.ratio).toFixed(2) +
+      r.others.toFixed(3) + '</td><td>' + r.contrast.toFixed(3) + '</td><td>' + (r.ratio === null ? '–' : (+r.ratio).toFixed(2)) +
       '</td>' + (R.versus ? '<td>' + r.versus_weight.toFixed(3) + '</td>' : '') + '<td>' + (r.type || '–') + '</td></tr>'; });
   box.innerHTML = s + '</table>';
   box.querySelectorAll('tr[data-l]').forEach(e => e.onclick = () => {

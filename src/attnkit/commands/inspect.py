@@ -98,7 +98,8 @@ def _print(con, cap, ranking, rows_by_view, args) -> None:
             t.add_column(c, justify="right")
         for r, row in enumerate(ranking[:args.top], 1):
             t.add_row(str(r), str(row["layer"]), str(row["head"]), f"{row['weight']:.3f}",
-                      f"{row['others']:.3f}", f"{row['contrast']:+.3f}", f"{row['ratio']:.2f}",
+                      f"{row['others']:.3f}", f"{row['contrast']:+.3f}",
+                      "-" if row["ratio"] is None else f"{row['ratio']:.2f}",
                       *([f"{row['versus_weight']:.3f}"] if args.versus else []),
                       row["type"] or "-")
         con.print(t)
@@ -227,12 +228,10 @@ def run(args) -> int:
         for r in ranking:
             r["type"] = types[(r["layer"], r["head"])]
             if not math.isfinite(r["ratio"]):
-                r["ratio"] = None if math.isnan(r["ratio"]) else 1e9
-            if not math.isfinite(r["others"]):
-                r["others"] = None
-        if ranking[0]["others"] is None:
-            cap.notes.append(f"no other word can attend to {args.to_word!r} (causal): heads "
-                             f"are ranked by the raw weight")
+                r["ratio"] = None                     # others' mean 0 (JSON has no inf)
+        if ranking[0]["n_others"] == 0:
+            cap.notes.append(f"no other word can attend to {args.to_word!r} (causal): the "
+                             f"others' mean is 0 and the contrast is the raw weight")
     _print(con, cap, ranking, rows_by_view, args)
     if args.out:
         _write(con, args, cap, ranking, rows_by_view)
