@@ -66,7 +66,7 @@ CASES = [  # (args with {B} for the directory, words the one line must hold)
     ([S, "--model", "{B}/qwen", "--via", "attnkit"], ["--model", "Qwen2ForCausalLM"]),
     ([S, "--backend", "foo"], ["--backend", "expected one of", "'foo'"]),
     ([S, "--backend", "flex"], ["--backend flex", "CPU"]),
-    ([S, "--model", "{B}/qwen", "--backend", "tiled"], ["--backend", "attnkit's ports"]),
+    ([S, "--model", "{B}/qwen", "--backend", "foo"], ["--backend", "'foo'"]),
     ([S, "--out", "{B}/afile"], ["--out", "existing file"]),
     ([S, "--from", "dog", "--to", "cat"], ["--from", "'dog'", "The, cat, sat"]),
     ([S, "--from", "cat"], ["--from and --to"]),

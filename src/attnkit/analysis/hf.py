@@ -31,20 +31,28 @@ _SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_attention
                 "decoder_layers", "dim", "hidden_dim", "n_heads", "n_layers")
 
 
-def attention_implementation_for_inspect(layers: list[int] | None) -> tuple[dict, dict]:
+def attention_implementation_for_inspect(layers: list[int] | None,
+                                         backend: str = "auto") -> tuple[dict, dict]:
     """How inspect runs a transformers model: ``(from_pretrained kwargs, forward kwargs)``.
 
-    Today: transformers' ``eager`` attention, which forms every layer's weights
-    (``layers`` -- the layers inspect shows -- is not used: all layers return weights and
-    inspect keeps the chosen ones). Switching to attnkit's implementation (weights from
-    the fast path, recomputed only for ``layers``) is a change of this function only.
-    """
-    return {"attn_implementation": "eager"}, {"output_attentions": True}
+    attnkit's implementation inside transformers (``attnkit.hf``): every layer runs on
+    attnkit's fast path; the weights are recomputed only for ``layers`` (the forward runs
+    inside :func:`attnkit.hf.weights_for`, see :func:`weights_context`)."""
+    import attnkit.hf
+    name = attnkit.hf.register(None if backend == "auto" else backend)
+    return {"attn_implementation": name}, {"output_attentions": True}
 
 
-def describe_implementation() -> str:
-    load_kw, _ = attention_implementation_for_inspect(None)
-    return f"transformers, {load_kw.get('attn_implementation')} attention"
+def weights_context(layers: list[int] | None):
+    """The context a capture runs in: only ``layers`` recompute their weights."""
+    import attnkit.hf
+    return attnkit.hf.weights_for(layers=layers)
+
+
+def describe_implementation(backend: str = "auto") -> str:
+    load_kw, _ = attention_implementation_for_inspect(None, backend)
+    return (f"transformers, attn_implementation={load_kw.get('attn_implementation')!r} "
+            "(attnkit inside the transformers model)")
 
 
 def transformers_module():
@@ -195,10 +203,10 @@ def plan(d: Path, cfg: dict, shapes: dict, files: dict, port_archs=()) -> Plan:
     return Plan(d, config, cls, arch, kind, int(n), int(nd), max_len, gen)
 
 
-def load_model(p: Plan):
+def load_model(p: Plan, backend: str = "auto"):
     """(model in eval mode, notes)."""
     transformers_module()
-    load_kw, _ = attention_implementation_for_inspect(None)
+    load_kw, _ = attention_implementation_for_inspect(None, backend)
     try:
         model, info = p.cls.from_pretrained(str(p.directory), local_files_only=True,
                                             output_loading_info=True, dtype=torch.float32,

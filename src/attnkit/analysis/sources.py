@@ -224,10 +224,12 @@ class HFSource:
         self._proc = None
 
     def check(self) -> None:
+        import attnkit.hf
         if self.backend != "auto":
-            raise UsageError(f"--backend: applies to attnkit's ports (--via attnkit); "
-                             f"{self.arch} runs on transformers' eager attention, got "
-                             f"{self.backend!r}")
+            try:
+                attnkit.hf.implementation_name(self.backend)
+            except ValueError as e:
+                raise UsageError(f"--backend: {e}") from None
 
     def processor(self):
         from . import hf
@@ -246,18 +248,22 @@ class HFSource:
                 dec_layers=None) -> Capture:
         from . import hf, hf_capture
         proc = self.processor()
-        model, notes = hf.load_model(self.plan)
+        model, notes = hf.load_model(self.plan, self.backend)
         notes = list(self.notes) + notes
         generated, img = None, None
-        if self.kind == "image":
-            views, img = hf_capture.capture_image(self.plan, model, proc, image, layers, notes)
-        else:
-            views, generated = hf_capture.capture_text(
-                self.plan, model, proc, text, layers, dec_layers or layers, generate, target,
-                notes)
+        # only the shown layers recompute their weights (encoder and decoder layers share
+        # layer indices in encoder-decoders: there every layer does)
+        with hf.weights_context(None if self.kind == "encoder-decoder" else layers):
+            if self.kind == "image":
+                views, img = hf_capture.capture_image(self.plan, model, proc, image, layers,
+                                                      notes)
+            else:
+                views, generated = hf_capture.capture_text(
+                    self.plan, model, proc, text, layers, dec_layers or layers, generate,
+                    target, notes)
         return Capture(self.name, self.arch, "transformers", self.kind,
                        image if self.kind == "image" else text, views,
-                       hf.describe_implementation(), notes, self.n_layers, image=img,
+                       hf.describe_implementation(self.backend), notes, self.n_layers, image=img,
                        generated=generated)
 
 

@@ -310,15 +310,16 @@ def or_masks(*specs) -> MaskSpec:
 
 
 class PerLength(MaskSpec):
-    """A spec drawn for each problem size: ``make(Tk)`` gives the spec for Tk keys (e.g. a
-    BigBird pattern's random blocks depend on n). It composes like any spec; attention
-    resolves it per call (``resolve(Tq, Tk)``); used unresolved it raises."""
+    """A spec drawn for each problem size: ``make(Tq, Tk)`` gives the spec of a (Tq, Tk)
+    call (e.g. a BigBird pattern's random blocks depend on n; a raw-index mask_mod's
+    end-aligned form depends on Tk - Tq). It composes like any spec; attention resolves
+    it per call (``resolve(Tq, Tk)``); used unresolved it raises."""
 
-    def __init__(self, make: Callable[[int], MaskSpec], label: str):
+    def __init__(self, make: Callable[[int, int], MaskSpec], label: str):
         self.make, self.label = make, label
 
     def resolve(self, Tq, Tk):
-        return self.make(Tk).resolve(Tq, Tk)
+        return self.make(Tq, Tk).resolve(Tq, Tk)
 
     def _unresolved(self, *a, **kw):
         raise TypeError(f"{self.label}: its mask depends on the length n; use pattern.at(n) "

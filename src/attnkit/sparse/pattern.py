@@ -44,7 +44,7 @@ class Pattern:
     def as_mask_spec(self) -> MaskSpec:
         """What ``attention(mask=pattern)`` and composition with other specs use: the
         pattern resolved per call (``at(Tk)``, which also checks it applies to Tk)."""
-        return PerLength(self.at, self.name)
+        return PerLength(lambda Tq, Tk: self.at(Tk), self.name)
 
     def check(self, n: int) -> None:
         """Raise ValueError if the pattern cannot apply to n tokens."""

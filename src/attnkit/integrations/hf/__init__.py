@@ -1,0 +1,100 @@
+"""attnkit inside Hugging Face ``transformers``: one attention implementation.
+
+::
+
+    import attnkit.hf
+    attnkit.hf.register()                                   # idempotent
+    model = AutoModelForCausalLM.from_pretrained(DIR, attn_implementation="attnkit")
+    name = attnkit.hf.register("window:256")                # "attnkit:window:256"
+    model.set_attn_implementation(name)                     # a variant in every layer
+    with attnkit.hf.weights_for(layers=[3]):                # weights only where asked
+        out = model(**batch, output_attentions=True)
+
+``register`` adds the name to transformers' ``AttentionInterface`` (the attention
+function: :mod:`.attention`) and ``AttentionMaskInterface`` (the mask function:
+:mod:`.masks`, which hands the model's mask over as an attnkit spec). Names:
+:mod:`.names`. :func:`check` refuses a model whose attention does not go through the
+interface (it would silently keep its own attention).
+"""
+from __future__ import annotations
+
+from .attention import attnkit_attention_forward, weights_for
+from .masks import attnkit_mask, mask_mod_reader, translate
+from .names import Implementation, implementation_name, parse_implementation
+
+__all__ = ["register", "check", "from_pretrained", "use", "weights_for", "implementation_name",
+           "parse_implementation", "Implementation", "attnkit_attention_forward",
+           "attnkit_mask", "translate", "registered"]
+
+_REGISTERED: set[str] = set()
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError("attnkit.hf needs transformers: pip install transformers") from None
+    return transformers
+
+
+def register(variant: str | None = None) -> str:
+    """Register ``"attnkit"`` (or ``"attnkit:<backend>"``, ``"attnkit:<variant>"``...) with
+    transformers' attention and mask interfaces; returns the name. Idempotent."""
+    tf = _transformers()
+    name = implementation_name(variant)
+    if name not in _REGISTERED:
+        tf.AttentionInterface.register(name, attnkit_attention_forward)
+        tf.masking_utils.AttentionMaskInterface.register(name, attnkit_mask)
+        from ...masks import register_mask_mod_reader
+        register_mask_mod_reader(mask_mod_reader)  # masks.from_mask_mod knows HF's functions
+        _REGISTERED.add(name)
+    return name
+
+
+def registered() -> list[str]:
+    """The names registered so far in this process."""
+    return sorted(_REGISTERED)
+
+
+def check(model) -> None:
+    """Raise ValueError naming the architecture when a model (or one of its sub-models)
+    does not route its attention through transformers' ``AttentionInterface``: setting
+    ``attn_implementation="attnkit"`` on it would silently change nothing."""
+    tf = _transformers()
+    subs = [m for m in model.modules() if isinstance(m, tf.PreTrainedModel)] or [model]
+    for m in subs:
+        can = getattr(type(m), "_can_set_attn_implementation", None)
+        if can is not None and not can():
+            raise ValueError(f"model: {type(m).__name__} computes attention in its own code, "
+                             "not through transformers' AttentionInterface, so attnkit cannot "
+                             "serve it (attn_implementation would be ignored)")
+        impl = getattr(m.config, "_attn_implementation", None)
+        if not (isinstance(impl, str) and impl.split(":")[0] == "attnkit"):
+            raise ValueError(f"model: {type(m).__name__} runs attn_implementation={impl!r}, "
+                             "not an attnkit one")
+
+
+def use(model, variant: str | None = None):
+    """Switch a loaded model to attnkit (``variant``: as for :func:`register`); checks it
+    (see :func:`check`) and returns the model."""
+    name = register(variant)
+    model.set_attn_implementation(name)
+    check(model)
+    return model
+
+
+def from_pretrained(path, variant: str | None = None, *, auto_class=None, **kwargs):
+    """``AutoModel*.from_pretrained(path, attn_implementation=attnkit[:variant])`` from
+    local files only, checked. ``auto_class`` defaults to the class named in config.json's
+    ``architectures`` (else ``AutoModel``)."""
+    tf = _transformers()
+    name = register(variant)
+    kwargs.setdefault("local_files_only", True)
+    if auto_class is None:
+        cfg = tf.AutoConfig.from_pretrained(path, local_files_only=True)
+        arch = (getattr(cfg, "architectures", None) or [None])[0]
+        auto_class = getattr(tf, arch, None) if arch else None
+        auto_class = auto_class or tf.AutoModel
+    model = auto_class.from_pretrained(path, attn_implementation=name, **kwargs)
+    check(model)
+    return model

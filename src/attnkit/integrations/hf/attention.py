@@ -1,0 +1,147 @@
+"""The attention function transformers calls for ``attn_implementation="attnkit[...]"``
+(``AttentionInterface``): every attention layer of the model runs through
+:func:`attnkit.attention` (or :func:`attnkit.linear_attention` for a linear variant).
+
+Arguments as transformers passes them: ``query (B, H, Tq, D)``, ``key/value (B, Hkv, Tk,
+D/Dv)`` (GQA: never repeated), ``attention_mask`` (the attnkit spec our mask function
+made, or a tensor from a model that builds its own), ``scaling``, ``dropout``, and per
+model ``softcap`` (Gemma-2), ``position_bias`` (T5, added as a bias), ``sliding_window``
+(already in the mask). Returns ``(out (B, Tq, H, Dv), weights (B, H, Tq, Tk) or None)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import torch
+from torch import Tensor
+
+from ... import masks as M
+from ...functional import attention
+from ...linear import linear_attention
+from ...masks import MaskSpec
+from .names import Implementation, parse_implementation
+
+__all__ = ["attnkit_attention_forward", "weights_for", "WeightRequest"]
+
+_state = threading.local()
+
+
+class WeightRequest:
+    """Which layers (``layer_idx``) and heads return weights under ``output_attentions``."""
+
+    def __init__(self, layers=None, heads=None):
+        self.layers = None if layers is None else {int(i) for i in layers}
+        self.heads = None if heads is None else sorted({int(h) for h in heads})
+
+    def wants(self, module) -> bool:
+        """A module without a ``layer_idx`` (some vision encoders) is always computed."""
+        idx = getattr(module, "layer_idx", None)
+        return self.layers is None or idx is None or idx in self.layers
+
+
+@contextlib.contextmanager
+def weights_for(layers=None, heads=None):
+    """Within the block, ``output_attentions=True`` computes weights only for these
+    layers (the attention modules' ``layer_idx``) and heads (the others are zeros):
+    weights are recomputed only where asked. The other layers return an empty
+    ``(B, H, 0, Tk)`` tensor, so ``outputs.attentions[i]`` is still layer i."""
+    old = getattr(_state, "request", None)
+    _state.request = WeightRequest(layers, heads)
+    try:
+        yield _state.request
+    finally:
+        _state.request = old
+
+
+def _collecting_attentions() -> bool:
+    """Is transformers collecting attention weights for this forward (``output_attentions``
+    of a model whose outputs are captured by hooks; some models do not pass the flag on)?"""
+    try:
+        from transformers.utils.output_capturing import _active_collector
+        collected = _active_collector.get()
+    except (ImportError, LookupError):
+        return False
+    return bool(collected) and any(k.endswith("attentions") for k in collected)
+
+
+def _wants_weights(module, kwargs) -> tuple[bool, bool]:
+    """(weights asked for at all, and for this layer)."""
+    cfg = getattr(module, "config", None)
+    asked = bool(kwargs.get("output_attentions") or getattr(cfg, "output_attentions", False)
+                 or _collecting_attentions())
+    req = getattr(_state, "request", None)
+    return asked, asked and (req is None or req.wants(module))
+
+
+def _mask(attention_mask, module, query: Tensor, key: Tensor, is_causal) -> MaskSpec | None:
+    """The call's mask as a spec. None from transformers means: causal when the module is
+    causal and Tq > 1 (SDPA's is_causal, top-left aligned as transformers relies on for a
+    static-cache prefill), else no mask."""
+    if isinstance(attention_mask, MaskSpec):
+        return attention_mask
+    if isinstance(attention_mask, Tensor):
+        return M.from_tensor(attention_mask, "attention_mask")
+    if attention_mask is not None:
+        raise TypeError(f"attention_mask: expected an attnkit mask spec, a tensor or None, got "
+                        f"{type(attention_mask).__name__}")
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+    Tq, Tk = query.shape[2], key.shape[2]
+    if not causal or Tq == 1:
+        return None
+    return M.causal() if Tq == Tk else M.Window(float("inf"), -(Tk - Tq))  # key j <= i
+
+
+def _variant_mask(impl: Implementation, module, spec, Tk: int):
+    """The variant's pattern AND-ed onto the model's mask (causal decoders stay causal)."""
+    v = impl.variant
+    if v is None or v.kind != "sparse":
+        return spec
+    cfg = getattr(module, "config", None)
+    n = max(Tk, int(getattr(cfg, "max_position_embeddings", 0) or 0))  # BigBird: fixed n
+    causal = bool(getattr(module, "is_causal", False))
+    pattern = v.pattern(n, causal).at(n)
+    return pattern if spec is None else spec & pattern
+
+
+def _linear(impl, query, key, value, spec, dropout, want):
+    why = ("output_attentions: linear attention never forms attention weights" if want
+           else "dropout: linear attention has no weights to drop (model.eval())" if dropout
+           else None if spec is None or spec.is_causal
+           else f"attention_mask: linear attention serves no mask or a causal one, got {spec!r}"
+           " (a padded batch? run one sequence at a time)")
+    if why:
+        raise ValueError(f"attn_implementation {impl.name!r}: {why}")
+    fm = impl.variant.feature_map(query.shape[-1])
+    return linear_attention(query, key, value, fm, causal=spec is not None)
+
+
+def _head_weights(w: Tensor, heads) -> Tensor:
+    if heads is None:
+        return w
+    out = torch.zeros_like(w)
+    out[:, heads] = w[:, heads]
+    return out
+
+
+def attnkit_attention_forward(module, query: Tensor, key: Tensor, value: Tensor,
+                              attention_mask=None, dropout: float = 0.0, scaling=None,
+                              softcap=None, is_causal=None, position_bias=None, **kwargs):
+    """transformers' attention interface, served by attnkit (see the module doc)."""
+    impl = parse_implementation(module.config._attn_implementation)
+    asked, want = _wants_weights(module, kwargs)
+    spec = _mask(attention_mask, module, query, key, is_causal)
+    if impl.variant is not None and impl.variant.kind == "linear":
+        out, w = _linear(impl, query, key, value, spec, dropout, want), None
+    else:
+        spec = _variant_mask(impl, module, spec, key.shape[2])
+        res = attention(query, key, value, mask=spec, bias=position_bias, scale=scaling,
+                        softcap=softcap, dropout_p=float(dropout or 0.0), backend=impl.backend,
+                        return_weights=want)
+        out, w = res if want else (res, None)
+        if w is not None:
+            req = getattr(_state, "request", None)
+            w = _head_weights(w, None if req is None else req.heads)
+    if asked and not want:  # not chosen by weights_for: keep the layer's slot, no cost
+        w = out.new_zeros(out.shape[0], out.shape[1], 0, key.shape[2])
+    return out.transpose(1, 2).contiguous(), w
