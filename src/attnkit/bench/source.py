@@ -69,34 +69,11 @@ def _attention_modules(model) -> list:
 
 def apply_variant(model, variant: Variant | str, n: int, layers: list[int] | None = None):
     """Swap ``variant`` into ``model``'s attention layers (``layers``: indices into its
-    attention modules, None = all); ``dense`` restores the model as loaded.
-
-    The one place where a variant becomes model settings: a softmax pattern through
-    ``model.set_attention(pattern=variant.pattern(n, causal))`` (decoders AND it with
-    their causal mask themselves), linear attention through
-    ``set_attention(linear=variant.feature_map(head_dim))``."""
+    attention modules, None = all); ``dense`` restores the model as loaded. Decoders get
+    the causal form of the pattern (:meth:`attnkit.variants.Variant.apply_to`)."""
     from ..models import GPT
     var = parse_variant(variant) if isinstance(variant, str) else variant
-    if var.kind == "ssm":
-        raise ValueError(f"variant {var.text!r} is a model (attnkit.models.SSM), not an "
-                         f"attention operation a model can swap in; use it with "
-                         f"`attnkit train --attention ssm`")
-    mods = _attention_modules(model)
-    causal = isinstance(model, GPT)
-    if var.kind == "linear":
-        pattern, linear = None, var.feature_map(mods[0].head_dim)
-    else:
-        pattern = None if var.name == "dense" else var.pattern(n, causal)
-        if hasattr(pattern, "at"):      # drawn for n tokens (BigBird's random blocks)
-            pattern = pattern.at(n)
-        linear = None
-    model.set_attention(pattern=pattern, linear=linear)
-    if layers is None or var.name == "dense":
-        return
-    chosen = [(mods[i].pattern, mods[i].linear) for i in layers]  # the model's own settings
-    model.set_attention(pattern=None, linear=None)                  # every other layer dense
-    for i, (p, lin) in zip(layers, chosen):
-        mods[i].set_attention(pattern=p, linear=lin)
+    var.apply_to(model, n, causal=isinstance(model, GPT), layers=layers)
 
 
 def text_windows(tokenizer, text: str, n: int) -> tuple[list[list[int]], int]:
