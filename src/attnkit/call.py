@@ -124,8 +124,9 @@ def _shape(t: Tensor) -> str:
 def validate_qkv(q, k, v, *, allow_empty: bool = False) -> None:
     """Raise TypeError/ValueError naming the tensor, the expected and the received.
 
-    ``allow_empty``: B, H (= Hkv), Tq, Tk and Dv may be 0 (``attention`` then returns the
-    empty, or for Tk = 0 all-zero, output SDPA returns); D must stay >= 1."""
+    ``allow_empty``: B, H, Hkv (only with H = 0), Tq, Tk and Dv may be 0 (``attention``
+    then returns what SDPA returns: the empty output, or zeros when only Tk is 0); D must
+    stay >= 1."""
     for name, t, layout in (("q", q, "(B, H, Tq, D)"), ("k", k, "(B, Hkv, Tk, D)"),
                             ("v", v, "(B, Hkv, Tk, Dv)")):
         if not isinstance(t, Tensor):
