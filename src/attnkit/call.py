@@ -17,7 +17,7 @@ from torch import Tensor
 from .bias import BiasSpec, as_bias
 from .masks import MaskSpec, as_mask, split_additive
 
-__all__ = ["AttentionCall", "make_call", "validate_qkv"]
+__all__ = ["AttentionCall", "make_call", "validate_qkv", "autocast_inputs"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,7 +46,7 @@ class AttentionCall:
 
     @property
     def G(self) -> int:
-        return self.H // self.Hkv
+        return self.H // self.Hkv if self.Hkv else 1  # H = Hkv = 0: an empty call
 
     @property
     def Tq(self) -> int:
@@ -83,6 +83,11 @@ class AttentionCall:
         return [] if self.bias is None else self.bias.tensors()
 
     @property
+    def empty(self) -> bool:
+        """No output element or no key: (B, H, Tq, Dv) or Tk is 0 (see :func:`make_call`)."""
+        return 0 in (self.B, self.H, self.Tq, self.Tk, self.Dv)
+
+    @property
     def is_causal_only(self) -> bool:
         """The mask is exactly ``causal()``."""
         return self.mask is not None and self.mask.is_causal
@@ -116,8 +121,12 @@ def _shape(t: Tensor) -> str:
     return "(" + ", ".join(map(str, t.shape)) + ")"
 
 
-def validate_qkv(q, k, v) -> None:
-    """Raise TypeError/ValueError naming the tensor, the expected and the received."""
+def validate_qkv(q, k, v, *, allow_empty: bool = False) -> None:
+    """Raise TypeError/ValueError naming the tensor, the expected and the received.
+
+    ``allow_empty``: B, H, Hkv (only with H = 0), Tq, Tk and Dv may be 0 (``attention``
+    then returns what SDPA returns: the empty output, or zeros when only Tk is 0); D must
+    stay >= 1."""
     for name, t, layout in (("q", q, "(B, H, Tq, D)"), ("k", k, "(B, Hkv, Tk, D)"),
                             ("v", v, "(B, Hkv, Tk, Dv)")):
         if not isinstance(t, Tensor):
@@ -127,7 +136,7 @@ def validate_qkv(q, k, v) -> None:
                              f"shape {_shape(t)}")
         if not t.dtype.is_floating_point:
             raise TypeError(f"{name}: expected a floating-point dtype, got {t.dtype}")
-        if min(t.shape) < 1:
+        if not allow_empty and min(t.shape) < 1:
             raise ValueError(f"{name}: every dimension must be >= 1, got shape {_shape(t)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v: expected one dtype, got q={q.dtype}, k={k.dtype}, v={v.dtype}")
@@ -135,6 +144,8 @@ def validate_qkv(q, k, v) -> None:
         raise ValueError(f"q, k, v: expected one device, got q={q.device}, k={k.device}, "
                          f"v={v.device}")
     B, H, _, D = q.shape
+    if D < 1:
+        raise ValueError(f"q: expected a head dim D >= 1, got shape {_shape(q)}")
     if k.shape[0] != B or v.shape[0] != B:
         raise ValueError(f"k, v: expected batch size B={B} (from q), got k {_shape(k)}, "
                          f"v {_shape(v)}")
@@ -144,9 +155,32 @@ def validate_qkv(q, k, v) -> None:
     if v.shape[1] != k.shape[1] or v.shape[2] != k.shape[2]:
         raise ValueError(f"v: expected (B, Hkv, Tk) = {tuple(k.shape[:3])} (from k), got "
                          f"shape {_shape(v)}")
-    if H % k.shape[1] != 0:
+    if (H % k.shape[1] != 0) if k.shape[1] else H != 0:
         raise ValueError(f"k: expected a number of heads Hkv dividing H={H} (GQA/MQA), got "
                          f"Hkv={k.shape[1]}")
+
+
+def autocast_inputs(q, k, v):
+    """q, k, v as ``torch.nn.functional.scaled_dot_product_attention`` receives them under
+    ``torch.autocast`` (it is on autocast's lower-precision list): when autocast is on for
+    q's device type, every floating q, k, v on that device type other than float64 is cast
+    to autocast's dtype. Returns ``(q, k, v, device_type)``, ``device_type`` None when
+    autocast is off (nothing cast). Non-tensors pass through (validation names them)."""
+    if not isinstance(q, Tensor):
+        return q, k, v, None
+    dev = q.device.type
+    try:
+        if not torch.is_autocast_enabled(dev):
+            return q, k, v, None
+        dtype = torch.get_autocast_dtype(dev)
+    except (RuntimeError, TypeError, ValueError):   # a device type autocast does not know
+        return q, k, v, None
+
+    def cast(t):
+        eligible = (isinstance(t, Tensor) and t.device.type == dev and t.dtype.is_floating_point
+                    and t.dtype != torch.float64)
+        return t.to(dtype) if eligible else t
+    return cast(q), cast(k), cast(v), dev
 
 
 def _positive(name: str, value) -> float:
@@ -157,9 +191,10 @@ def _positive(name: str, value) -> float:
 
 
 def make_call(q, k, v, *, mask=None, bias=None, scale=None, softcap=None,
-              dropout_p=0.0) -> AttentionCall:
-    """Validate the arguments and build the :class:`AttentionCall` backends receive."""
-    validate_qkv(q, k, v)
+              dropout_p=0.0, allow_empty: bool = False) -> AttentionCall:
+    """Validate the arguments and build the :class:`AttentionCall` backends receive
+    (``allow_empty``: see :func:`validate_qkv`; :func:`attnkit.attention` allows it)."""
+    validate_qkv(q, k, v, allow_empty=allow_empty)
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else _positive("scale", scale)

@@ -37,10 +37,17 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .requirements import PACKAGES, check_command, missing_message
     try:
+        check_command(args)  # packages the arguments need, before any work
         return int(args.func(args) or 0)
     except UsageError as e:
         print(f"attnkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # a dependency missing from this environment
+        if (e.name or "").split(".")[0] not in PACKAGES:
+            raise
+        print(f"attnkit {args.command}: error: {missing_message(e.name)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -7,10 +7,14 @@ Layout: ``q (B, H, Tq, D)``, ``k (B, Hkv, Tk, D)``, ``v (B, Hkv, Tk, Dv)`` ->
 """
 from __future__ import annotations
 
+import contextlib
+
+import torch
 from torch import Tensor
 
-from .backends.selection import resolve_backend, select_backend
-from .call import make_call
+from .backends.selection import current_policy, resolve_backend, select_backend
+from .call import AttentionCall, autocast_inputs, make_call
+from .kernels.reference import attention_weights
 
 __all__ = ["attention", "select_backend", "make_call"]
 
@@ -39,10 +43,55 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, mask=None, bias=None, scale: f
             recomputed by the reference math when the backend never forms them.
 
     Fully masked query rows give output 0 (and zero gradients), never NaN.
+
+    Dtypes, as ``torch.nn.functional.scaled_dot_product_attention``: q, k and v must share
+    one dtype (``TypeError`` otherwise). Under ``torch.autocast`` (CPU or CUDA) every
+    floating q, k, v other than float64 is first cast to autocast's dtype (a bf16 q with
+    fp32 k/v is fine), the output (and weights) come in that dtype, and the backend
+    runs with autocast off: its own accumulation (fp32 in ``reference``/``tiled``)
+    is kept, whichever backend serves.
+
+    Empty inputs, as SDPA: B, H (with Hkv), Tq, Tk or Dv may be 0. The output is the empty
+    ``(B, H, Tq, Dv)`` tensor, or zeros when only Tk is 0 (no key: a fully masked row;
+    SDPA returns zeros too); gradients are zeros of the inputs' shapes. D must be >= 1.
+
+    ``torch.compile``: with ``backend="auto"`` (or ``"sdpa"``/``"reference"``), no mask or
+    ``causal()``, with or without ``alibi``, the call compiles with ``fullgraph=True``
+    (no graph break). Other masks graph-break: a tensor-backed or non-band mask needs its
+    block map on the host for ``auto``, ``sdpa`` checks for fully masked rows, and
+    ``tiled`` plans its tiles in Python (it runs eagerly inside the compiled function).
+
+    Double backward (``create_graph=True``): ``reference`` supports it, ``sdpa`` where
+    torch's kernel does (the math kernel; not the CPU flash kernel, where torch raises);
+    ``tiled``, sparse patterns, ``ring`` and ``triton`` raise one ``RuntimeError`` saying
+    it is unsupported when the second backward reaches them.
     """
+    q, k, v, autocast_device = autocast_inputs(q, k, v)
     call = make_call(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap,
-                     dropout_p=dropout_p)
+                     dropout_p=dropout_p, allow_empty=True)
+    if call.empty:
+        if backend != "auto" or current_policy().override:
+            resolve_backend(backend, call)  # a named backend that cannot serve still says so
+        return _empty_attention(call, return_weights)
     be = resolve_backend(backend, call)
-    if return_weights:
-        return be.forward_with_weights(call)
-    return be.forward(call)
+    off = (torch.autocast(autocast_device, enabled=False) if autocast_device is not None
+           else contextlib.nullcontext())
+    with off:
+        if return_weights:
+            return be.forward_with_weights(call)
+        return be.forward(call)
+
+
+def _empty_attention(call: AttentionCall, return_weights: bool):
+    """The output of a call with no output element or no key, differentiable: (B, Hkv, G,
+    Tq, Tk) scores contracted with v give zeros (Tk = 0) or an empty tensor, and zero
+    gradients of the right shapes."""
+    B, Hkv, G, Tq, Tk = call.B, call.Hkv, call.G, call.Tq, call.Tk
+    q5 = call.q.reshape(B, Hkv, G, Tq, call.D)                                 # (B, Hkv, G, Tq, D)
+    s = torch.einsum("bhgqd,bhkd->bhgqk", q5, call.k)                         # (B, Hkv, G, Tq, Tk)
+    out = torch.einsum("bhgqk,bhkd->bhgqd", s * 0, call.v).reshape(B, call.H, Tq, call.Dv)
+    if not return_weights:
+        return out
+    if s.numel():  # only Dv is 0: the weights exist
+        return out, attention_weights(call).to(call.dtype)
+    return out, call.q.new_zeros(B, call.H, Tq, Tk)

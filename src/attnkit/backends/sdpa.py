@@ -35,6 +35,8 @@ class SDPABackend(Backend):
             return 20.0, "dense or causal: torch SDPA's fused kernel"
         nbytes = call.dense_bytes()
         if nbytes <= DENSE_MASK_BUDGET:
+            if torch.compiler.is_compiling():  # sizes may be symbolic: no number to print
+                return 20.0, "mask/bias materialised densely for SDPA"
             return 20.0, f"mask/bias materialised densely ({nbytes / 2**20:.1f} MiB) for SDPA"
         return None
 
@@ -50,9 +52,11 @@ class SDPABackend(Backend):
         row_ok = None
         if mask is not None:
             row_ok = mask.any(-1, keepdim=True)            # (Bm, Hm, Tq, 1)
-            if bool(row_ok.all()):
+            # unmask empty rows for the kernel (no NaN), zero them afterwards; the check
+            # that there are none is a host sync, skipped under torch.compile
+            if not torch.compiler.is_compiling() and bool(row_ok.all()):
                 row_ok = None
-            else:  # unmask empty rows for the kernel (no NaN), zero them afterwards
+            else:
                 mask = mask | ~row_ok
         attn = mask
         if call.bias is not None:

@@ -2,6 +2,9 @@
 online softmax over key tiles, block-sparse by the mask's block map, O(T*D) memory."""
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor
 
 from ..call import AttentionCall
@@ -11,9 +14,54 @@ from ..masks import EMPTY
 from .base import Backend
 from .sdpa import DENSE_MASK_BUDGET
 
-__all__ = ["TiledBackend", "TileConfig", "tiled_attention", "SPARSE_DENSITY"]
+__all__ = ["TiledBackend", "TileConfig", "tiled_attention", "SPARSE_DENSITY", "band_density",
+           "mask_density"]
 
 SPARSE_DENSITY = 0.5  # block-map fill below which 'auto' prefers tiled
+
+
+def band_density(band: tuple[float, float], Tq: int, Tk: int, block_q: int,
+                 block_k: int) -> float:
+    """Fraction of non-empty tiles of the block map of a band mask ``lo <= (q + Tk - Tq) - k
+    <= hi`` (causal, windows, their ``&``), from Python integers alone: no tensor is built,
+    so ``auto`` decides without a host sync (``torch.compile`` traces it without a graph
+    break). Equals ``(spec.block_map(...) != EMPTY).mean()`` (tested)."""
+    lo, hi = band
+    nq, nk = -(-Tq // block_q), -(-Tk // block_k)
+    if nq == 0 or nk == 0:
+        return 1.0  # nothing to skip
+    if lo > hi:
+        return 0.0
+    off, visible = Tk - Tq, 0
+    for i in range(nq):
+        q0 = i * block_q
+        q1 = min(Tq, q0 + block_q)
+        # key block j is non-empty iff its largest distance >= lo and its smallest <= hi:
+        # j * block_k <= q1 - 1 + off - lo  and  min(Tk, (j + 1) * block_k) - 1 >= q0 + off - hi
+        top = nk - 1 if lo == -math.inf else min(nk - 1, math.floor((q1 - 1 + off - lo) / block_k)
+                                                  if q1 - 1 + off - lo >= 0 else -1)
+        start = q0 + off - hi            # the smallest distance must reach hi
+        if start > Tk - 1:
+            continue
+        first = 0 if start == -math.inf else max(0, math.floor(start / block_k))
+        visible += max(0, top - first + 1)
+    return visible / (nq * nk)
+
+
+def mask_density(call: AttentionCall, block_q: int, block_k: int) -> float:
+    """Fraction of the tiles of the call's (non-None) mask that are not EMPTY. Band masks
+    (causal, windows) are counted in Python (:func:`band_density`); any other mask builds
+    its block map, whose reduction is a host sync (a graph break under torch.compile)."""
+    band = call.mask.band()
+    if band is not None:
+        return band_density(band, call.Tq, call.Tk, block_q, block_k)
+    bm = call.block_map(block_q, block_k)
+    return float((bm != EMPTY).float().mean()) if bm.numel() else 1.0
+
+
+def _num(x, spec: str) -> str:
+    """``format(x, spec)``; under torch.compile sizes may be symbolic: then a placeholder."""
+    return "?" if torch.compiler.is_compiling() else format(x, spec)
 
 
 class TiledBackend(Backend):
@@ -27,14 +75,14 @@ class TiledBackend(Backend):
         if call.softcap is not None:
             return 30.0, "softcap: SDPA cannot apply it"
         if call.mask is not None:
-            bm = call.block_map(self.config.block_q, self.config.block_k)
-            density = float((bm != EMPTY).float().mean())
+            density = mask_density(call, self.config.block_q, self.config.block_k)
             if density < SPARSE_DENSITY:
-                return 30.0, (f"sparse mask ({density:.0%} of tiles non-empty): tiled skips "
-                              "the rest")
+                return 30.0, (f"sparse mask ({_num(density, '.0%')} of tiles non-empty): "
+                              "tiled skips the rest")
         nbytes = call.dense_bytes()
         if (call.mask is not None or call.bias is not None) and nbytes > DENSE_MASK_BUDGET:
-            return 10.0, f"a dense mask would need {nbytes / 2**30:.2f} GiB; tiled needs O(T*D)"
+            return 10.0, (f"a dense mask would need {_num(nbytes / 2**30, '.2f')} GiB; tiled "
+                          "needs O(T*D)")
         return 5.0, "online softmax over key tiles, O(T*D) memory"
 
     def forward(self, call: AttentionCall) -> Tensor:

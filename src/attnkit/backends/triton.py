@@ -13,10 +13,9 @@ from torch import Tensor
 
 from ..call import AttentionCall
 from ..errors import UnsupportedCall
-from ..masks import EMPTY
 from .base import Backend, register_backend
 from .sdpa import DENSE_MASK_BUDGET as SDPA_MASK_BUDGET
-from .tiled import SPARSE_DENSITY
+from .tiled import SPARSE_DENSITY, mask_density
 
 __all__ = ["TritonBackend"]
 
@@ -78,7 +77,7 @@ class TritonBackend(Backend):
         if call.mask is not None:
             from ..kernels.triton.configs import tile_shape
             bm, bn = tile_shape(max(call.D, call.Dv), self.config, False)
-            density = float((call.block_map(bm, bn) != EMPTY).float().mean())
+            density = mask_density(call, bm, bn)  # band masks: no host sync
             if density < SPARSE_DENSITY:
                 return 35.0, (f"sparse mask ({density:.0%} of {bm}x{bn} tiles non-empty): "
                               f"empty tiles skipped ({NOT_MEASURED})")

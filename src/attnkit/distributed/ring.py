@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ..call import AttentionCall, make_call
 from ..kernels import TileConfig, merge_partial, tiled_backward, tiled_forward
+from ..kernels.autograd import first_order_only
 from ..masks import EMPTY, FULL, PARTIAL, AdditiveMask, MaskSpec, as_mask, causal as _causal
 from .sharding import padded_length, segments
 
@@ -304,6 +305,7 @@ class _RingFn(torch.autograd.Function):
         return out.to(q.dtype)
 
     @staticmethod
+    @first_order_only("ring attention (attnkit.distributed)")
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         return (*ctx.ring.backward(dout, q, k, v, out, lse), None)

@@ -21,9 +21,9 @@ import math
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..call import AttentionCall
+from .autograd import first_order_only
 from .tiles import Chunk, TileConfig, plan
 
 __all__ = ["TiledRun", "tiled_forward", "tiled_backward", "tiled_attention"]
@@ -257,7 +257,7 @@ class _TiledFunction(torch.autograd.Function):
         return out.to(q.dtype), lse
 
     @staticmethod
-    @once_differentiable  # double backward: one clear RuntimeError, never a wrong gradient
+    @first_order_only("the 'tiled' backend")  # double backward: one clear RuntimeError
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv, dbias = ctx.run.backward(dout, q, k, v, out, lse)

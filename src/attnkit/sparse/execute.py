@@ -13,11 +13,11 @@ import math
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..call import make_call
 from ..kernels import (TileConfig, TiledRun, acc_dtype, diagonal_backward, diagonal_forward,
                        merge_partial, tiled_attention)
+from ..kernels.autograd import first_order_only
 from ..masks import MaskSpec, as_mask
 from .pattern import OffsetPiece, Pattern, TiledPiece
 
@@ -77,7 +77,7 @@ class SparseFunction(torch.autograd.Function):
         return out.to(q.dtype)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("a sparse pattern's attention (sparse_attention)")
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         acc = out.dtype

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..autograd import first_order_only
 from . import configs, interpreter_requested, kernels
 from .configs import TritonConfig
 from .lowering import BiasLowering, MaskLowering, lower_bias, lower_mask
@@ -146,6 +147,7 @@ class _TritonAttention(torch.autograd.Function):
         return out, lse
 
     @staticmethod
+    @first_order_only("the 'triton' backend")
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse, dense_bias = ctx.saved_tensors
         dq, dk, dv, dbias = _backward(ctx.plan, dout, q, k, v, out, lse, dense_bias)
