@@ -187,3 +187,24 @@ def test_linear_variant_refuses_a_padded_batch(checkpoints):
     inputs, _ = batch(BY_NAME["llama"])
     with pytest.raises(ValueError, match="linear attention serves no mask or a causal one"):
         model(**inputs)
+
+
+def test_dropout_in_training_reaches_attnkit(tmp_path, monkeypatch):
+    from attnkit.integrations.hf import attention as hf_attention
+    t = transformers
+    torch.manual_seed(0)
+    m = t.LlamaForCausalLM(t.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2,
+                                         attention_dropout=0.5))
+    m.save_pretrained(tmp_path)
+    model = attnkit.hf.from_pretrained(tmp_path)
+    seen = []
+    orig = hf_attention.attention
+    monkeypatch.setattr(hf_attention, "attention",
+                        lambda *a, **k: seen.append(k["dropout_p"]) or orig(*a, **k))
+    ids = torch.randint(0, 50, (1, 12))
+    model.train()
+    a, b = model(ids).logits, model(ids).logits
+    model.eval()
+    c, d = model(ids).logits, model(ids).logits
+    assert seen == [0.5, 0.5, 0.0, 0.0] and not torch.equal(a, b) and torch.equal(c, d)

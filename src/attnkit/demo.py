@@ -58,8 +58,8 @@ def report(out: str, con: Console) -> int:
     import os
 
     con.rule("[bold]attnkit inspect: what does MiniLM attend to?")
-    rc = _attnkit("inspect", SENTENCE, "--from", "it", "--to", "cat", "--out",
-              os.path.join(out, "inspect"))
+    rc = _attnkit("inspect", SENTENCE, "--from", "it", "--to", "cat", "--versus", "mat",
+                  "--out", os.path.join(out, "inspect"))
     con.rule("[bold]attnkit bench: which attention variant can MiniLM use?")
     rc = rc or _attnkit("bench", "--model", "minilm", "--variants", BENCH_VARIANTS,
                         "--out", os.path.join(out, "bench"))
@@ -85,9 +85,10 @@ def report(out: str, con: Console) -> int:
 collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:100%}}
 </style></head><body><h1>attnkit report</h1>
 <h2>inspect: {html.escape(ins['text'])}</h2>
-<p>Model: {html.escape(ins['model'])}. Heads ranked by how much "it" attends to "cat"
-(word pieces merged):</p><table><tr><th>rank</th><th>layer</th><th>head</th>
-<th>attention</th></tr>{rows}</table>
+<p>Model: {html.escape(ins['model'])}. Heads ranked by contrast: how much more "it" attends
+to "cat" than the sentence's other words do (word pieces merged; a head where every word
+attends to "cat" is not a coreference head):</p><table><tr><th>rank</th><th>layer</th>
+<th>head</th><th>contrast</th></tr>{rows}</table>
 <p><img src="inspect/layer{layer}_head{head}.png" alt="best head">
 <img src="inspect/layer{layer}.png" alt="layer {layer}"></p>
 <p><a href="inspect/attention.html#layer={layer}&head={head}">Interactive viewer</a>
@@ -115,8 +116,8 @@ table: <a href="train/quality.md">quality.md</a></p>
     path = os.path.join(out, "index.html")
     with open(path, "w") as f:
         f.write(page)
-    con.print(f"[bold]Report:[/] {os.path.abspath(path)} (best it->cat head: layer {layer} "
-              f"head {head}, {score:.2f})")
+    con.print(f"[bold]Report:[/] {os.path.abspath(path)} (the head that most singles out "
+              f"it->cat: layer {layer} head {head}, contrast {score:+.2f})")
     return 0
 
 

@@ -76,6 +76,11 @@ def plot_heads(weights_layer: Tensor, q_labels: list[str], path: str, title: str
             ax.set_ylabel(AXES[1], fontsize=8)
         if n >= len(heads) - cols:
             ax.set_xlabel(AXES[0], fontsize=8)
+    _finish(plt, fig, im, title, path)
+
+
+def _finish(plt, fig, im, title: str, path: str) -> None:
+    """Title, one colour bar for the figure, saved as PNG."""
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.89, 0.97))
     cax = fig.add_axes((0.9, 0.15, 0.015, 0.7))
@@ -110,9 +115,4 @@ def plot_patches(weights_layer: Tensor, png: bytes, grid: tuple[int, int], first
         im = ax.imshow(maps[h], cmap="inferno", alpha=0.6, vmin=0, vmax=vmax,
                        extent=(0, iw, ih, 0), interpolation="nearest")
         ax.set_title(f"head {h}", fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.89, 0.97))
-    cax = fig.add_axes((0.9, 0.15, 0.015, 0.7))
-    fig.colorbar(im, cax=cax).set_label("attention weight", fontsize=8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, im, title, path)

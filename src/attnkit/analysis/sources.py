@@ -15,7 +15,6 @@ fails here). Every problem is a :class:`~attnkit.errors.UsageError`: one line, e
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -24,53 +23,19 @@ from ..errors import CheckpointError, UnsupportedCall, UsageError
 from .capture import Capture, View, assemble, parse_layers, piece_tokens, stack
 from .words import from_offsets
 
-_PICKLE = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
 
 
 def read_checkpoint(d: Path) -> tuple[dict, dict, dict]:
-    """(config dict, {tensor: shape}, {tensor: file}) from headers only."""
-    from safetensors import safe_open
-    f = d / "config.json"
-    if not f.is_file():
-        raise UsageError(f"--model: {f}: missing (a checkpoint directory has config.json "
-                         f"and model.safetensors)")
+    """(config dict, {tensor: shape}, {tensor: file}) from headers only (the loader's
+    readers, :mod:`attnkit.loading.files`; their errors as one ``--model`` line)."""
+    from ..errors import CheckpointError
+    from ..loading.files import Weights, read_config
     try:
-        cfg = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"--model: {f}: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise UsageError(f"--model: {f}: expected a JSON object, got {type(cfg).__name__}")
-    index, single = d / "model.safetensors.index.json", d / "model.safetensors"
-    if index.is_file():
-        try:
-            wmap = json.loads(index.read_text())["weight_map"]
-            files = sorted({d / v for v in wmap.values()})
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError,
-                AttributeError) as e:
-            raise UsageError(f"--model: {index}: not a safetensors index ({e!r})") from None
-    elif single.is_file():
-        files = [single]
-    else:
-        pickles = sorted(p.name for pat in _PICKLE for p in d.glob(pat))
-        if pickles:
-            raise UsageError(f"--model: {d}: only pickle weights {pickles}; inspect reads "
-                             f"safetensors only (unpickling can run code): convert them to "
-                             f"model.safetensors first")
-        raise UsageError(f"--model: {d}: no weights (expected model.safetensors or "
-                         f"model.safetensors.index.json)")
-    shapes, where = {}, {}
-    for wf in files:
-        if not wf.is_file():
-            raise UsageError(f"--model: {wf}: missing (listed in {index.name})")
-        try:
-            with safe_open(str(wf), "pt") as h:
-                for k in h.keys():
-                    shapes[k] = tuple(h.get_slice(k).get_shape())
-                    where[k] = wf
-        except Exception as e:   # safetensors raises its own error types
-            raise UsageError(f"--model: {wf}: not a readable safetensors file "
-                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
-                from None
+        cfg, w = read_config(d), Weights(d)
+        shapes = {k: w.shape(k) for k in w.names}
+        where = {k: w.file(k) for k in w.names}
+    except CheckpointError as e:
+        raise UsageError(f"--model: {e}") from None
     if not shapes:
         raise UsageError(f"--model: {d}: the safetensors file(s) hold no tensors")
     return cfg, shapes, where

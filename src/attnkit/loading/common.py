@@ -189,3 +189,24 @@ def same(weights, a: str, b: str) -> bool:
     """Do tensors ``a`` and ``b`` of the file hold the same values (tied copies)?"""
     x, y = weights.get(a), weights.get(b)
     return x.shape == y.shape and bool((x == y).all())
+
+
+def lm_head_tying(f, w, emb: str, head: str, has_head: bool, tie: bool,
+                  headless: str) -> tuple[bool, dict, list]:
+    """Whether the LM head is tied to the embedding ``emb``, as transformers decides it:
+    a config that says tied but a file whose ``head`` differs is loaded untied (noted);
+    an untied head must be in the file. Returns ``(tie, unused tensors, notes)``;
+    ``headless``: the architecture name of the same model without a head (for the error)."""
+    names, unused, notes = w.names, {}, []
+    if has_head and tie and head in names and emb in names:
+        if same(w, emb, head):
+            unused[head] = f"a tied copy of {emb}"
+        else:
+            tie = False
+            notes.append(f"{head} differs from {emb} although tie_word_embeddings is true: "
+                         f"loaded as an untied head, as transformers does")
+    if has_head and not tie and head not in names:
+        raise CheckpointError(f"{w.dir}: missing tensor {head!r} (tie_word_embeddings is "
+                              f"false, so the LM head is its own tensor; a checkpoint without "
+                              f"a head is architectures [\"{headless}\"])")
+    return tie, unused, notes

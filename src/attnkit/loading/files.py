@@ -72,7 +72,7 @@ class Weights:
                                       f"safetensors only (unpickling can run code); convert "
                                       f"them to model.safetensors with the safetensors package")
             raise CheckpointError(f"{single}: missing (no model.safetensors or "
-                                  f"model.safetensors.index.json in {d})")
+                                  f"model.safetensors.index.json in {d}: no weights)")
         self._where: dict[str, Path] = {}
         self._handles = {}
         for f in files:
@@ -93,6 +93,10 @@ class Weights:
 
     def file(self, name: str) -> Path:
         return self._where[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape from the file's header (nothing read)."""
+        return tuple(self._handles[self._where[name]].get_slice(name).get_shape())
 
     def get(self, name: str) -> Tensor:
         if name not in self._where:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..errors import CheckpointError
 from ..models import GPT, GPTConfig
-from .common import Fields, Plan, prefix, same
+from .common import Fields, Plan, lm_head_tying, prefix
 
 ARCHITECTURES = ("GPT2Model", "GPT2LMHeadModel")
 MODEL_TYPE = "gpt2"
@@ -67,18 +67,8 @@ def build(f: Fields, w, arch: str) -> Plan:
     p = prefix(names, ["transformer.", ""], "wte.weight")
     wte, head = p + "wte.weight", "lm_head.weight"
     has_head = arch != "GPT2Model"
-    tie = f.bool("tie_word_embeddings", True)
-    unused, notes = {}, []
-    if has_head and tie and head in names and wte in names:
-        if same(w, wte, head):
-            unused[head] = f"a tied copy of {wte}"
-        else:
-            tie = False
-            notes.append(f"{head} differs from {wte} although tie_word_embeddings is true: "
-                         f"loaded as an untied head, as transformers does")
-    if has_head and not tie and head not in names:
-        raise CheckpointError(f"{w.dir}: missing tensor {head!r} (tie_word_embeddings is "
-                              f"false, so the LM head is its own tensor)")
+    tie, unused, notes = lm_head_tying(f, w, wte, head, has_head,
+                                       f.bool("tie_word_embeddings", True), "GPT2Model")
     d = f.int("n_embd", aliases=("hidden_size",))
     try:
         c = GPTConfig(vocab_size=f.int("vocab_size"),

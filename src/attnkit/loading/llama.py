@@ -21,7 +21,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..models import GPT, GPTConfig
-from .common import Fields, Plan, prefix, same
+from .common import Fields, Plan, lm_head_tying, prefix
 
 ARCHITECTURES = ("LlamaModel", "LlamaForCausalLM")
 MODEL_TYPE = "llama"
@@ -90,19 +90,8 @@ def build(f: Fields, w, arch: str) -> Plan:
     p = prefix(names, ["model.", ""], "embed_tokens.weight")
     emb, head = p + "embed_tokens.weight", "lm_head.weight"
     has_head = arch != "LlamaModel"
-    tie = f.bool("tie_word_embeddings", False)
-    unused, notes = {}, []
-    if has_head and tie and head in names and emb in names:
-        if same(w, emb, head):
-            unused[head] = f"a tied copy of {emb}"
-        else:
-            tie = False
-            notes.append(f"{head} differs from {emb} although tie_word_embeddings is true: "
-                         f"loaded as an untied head, as transformers does")
-    if has_head and not tie and head not in names:
-        raise CheckpointError(f"{w.dir}: missing tensor {head!r} (tie_word_embeddings is "
-                              f"false, so the LM head is its own tensor; a checkpoint without "
-                              f"a head is architectures [\"LlamaModel\"])")
+    tie, unused, notes = lm_head_tying(f, w, emb, head, has_head,
+                                       f.bool("tie_word_embeddings", False), "LlamaModel")
     attn_bias, mlp_bias = f.bool("attention_bias", False), f.bool("mlp_bias", False)
     n_heads = f.int("num_attention_heads")
     try:
