@@ -1,9 +1,8 @@
 """What ``attnkit bench --model`` needs from a model: the :class:`ModelSource` protocol,
 and :class:`AttnkitSource`, attnkit's own ports (``attnkit.load(NAME|DIR)``: BERT
-encoders, GPT-2/Llama decoders).
-
-A second source (e.g. any Hugging Face model through ``attn_implementation=
-"attnkit:<variant>"``) plugs in by implementing the same few methods:
+encoders, GPT-2/Llama decoders). Any other transformers checkpoint runs as
+:class:`~attnkit.bench.source_hf.HFSource` (``attn_implementation="attnkit:<variant>"``);
+:func:`open_source` chooses as ``attnkit inspect`` does. A source implements:
 
 * ``windows(text, n)`` -> list of ``ids (1, n)``: the text cut into n-token windows;
 * ``check(variant)``: raise ValueError saying why the model cannot take the variant;
@@ -226,9 +225,26 @@ class AttnkitSource:
         return {i: ws[i][0].float() for i in layers}
 
 
-def open_source(name_or_dir: str, device: str = "cpu") -> AttnkitSource:
-    """A bench source from ``attnkit.load`` (a registered name or a checkpoint directory).
-    Raises ValueError (bad directory, unsupported architecture, no tokenizer)."""
-    from ..loading import load, resolve
-    resolve(name_or_dir)
-    return AttnkitSource(load(name_or_dir).to(device), name=str(name_or_dir))
+def open_source(name_or_dir: str, device: str = "cpu", via: str = "auto"):
+    """A bench source, chosen by ``attnkit inspect``'s rule
+    (:func:`attnkit.analysis.sources.open_source`): a registered name or a directory that
+    ``attnkit.load`` accepts exactly -> :class:`AttnkitSource` (attnkit's port); any other
+    transformers checkpoint -> :class:`~attnkit.bench.source_hf.HFSource` (``via``:
+    ``auto``, ``attnkit`` or ``transformers`` forces a path). Raises ValueError (bad
+    directory, unsupported architecture, no tokenizer, attention outside transformers'
+    AttentionInterface, not a text encoder or decoder)."""
+    import re
+
+    from ..analysis.sources import open_source as choose
+    from ..errors import UsageError
+    if via not in ("auto", "attnkit", "transformers"):
+        raise ValueError(f"via: expected 'auto', 'attnkit' or 'transformers', got {via!r}")
+    try:
+        chosen = choose(name_or_dir, via=via)
+        if chosen.via == "attnkit":
+            return AttnkitSource(chosen.model.to(device), name=str(name_or_dir))
+        from .source_hf import HFSource
+        return HFSource(chosen.plan, name=str(name_or_dir), device=device, notes=chosen.notes)
+    except UsageError as e:   # inspect's wording, as a ValueError (the CLI adds --model)
+        raise ValueError(re.sub(r"\binspect\b", "attnkit", str(e).removeprefix("--model: ")))\
+            from None

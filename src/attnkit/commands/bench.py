@@ -262,9 +262,14 @@ def add_parser(sub) -> None:
         epilog="Variants: dense, window:W, strided[:S], fixed[:S[:C]], dilated:W:D, "
         "longformer:W[:G], bigbird[:B], logsparse, linear:elu|relu|favor[:M]. "
         "Examples: attnkit bench --model minilm --out report; "
+        "attnkit bench --model ./my-hf-decoder --seq 512 --variants dense,window:128,linear:elu; "
         "attnkit bench --inputs random --seq 1k,4k,16k --variants dense,window:256,linear:elu")
-    p.add_argument("--model", help="'minilm' or a checkpoint directory (BERT, GPT-2, Llama; "
-                   "Hugging Face layout) (default: none, i.e. random inputs)")
+    p.add_argument("--model", help="'minilm' or a Hugging Face checkpoint directory: "
+                   "attnkit's port when it loads it exactly (BERT, GPT-2, Llama), else "
+                   "transformers with every attention layer on attnkit (any text encoder or "
+                   "causal LM, e.g. Qwen2, Mistral, DistilBERT; local files only, the model's "
+                   "own tokenizer), as attnkit inspect chooses (default: none, i.e. random "
+                   "inputs)")
     p.add_argument("--text", help="plain-text file to run the model on (default: the English "
                    "text shipped with attnkit, attnkit/data/bench_text.txt)")
     p.add_argument("--inputs", choices=["text", "random"], default=None,

@@ -78,8 +78,8 @@ def _mask(attention_mask, module, query: Tensor, key: Tensor, is_causal) -> Mask
     """The call's mask as a spec. None from transformers means: causal when the module is
     causal and Tq > 1 (SDPA's is_causal, top-left aligned as transformers relies on for a
     static-cache prefill), else no mask."""
-    if isinstance(attention_mask, MaskSpec):
-        return attention_mask
+    if isinstance(attention_mask, MaskSpec):   # full() (an unpadded encoder): no mask at all
+        return None if attention_mask.band() == (-float("inf"), float("inf")) else attention_mask
     if isinstance(attention_mask, Tensor):
         return M.from_tensor(attention_mask, "attention_mask")
     if attention_mask is not None:
@@ -104,9 +104,12 @@ def _variant_mask(impl: Implementation, module, spec, Tk: int):
     return pattern if spec is None else spec & pattern
 
 
-def _linear(impl, query, key, value, spec, dropout, want):
+def _linear(impl, query, key, value, spec, dropout, want, softcap=None, position_bias=None):
     why = ("output_attentions: linear attention never forms attention weights" if want
            else "dropout: linear attention has no weights to drop (model.eval())" if dropout
+           else "softcap: linear attention has no scores to cap" if softcap
+           else "position_bias: linear attention has no scores to add a bias to"
+           if position_bias is not None
            else None if spec is None or spec.is_causal
            else f"attention_mask: linear attention serves no mask or a causal one, got {spec!r}"
            " (a padded batch? run one sequence at a time)")
@@ -132,7 +135,8 @@ def attnkit_attention_forward(module, query: Tensor, key: Tensor, value: Tensor,
     asked, want = _wants_weights(module, kwargs)
     spec = _mask(attention_mask, module, query, key, is_causal)
     if impl.variant is not None and impl.variant.kind == "linear":
-        out, w = _linear(impl, query, key, value, spec, dropout, want), None
+        out, w = _linear(impl, query, key, value, spec, dropout, want, softcap,
+                       position_bias), None
     else:
         spec = _variant_mask(impl, module, spec, key.shape[2])
         res = attention(query, key, value, mask=spec, bias=position_bias, scale=scaling,
