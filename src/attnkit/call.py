@@ -206,6 +206,8 @@ def make_call(q, k, v, *, mask=None, bias=None, scale=None, softcap=None,
     spec = as_mask(mask)
     spec = None if spec is None else spec.resolve(Tq, Tk)    # length-dependent patterns
     spec, additive = split_additive(spec)
+    if spec is not None and spec.band() == (-math.inf, math.inf):
+        spec = None                                          # full(): the unmasked fast paths
     bias_spec = as_bias(list(additive) + [bias] if additive else bias)
     for obj in (spec, bias_spec):
         if obj is not None:

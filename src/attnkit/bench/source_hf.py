@@ -354,14 +354,14 @@ class HFSource:
     def _spec(self, module, mask, n: int):
         """(the module's implementation, the mask attnkit gets for ``n`` keys: the variant's
         pattern AND ``mask``), as :func:`attnkit.hf.attnkit_attention_forward` builds it."""
-        from ..integrations.hf.attention import _variant_mask
+        from ..integrations.hf.attention import variant_mask
         from ..integrations.hf.names import parse_implementation
         impl = parse_implementation(_implementation_of(module))
-        return impl, _variant_mask(impl, module, mask, n)
+        return impl, variant_mask(impl, module, mask, n)
 
     def served_by(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> str:
         from ..functional import make_call, select_backend
-        from ..integrations.hf.attention import _mask as call_mask
+        from ..integrations.hf.attention import call_mask
         c = self._call(layer, q, k)
         impl, spec = self._spec(c.module, call_mask(c.mask, c.module, q, k,
                                                     c.args.get("is_causal")), k.shape[2])

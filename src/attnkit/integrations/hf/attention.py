@@ -22,7 +22,7 @@ from ...linear import linear_attention
 from ...masks import MaskSpec
 from .names import Implementation, parse_implementation
 
-__all__ = ["attnkit_attention_forward", "weights_for", "WeightRequest"]
+__all__ = ["attnkit_attention_forward", "weights_for", "WeightRequest", "call_mask", "variant_mask"]
 
 _state = threading.local()
 
@@ -74,7 +74,7 @@ def _wants_weights(module, kwargs) -> tuple[bool, bool]:
     return asked, asked and (req is None or req.wants(module))
 
 
-def _mask(attention_mask, module, query: Tensor, key: Tensor, is_causal) -> MaskSpec | None:
+def call_mask(attention_mask, module, query: Tensor, key: Tensor, is_causal) -> MaskSpec | None:
     """The call's mask as a spec. None from transformers means: causal when the module is
     causal and Tq > 1 (SDPA's is_causal, top-left aligned as transformers relies on for a
     static-cache prefill), else no mask."""
@@ -92,7 +92,7 @@ def _mask(attention_mask, module, query: Tensor, key: Tensor, is_causal) -> Mask
     return M.causal() if Tq == Tk else M.Window(float("inf"), -(Tk - Tq))  # key j <= i
 
 
-def _variant_mask(impl: Implementation, module, spec, Tk: int):
+def variant_mask(impl: Implementation, module, spec, Tk: int):
     """The variant's pattern AND-ed onto the model's mask (causal decoders stay causal)."""
     v = impl.variant
     if v is None or v.kind != "sparse":
@@ -133,12 +133,12 @@ def attnkit_attention_forward(module, query: Tensor, key: Tensor, value: Tensor,
     """transformers' attention interface, served by attnkit (see the module doc)."""
     impl = parse_implementation(module.config._attn_implementation)
     asked, want = _wants_weights(module, kwargs)
-    spec = _mask(attention_mask, module, query, key, is_causal)
+    spec = call_mask(attention_mask, module, query, key, is_causal)
     if impl.variant is not None and impl.variant.kind == "linear":
         out, w = _linear(impl, query, key, value, spec, dropout, want, softcap,
                        position_bias), None
     else:
-        spec = _variant_mask(impl, module, spec, key.shape[2])
+        spec = variant_mask(impl, module, spec, key.shape[2])
         res = attention(query, key, value, mask=spec, bias=position_bias, scale=scaling,
                         softcap=softcap, dropout_p=float(dropout or 0.0), backend=impl.backend,
                         return_weights=want)
