@@ -61,7 +61,8 @@ def mask_specs(draw, B: int, Tq: int, Tk: int, depth: int = 0):
         ndoc = draw(st.integers(1, 4))
         ids = torch.sort(torch.randint(0, ndoc, (B, Tk), generator=_gen(draw))).values
         return M.document(ids, torch.randint(0, ndoc, (B, Tq), generator=_gen(draw)))
-    shape = draw(st.sampled_from([(Tq, Tk), (B, Tq, Tk), (B, 1, Tq, Tk)]))
+    # torch's broadcasting: 3-D is (H, Tq, Tk); a per-batch mask is (B, 1, Tq, Tk)
+    shape = draw(st.sampled_from([(Tq, Tk), (1, Tq, Tk), (B, 1, Tq, Tk)]))
     return M.from_tensor(torch.rand(shape, generator=_gen(draw)) < 0.7)
 
 

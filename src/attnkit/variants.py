@@ -85,31 +85,6 @@ class Variant:
             return n * (n + 1) // 2 if causal else n * n
         return self.pattern(n, causal).pairs(n)
 
-    def apply_to(self, model, n: int, *, causal: bool, layers: list[int] | None = None) -> None:
-        """Swap this variant into an attnkit model built for sequences of ``n`` tokens: every
-        attention layer, or only ``layers`` (indices into its MultiHeadAttention modules; the
-        others dense). ``dense`` restores the model's own attention; a causal model keeps its
-        causal mask (AND-ed with the pattern by ``model.set_attention``). The one place
-        where a variant name becomes attnkit model settings (bench and train call it)."""
-        from .modules import MultiHeadAttention
-        if self.kind == "ssm":
-            raise ValueError(f"variant {self.text!r} is a model (attnkit.models.SSM), not an "
-                             "attention operation a model can swap in; use it with "
-                             "`attnkit train --attention ssm`")
-        mods = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
-        if self.kind == "linear":
-            pattern, linear = None, self.feature_map(mods[0].head_dim)
-        else:
-            spec = None if self.name == "dense" else self.pattern(n, causal)
-            pattern, linear = (None if spec is None else spec.at(n)), None
-        model.set_attention(pattern=pattern, linear=linear)
-        if layers is None or self.name == "dense":
-            return
-        chosen = [(mods[i].pattern, mods[i].linear) for i in layers]   # this variant's settings
-        model.set_attention(pattern=None, linear=None)                  # every other layer dense
-        for i, (p, lin) in zip(layers, chosen):
-            mods[i].set_attention(pattern=p, linear=lin)
-
     def __str__(self):
         return self.text
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ..variants import Variant, parse_variant
-from .source import Outputs, text_windows
+from .protocol import Outputs, text_windows
 
 __all__ = ["HFSource", "LAYERWISE", "ATTR", "layerwise_attention", "register_layerwise"]
 

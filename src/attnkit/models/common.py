@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ..modules.attention import UNSET, MultiHeadAttention
 
-__all__ = ["preset_config", "set_attention", "TextModel", "init_weights"]
+__all__ = ["preset_config", "set_attention", "TextModel", "init_weights", "apply_variant"]
 
 
 def preset_config(cls, presets: dict, name: str, overrides: dict):
@@ -83,3 +83,30 @@ def wants_weights(return_weights, layer: int) -> bool:
     if isinstance(return_weights, bool):
         return return_weights
     return layer in return_weights
+
+def apply_variant(model, variant, n: int, *, causal: bool, layers: list[int] | None = None) -> None:
+    """Swap an attention variant (a :class:`~attnkit.variants.Variant` or its name) into an
+    attnkit model built for sequences of ``n`` tokens: every attention layer, or only
+    ``layers`` (indices into its MultiHeadAttention modules; the others dense). ``dense``
+    restores the model's own attention; a causal model keeps its causal mask (AND-ed with
+    the pattern by ``model.set_attention``). The one place where a variant name becomes
+    attnkit model settings (bench and train call it)."""
+    from ..variants import Variant, parse_variant
+    var = variant if isinstance(variant, Variant) else parse_variant(variant)
+    if var.kind == "ssm":
+        raise ValueError(f"variant {var.text!r} is a model (attnkit.models.SSM), not an "
+                         "attention operation a model can swap in; use it with "
+                         "`attnkit train --attention ssm`")
+    mods = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    if var.kind == "linear":
+        pattern, linear = None, var.feature_map(mods[0].head_dim)
+    else:
+        spec = None if var.name == "dense" else var.pattern(n, causal)
+        pattern, linear = (None if spec is None else spec.at(n)), None
+    model.set_attention(pattern=pattern, linear=linear)
+    if layers is None or var.name == "dense":
+        return
+    chosen = [(mods[i].pattern, mods[i].linear) for i in layers]   # this variant's settings
+    model.set_attention(pattern=None, linear=None)                  # every other layer dense
+    for i, (p, lin) in zip(layers, chosen):
+        mods[i].set_attention(pattern=p, linear=lin)
