@@ -4,7 +4,8 @@
 independent result). The oracle sweep (tests/test_oracle_sweep.py) counts its own:
 ``ORACLE["backend dtype"]`` (forward + gradients vs the float64 reference),
 ``REFUSED["backend: reason"]`` (calls a backend declined: never counted as passes) and
-``ORACLE_SECONDS`` (time per part; "problems": the number of problems drawn).
+``ORACLE_SECONDS`` (time per part; "problems": the number of problems drawn) and
+``ORACLE_WORST`` (the largest error / tolerance ratio per "backend dtype").
 """
 import collections
 
@@ -12,6 +13,7 @@ CASES = collections.Counter()
 ORACLE = collections.Counter()
 REFUSED = collections.Counter()
 ORACLE_SECONDS = collections.Counter()
+ORACLE_WORST = {}   # "backend dtype" -> the largest error / tolerance seen
 
 NAIVE = "oracle"   # ORACLE's tag for the fp64 reference checked against the naive fp64
 
@@ -31,11 +33,13 @@ def pytest_terminal_summary(terminalreporter):
             continue
         backend, _, dtype = tag.rpartition(" ") if "(" not in tag else (tag, "", "")
         per[backend] += n
-        dt[backend].append(f"{dtype} {n}" if dtype else str(n))
+        worst = f" (worst err/tol {ORACLE_WORST[tag]:.2f})" if tag in ORACLE_WORST else ""
+        dt[backend].append(f"{dtype} {n}{worst}" if dtype else f"{n}{worst}")
     secs = sum(v for k, v in ORACLE_SECONDS.items() if k != "problems")
     w(f"attnkit oracle sweep: {sum(per.values())} backend cases vs the fp64 reference (forward "
       f"+ gradients) over {ORACLE_SECONDS['problems']} problems in {secs:.0f} s, plus "
-      f"{ORACLE[NAIVE]} fp64 reference vs naive fp64")
+      f"{ORACLE[NAIVE]} fp64 reference vs naive fp64 (worst err/tol "
+      f"{ORACLE_WORST.get(NAIVE, 0.0):.1e} at tol 1e-10)")
     for b in per:
         w(f"    {per[b]:6d}  {b} ({', '.join(dt[b])})")
     if REFUSED:

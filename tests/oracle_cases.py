@@ -225,24 +225,27 @@ def naive(case: Case, hi: Inputs) -> Truth:
     return Truth(out, gs, empty, torch.isfinite(s), scales)
 
 
-def check_against(name: str, case: Case, out, gs, ref, ref_gs, truth: Truth, tol) -> list[str]:
-    """Every mismatch of one backend's (out, grads) with the reference, as text."""
+def check_against(name: str, case: Case, out, gs, ref, ref_gs, truth: Truth, tol):
+    """Every mismatch of one backend's (out, grads) with the reference, as text, and the
+    largest error / tolerance ratio seen (forward and gradients)."""
     bad = []
     tf, tg = tol
     empty, seen = truth.empty, truth.seen
     if out.shape != ref.shape or out.dtype != case.dtype:
         return [f"{name}: output {tuple(out.shape)} {out.dtype}, expected {tuple(ref.shape)} "
-                f"{case.dtype}"]
+                f"{case.dtype}"], math.inf
     e = rel(out, ref)
+    worst = e / tf
     if not (torch.isfinite(out).all() and e <= tf):
         bad.append(f"{name}: forward error {e:.2e} > {tf:.0e}")
     if bool(empty.any()) and not bool((out[empty] == 0).all()):
         bad.append(f"{name}: fully masked rows not exactly 0")
     if gs is None:   # a backend that serves this call forward-only (no grad)
-        return bad
+        return bad, worst
     names = ["dq", "dk", "dv"] + [f"dbias{i}" for i in range(len(gs) - 3)]
     for n, g, r, sc in zip(names, gs, ref_gs, truth.scales):
         e = float((g.detach().double() - r.detach()).abs().max()) / sc if g.numel() else 0.0
+        worst = max(worst, e / tg)
         if not (torch.isfinite(g).all() and e <= tg):
             bad.append(f"{name}: {n} error {e:.2e} > {tg:.0e}")
     if bool(empty.any()) and not bool((gs[0][empty] == 0).all()):
@@ -253,19 +256,23 @@ def check_against(name: str, case: Case, out, gs, ref, ref_gs, truth: Truth, tol
     if bool(unseen.any()) and not (bool((gs[1][unseen] == 0).all())
                                    and bool((gs[2][unseen] == 0).all())):
         bad.append(f"{name}: dk/dv of keys no query sees not exactly 0")
-    return bad
+    return bad, worst
 
 
-def run_backends(case: Case, runners: dict, counts, refused) -> list[str]:
+def run_backends(case: Case, runners: dict, counts, refused, worst=None) -> list[str]:
     """Compare every runner ``name -> fn(case, lo) -> out`` (raising :class:`Refused`
-    when the backend declines) with the float64 reference; return the failures."""
+    when the backend declines) with the float64 reference; return the failures. Counts
+    go to ``counts["name dtype"]``, refusals to ``refused["name: reason"]``, the largest
+    error / tolerance ratio per "name dtype" to ``worst``."""
+    worst = {} if worst is None else worst
     lo, hi = make_inputs(case)
     ref, ref_gs = reference(case, hi)
     truth = naive(case, hi)
-    fails = [f"reference fp64 vs naive: {m.split(': ', 1)[1]}" for m in check_against(
-        "ref", dataclasses.replace(case, dtype=torch.float64), ref, ref_gs, truth.out,
-        truth.grads, truth, (ORACLE_TOL, ORACLE_TOL))]
+    bad, w = check_against("ref", dataclasses.replace(case, dtype=torch.float64), ref, ref_gs,
+                           truth.out, truth.grads, truth, (ORACLE_TOL, ORACLE_TOL))
+    fails = [f"reference fp64 vs naive: {m.split(': ', 1)[1]}" for m in bad]
     counts["oracle"] += 1
+    worst["oracle"] = max(worst.get("oracle", 0.0), w)
     leaves = lo.leaves(case)
     for name, fn in runners.items():
         try:
@@ -285,8 +292,10 @@ def run_backends(case: Case, runners: dict, counts, refused) -> list[str]:
                 continue
         else:
             label += " (forward only)"
-        fails += check_against(name, case, out, gs, ref, ref_gs, truth, TOL[case.dtype])
+        bad, w = check_against(name, case, out, gs, ref, ref_gs, truth, TOL[case.dtype])
+        fails += bad
         counts[label] += 1
+        worst[label] = max(worst.get(label, 0.0), w)
     return [f"{f}  [{case}]" for f in fails]
 
 
