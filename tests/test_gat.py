@@ -15,15 +15,17 @@ def dense_gat(layer: GATLayer, x, edge_index):
     """The paper's formula on a dense N x N grid, written independently of the layer.
 
     Edges are a multiset: cnt[i, j] = number of edges j -> i; a neighbour listed c times
-    gets logit e_ij + log(c) (c copies of exp(e_ij) in the denominator). Returns
-    (out, per-edge alpha (E', H) for the layer's edge list, cnt)."""
+    gets logit e_ij + log(c) (c copies of exp(e_ij) in the denominator). With self loops
+    the diagonal is set to exactly 1, however many loops were passed (PyG's GATConv:
+    remove_self_loops, then add_self_loops). Returns (out, per-edge alpha (E', H) for the
+    layer's edge list, cnt)."""
     N, H, C = x.shape[0], layer.heads, layer.out_dim
     src, dst = edge_index
     cnt = torch.zeros(N, N, dtype=DT)
     cnt.index_put_((dst, src), torch.ones(src.numel(), dtype=DT), accumulate=True)
     if layer.add_self_loops:
         eye = torch.eye(N, dtype=DT)
-        cnt = torch.where((eye > 0) & (cnt == 0), eye, cnt)
+        cnt = torch.where(eye > 0, eye, cnt)
     W = layer.lin.weight.view(H, C, -1)                                # (H, C, F)
     outs, alphas = [], []
     for k in range(H):
@@ -70,14 +72,11 @@ def test_layer_matches_dense_forward_backward(seed, N, E, in_dim, out_dim, heads
 
     used = att.edge_index
     assert used.shape[1] == att.weights.shape[0]
-    assert torch.equal(used[:, :E], ei)                               # your edges first, in order
-    if loops:  # appended loops: exactly the nodes that had none
-        added = used[:, E:]
-        assert torch.equal(added[0], added[1])
-        had = set(ei[0][ei[0] == ei[1]].tolist())
-        assert sorted(added[0].tolist()) == sorted(set(range(N)) - had)
+    if loops:  # your non-loop edges in order, then one loop per node 0..N-1 (PyG)
+        assert torch.equal(used[:, :-N], ei[:, ei[0] != ei[1]])
+        assert torch.equal(used[:, -N:], torch.arange(N).expand(2, N))
     else:
-        assert used.shape[1] == E
+        assert torch.equal(used, ei)                                  # as given, loops included
     for k in range(heads):
         torch.testing.assert_close(att.weights[:, k], ref_alpha[k][used[1], used[0]],
                                    rtol=1e-10, atol=1e-12)
@@ -111,6 +110,51 @@ def test_isolated_nodes():
     assert torch.equal(att.edge_index[:, 2:], torch.tensor([[0, 1, 2, 3], [0, 1, 2, 3]]))
     torch.testing.assert_close(att.weights[4:], torch.ones(2, 2, dtype=DT))
     assert torch.isfinite(out).all()
+
+
+def pyg_style_gat(layer: GATLayer, x, edges):
+    """GATConv's rule written per node with Python lists: for target i, the neighbour list
+    is every non-loop edge j -> i (duplicates kept, a multiset) plus i itself once."""
+    N, H, C = x.shape[0], layer.heads, layer.out_dim
+    wh = (x @ layer.lin.weight.T).view(N, H, C)
+    rows = []
+    for i in range(N):
+        nbrs = [j for j, t in edges if t == i and j != i] + [i]
+        e = torch.stack([F.leaky_relu((wh[i] * layer.att_dst).sum(-1)
+                                      + (wh[j] * layer.att_src).sum(-1), layer.negative_slope)
+                         for j in nbrs])                                # (n, H)
+        w = torch.softmax(e, dim=0)
+        rows.append(sum(w[n][:, None] * wh[j] for n, j in enumerate(nbrs)))  # (H, C)
+    out = torch.stack(rows)
+    out = out.reshape(N, H * C) if layer.concat else out.mean(1)
+    return out + layer.bias
+
+
+@pytest.mark.parametrize("concat", [True, False])
+def test_duplicated_self_loops_collapse_to_one_like_pyg(concat):
+    """PyG's GATConv removes every self loop then adds one per node: a loop passed three
+    times weighs like one (and like none passed). Non-loop duplicates still count twice."""
+    torch.manual_seed(2)
+    x = torch.randn(5, 3, dtype=DT)
+    layer = GATLayer(3, 4, heads=2, concat=concat).double()
+    with torch.no_grad():
+        layer.bias.normal_()
+    edges = [(0, 0), (1, 0), (0, 0), (2, 1), (2, 1), (3, 3), (0, 0), (4, 2), (3, 3), (1, 3)]
+    ei = torch.tensor(edges).T.contiguous()
+    out, att = layer(x, ei, return_attention=True)
+    torch.testing.assert_close(out, pyg_style_gat(layer, x, edges), rtol=1e-12, atol=1e-12)
+    no_loops = ei[:, ei[0] != ei[1]]
+    torch.testing.assert_close(out, layer(x, no_loops), rtol=0, atol=0)
+    torch.testing.assert_close(out, layer(x, torch.cat([no_loops, torch.arange(5).expand(2, 5)],
+                                                       1)), rtol=0, atol=0)
+    assert torch.equal(att.edge_index, torch.cat([no_loops, torch.arange(5).expand(2, 5)], 1))
+    # without add_self_loops the edge list is used as given: node 0's three loops count 3x
+    layer.add_self_loops = False
+    out3, att3 = layer(x, ei, return_attention=True)
+    ref, alphas, cnt = dense_gat(layer, x, ei)
+    assert cnt[0, 0] == 3 and torch.equal(att3.edge_index, ei)
+    torch.testing.assert_close(out3, ref, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(out3[0], out[0])
 
 
 def test_duplicate_edge_counts_twice():

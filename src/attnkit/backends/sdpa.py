@@ -18,6 +18,17 @@ __all__ = ["SDPABackend", "DENSE_MASK_BUDGET"]
 DENSE_MASK_BUDGET = 256 * 2**20  # bytes of dense mask/bias 'auto' lets SDPA materialise
 
 
+def _bias_dtype(q: Tensor) -> torch.dtype:
+    """The dtype of the dense bias handed to SDPA. On CPU, float32 for float16/bfloat16
+    inputs (SDPA takes a float32 ``attn_mask`` there): a bias rounded to bf16 -- ALiBi's
+    ``slope * distance``, a sum of biases -- was off by up to 2e-2 (the oracle sweep,
+    seed 1926) where the other backends add it in float32. On CUDA the fused kernels
+    want the query's dtype, so it stays that (not measured here: no GPU)."""
+    if q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return q.dtype
+
+
 class SDPABackend(Backend):
     name = "sdpa"
     description = "torch scaled_dot_product_attention (dense; masks materialised)"
@@ -60,7 +71,7 @@ class SDPABackend(Backend):
                 mask = mask | ~row_ok
         attn = mask
         if call.bias is not None:
-            attn = call.bias.dense(call.Tq, call.Tk, device=call.device, dtype=q.dtype)
+            attn = call.bias.dense(call.Tq, call.Tk, device=call.device, dtype=_bias_dtype(q))
             if mask is not None:  # (broadcasts both ways: a (1, 1, 1, Tk) bias, a causal mask)
                 attn = torch.where(mask, attn, float("-inf"))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn, **kw)

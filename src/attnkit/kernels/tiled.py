@@ -242,7 +242,8 @@ class TiledRun:
             if dbias is None or not t.requires_grad:
                 dbias_parts.append(None)
             else:
-                g = dbias.sum(dim=[d for d in range(4) if t.shape[d] == 1], keepdim=True)
+                dims = [d for d in range(4) if t.shape[d] == 1]  # broadcast dims of t
+                g = dbias.sum(dim=dims, keepdim=True) if dims else dbias  # dim=[]: all!
                 dbias_parts.append(g.to(t.dtype))
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias_parts
 

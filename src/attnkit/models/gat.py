@@ -14,9 +14,14 @@ Conventions (documented choices, all tested):
 * **Duplicate edges** are a multiset: each copy is its own edge and gets its
   own share of the softmax, so a neighbour listed twice gets twice the weight.
   The returned per-edge weights line up with the columns you passed.
-* **Self loops.** ``add_self_loops=True`` appends ``(i, i)`` for every node that
-  has no self loop yet (existing self loops are kept, not duplicated), so the
-  first ``E`` returned weights are those of your edges, in order.
+* **Self loops** (``add_self_loops=True``, the default) follow PyG's ``GATConv``
+  (``remove_self_loops`` then ``add_self_loops``; the paper's ``N(i) + {i}`` is a
+  set): every self loop you pass is dropped -- a loop listed twice does not count
+  twice -- and exactly one ``(i, i)`` per node is appended. The edges used are your
+  non-loop edges in their order, then the loops of nodes ``0..N-1``; the returned
+  :class:`GATAttention` carries that edge list beside the weights. With
+  ``add_self_loops=False`` your edge list is used as given (loops included, as a
+  multiset, like PyG's).
 * **Isolated nodes.** A node with no incoming edge (possible only with
   ``add_self_loops=False``) has an empty softmax: its aggregate is 0, so its
   output is just the bias.
@@ -36,11 +41,11 @@ from torch import Tensor, nn
 
 from .._checks import check_int as _check_int
 __all__ = ["GATLayer", "GAT", "GATConfig", "GATAttention", "scatter_softmax", "check_graph",
-           "add_missing_self_loops"]
+           "add_missing_self_loops", "replace_self_loops"]
 
 
 class GATAttention(NamedTuple):
-    edge_index: Tensor  # (2, E') edges used: your E edges, then any self loops added
+    edge_index: Tensor  # (2, E') edges used (with self loops: your non-loop edges, then N loops)
     weights: Tensor     # (E', heads) alpha per edge and head; sums to 1 per target node
 
 
@@ -80,8 +85,20 @@ def check_graph(x: Tensor, edge_index: Tensor, in_dim: int | None = None) -> Non
                              f"(N = x.shape[0]), got {bad}")
 
 
+def replace_self_loops(edge_index: Tensor, num_nodes: int) -> Tensor:
+    """``edge_index (2, E)`` -> ``(2, E - L + N)``: the ``L`` self loops dropped (every
+    copy), then ``(i, i)`` for ``i = 0..N-1`` appended -- PyG's ``remove_self_loops``
+    followed by ``add_self_loops``, what :class:`GATLayer` does with ``add_self_loops``."""
+    src, dst = edge_index
+    keep = edge_index[:, src != dst]                                  # (2, E - L), in order
+    loops = torch.arange(num_nodes, device=edge_index.device)
+    return torch.cat([keep, loops.unsqueeze(0).expand(2, -1)], dim=1)
+
+
 def add_missing_self_loops(edge_index: Tensor, num_nodes: int) -> Tensor:
-    """``edge_index (2, E)`` -> ``(2, E + m)``: appends ``(i, i)`` for the m nodes lacking one."""
+    """``edge_index (2, E)`` -> ``(2, E + m)``: appends ``(i, i)`` for the m nodes lacking one
+    (existing loops kept, duplicates too). Not what :class:`GATLayer` does (see
+    :func:`replace_self_loops`); kept for callers that want the edge list untouched."""
     src, dst = edge_index
     has_loop = torch.zeros(num_nodes, dtype=torch.bool, device=edge_index.device)
     has_loop[src[src == dst]] = True
@@ -143,7 +160,7 @@ class GATLayer(nn.Module):
         check_graph(x, edge_index, self.in_dim)
         N, H, C = x.shape[0], self.heads, self.out_dim
         if self.add_self_loops:
-            edge_index = add_missing_self_loops(edge_index, N)
+            edge_index = replace_self_loops(edge_index, N)
         src, dst = edge_index                                          # (E',) each
         wh = self.lin(x).view(N, H, C)                                 # (N, H, C)
         # a^T [Wh_i || Wh_j] = a_dst . Wh_i + a_src . Wh_j : compute per node, gather per edge.

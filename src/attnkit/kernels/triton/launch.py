@@ -64,7 +64,7 @@ class Plan:
         slopes = self.bias.slopes if self.bias.slopes is not None else dummy_f
         if dense_bias is not None:
             bias = dense_bias
-            sb = (_bstride(bias, 0), _bstride(bias, 1), bias.stride(2), bias.stride(3))
+            sb = tuple(_bstride(bias, d) for d in range(4))  # (1, 1, Tq, 1) etc. broadcast
         else:
             bias, sb = dummy_f, (0, 0, 0, 0)
         tiles = self.mask.tiles if self.mask.tiles is not None else dummy_i
