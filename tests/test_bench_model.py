@@ -114,7 +114,9 @@ def test_approximations_are_measured_not_assumed(minilm_res):
         assert 0 < f["cosine"] < 0.999 and f["worst_layer_error"] > 1e-3
         assert len(f["layer_errors"]) == 6
     rec = minilm_res["recommendation"]
-    assert rec["variant"] == "dense" and "window:4: excluded" in rec["text"]
+    # the recommendation is dense or a variant as exact as dense here (window:127 at n=128
+    # covers every pair; whether it wins is a timing question): never an approximation
+    assert rec["variant"] in ("dense", "window:127") and "window:4: excluded" in rec["text"]
 
 
 def test_layer_error_matches_an_independent_float64_softmax(minilm):
