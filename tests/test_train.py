@@ -140,7 +140,7 @@ def test_tiny_runs_learn(tmp_path, task, steps, lr, threshold, metric):
 def test_ssm_and_linear_train_on_lm_tasks(tmp_path):
     for att in ("ssm", "linear:elu", "bigbird:8"):
         cfg = TrainConfig(task="assoc_recall", attention=att, steps=30, eval_every=30,
-                          ckpt_every=30, batch_size=16)
+                          ckpt_every=30, batch_size=16, warmup=5)
         m = train(cfg, tmp_path / att.replace(":", "_"), progress=False, log=None)
         assert m["final_loss"] < 3.0 and 0 <= m["eval"]["accuracy"] <= 1
 

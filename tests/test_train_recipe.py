@@ -153,6 +153,15 @@ def test_summarise_picks_the_best_rate_by_mean_then_min():
     runs.append({"lr": 3e-2, "seed": 0, "error": "diverged"})
     assert summarise(runs)["lr"] == 1e-3
     assert "diverged" in summarise([runs[-1]])["error"]
+    # with a target: most seeds there first, then (all there) the fewest steps
+    runs = [{"lr": lr, "seed": s, "score": sc, "steps": st, "train_time_s": 1.0}
+            for lr, s, sc, st in [(1e-3, 0, 0.995, 900), (1e-3, 1, 0.992, 1100),
+                                  (3e-3, 0, 0.991, 500), (3e-3, 1, 0.990, 400),
+                                  (1e-2, 0, 1.0, 300), (1e-2, 1, 0.3, 2000)]]
+    c = summarise(runs, target=0.99)
+    assert c["lr"] == 3e-3 and c["steps"] == [500, 400]
+    assert [e["reached"] for e in c["per_lr"]] == [2, 2, 1]
+    assert summarise(runs)["lr"] == 1e-3                     # no target: the best mean
 
 
 def test_write_table_shows_mean_min_and_rate(tmp_path):

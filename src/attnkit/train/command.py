@@ -28,7 +28,8 @@ DESCRIPTION = textwrap.fill(
     "evaluation at intervals, atomic checkpoints (safetensors) and exact resume; under "
     "`torchrun --nproc_per_node P -m attnkit.train ...` with DistributedDataParallel "
     "(gloo on CPU, NCCL on GPU) on the same global batch. --sweep runs a grid "
-    "(tasks x variants x widths) and writes the quality table.")
+    "(tasks x variants x widths, each over --lrs x --seeds) and writes the quality table. "
+    "Ctrl-C leaves a checkpoint and says how to resume.")
 EPILOG = """\
 tasks (name[:key=value...]): mqar, assoc_recall, induction, selective_copy, listops (lm:
   GPT or SSM), reverse, sort (seq2seq: Transformer), digits (image: ViT), karate (graph: GAT);
@@ -39,11 +40,13 @@ attention variants: dense, window:W, strided[:S], fixed[:S[:C]], dilated:W:D,
 examples:
   attnkit train --task mqar --attention window:16 --steps 2000 --out runs/mqar-window
   attnkit train --resume runs/mqar-window
+  attnkit train --resume runs/mqar-window --steps 4000     # extend it (exact)
   torchrun --nproc_per_node 2 -m attnkit.train --task mqar --out runs/ddp
   attnkit train --sweep --tasks mqar,mqar:seq_len=128:n_pairs=8 \\
-      --variants dense,window:16,linear:elu,ssm --widths 64,128 --out runs/quality
+      --variants dense,window:16,linear:elu,ssm --widths 64,128 \\
+      --lrs 1e-3,3e-3 --seeds 0,1,2 --target-acc 0.99 --steps 4000 --out runs/quality
 
-exit codes: 0 done, 1 the run failed, 2 bad arguments"""
+exit codes: 0 done, 1 the run failed, 2 bad arguments, 130 interrupted (Ctrl-C)"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -103,7 +106,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--variants", help="comma-separated attention variants for the grid")
     g.add_argument("--widths", help="comma-separated widths for the grid (default 64)")
     g.add_argument("--lrs", help="comma-separated learning rates: each cell keeps the best "
-                   "by evaluation score (mean over seeds), all recorded (default: --lr)")
+                   "(most seeds at --target-acc, then fewest steps; else the best mean "
+                   "score), all recorded (default: --lr)")
     g.add_argument("--seeds", help="comma-separated seeds: each cell is run with each, and "
                    "reports the mean and the min (default: --seed)")
     g.add_argument("--jobs", type=int, default=1, help="grid runs in parallel (default 1)")

@@ -110,11 +110,11 @@ def describe(cfg, lrs: list[float] | None = None) -> str:
     if cfg.init == "model":
         init = "the model's own init"
     else:
-        init = f"init {cfg.init} (embeddings N(0, {cfg.embed_std:g}))"
-    head = "tied output" if cfg.tie_output else "untied output"
+        init = (f"init {cfg.init} (embeddings N(0, {cfg.embed_std:g})), "
+                f"{'tied' if cfg.tie_output else 'untied'} output")
     lr = f"{cfg.lr:g}" if not lrs else f"best of {'/'.join(f'{x:g}' for x in lrs)}"
     sched = (f"constant lr {lr}" if cfg.schedule == "constant" else
              f"cosine lr {lr} -> {cfg.min_lr_ratio:g}x")
     stop = f", stop at {cfg.target_acc:g}" if cfg.target_acc is not None else ""
-    return (f"{init}, {head}, {sched} after {cfg.warmup} warm-up steps, AdamW wd "
+    return (f"{init}, {sched} after {cfg.warmup} warm-up steps, AdamW wd "
             f"{cfg.weight_decay:g}, clip {cfg.grad_clip:g}, batch {cfg.batch_size}{stop}")

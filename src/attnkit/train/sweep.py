@@ -80,9 +80,14 @@ def _run_record(run: dict, res: dict, metric: str) -> dict:
             "train_time_s": res["train_time_s"]}
 
 
-def summarise(runs: list[dict]) -> dict:
+def summarise(runs: list[dict], target: float | None = None) -> dict:
     """A cell from its runs (``_run_record``s): per learning rate the seeds' scores,
-    mean and min; the kept rate; the cell's mean/min/scores at that rate."""
+    mean and min; the kept rate; the cell's mean/min/scores at that rate.
+
+    The kept rate: the most seeds at the ``target`` score (when there is one), then --
+    among rates where every seed got there -- the fewest steps on average (they all
+    stopped near the target, so their scores differ by noise), else the highest mean
+    score; then the highest minimum; then the smaller rate."""
     by_lr: dict = {}
     for r in runs:
         by_lr.setdefault(r["lr"], []).append(r)
@@ -97,12 +102,20 @@ def summarise(runs: list[dict]) -> dict:
             entry.update(mean=statistics.fmean(sc), min=min(sc),
                          steps=[r["steps"] for r in ok],
                          train_time_s=sum(r["train_time_s"] for r in ok))
+            if target is not None:
+                entry["reached"] = sum(x >= target for x in sc)
         per_lr.append(entry)
     good = [e for e in per_lr if "mean" in e]
     if not good:
         return {"error": "; ".join(sorted({x for e in per_lr for x in e["errors"]})),
                 "per_lr": per_lr}
-    best = max(good, key=lambda e: (e["mean"], e["min"], -e["lr"]))
+
+    def rank(e):
+        reached = e.get("reached", 0)
+        every = target is not None and reached == len(e["scores"])
+        return (reached, -statistics.fmean(e["steps"]) if every else e["mean"], e["min"],
+                -e["lr"])
+    best = max(good, key=rank)
     return {"score": best["mean"], "min": best["min"], "scores": best["scores"],
             "seeds": best["seeds"], "lr": best["lr"], "steps": best["steps"],
             "n_seeds": len(best["scores"]), "per_lr": per_lr,
@@ -131,6 +144,7 @@ def run_sweep(tasks: list[str], variants: list[str], widths: list[int], out: Pat
                 c = TrainConfig(**cfg)              # validates before anything runs
                 cell = {"task": task, "variant": variant, "width": width,
                         "kind": c.make_task().kind, "metric": c.main_metric,
+                        "target": c.target_acc,
                         "recipe": describe(c, lrs if len(lrs) > 1 else None),
                         "runs": []}
                 cells.append(cell)
@@ -170,7 +184,7 @@ def run_sweep(tasks: list[str], variants: list[str], widths: list[int], out: Pat
     for r, res in zip(runs, results):
         r["cell"]["runs"].append(_run_record(r, res, r["cell"]["metric"]))
     table = {"tasks": tasks, "variants": variants, "widths": widths, "lrs": lrs,
-             "seeds": seeds, "base": base, "cells": [{**c, **summarise(c["runs"])}
+             "seeds": seeds, "base": base, "cells": [{**c, **summarise(c["runs"], c["target"])}
                                                      for c in cells]}
     for p in write_table(table, out):
         con.print(f"wrote {p}")
