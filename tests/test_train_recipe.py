@@ -107,23 +107,24 @@ def test_constant_schedule_and_cosine():
 
 
 # ----------------------------------------------------------------------------- honesty
-def _ar_run(tmp_path, name, **kw):
+def _ar_run(tmp_path, name, steps, **kw):
     torch.set_num_threads(1)
-    cfg = TrainConfig(task="assoc_recall", steps=600, eval_every=100, ckpt_every=600,
-                      target_acc=0.95, **kw)
+    cfg = TrainConfig(task="assoc_recall:n_eval=500", steps=steps, eval_every=100,
+                      ckpt_every=steps, target_acc=0.95, **kw)
     return train(cfg, tmp_path / name, progress=False, log=None)
 
 
+@pytest.mark.slow
 def test_recipe_escapes_the_recall_plateau(tmp_path):
     """H3 associative recall (vocab 20, seq 40), width 64: the recipe crosses from the
     plateau (answer = the most frequent value in the context, ~0.29) to recall within
-    600 steps; N(0, 0.02) with a tied output (the old recipe) stays on the plateau."""
-    m = _ar_run(tmp_path, "recipe")
+    700 steps (seeds 0-2 took 400-500 in the README's experiment); N(0, 0.02) with a tied
+    output (the old recipe) is still on the plateau at 500 (it stayed there for 2000)."""
+    m = _ar_run(tmp_path, "recipe", 700)
     assert m["eval"]["accuracy"] >= 0.95 and m["stopped"] == "target", m["history"]
-    early = m["history"][0]["accuracy"]
-    assert early < 0.6, "the plateau should be visible at step 100"
-    old = _ar_run(tmp_path, "legacy", init="normal", tie_output=True)
-    assert old["eval"]["accuracy"] < 0.45 and old["steps"] == 600, old["history"]
+    assert m["history"][0]["accuracy"] < 0.6, "the plateau should be visible at step 100"
+    old = _ar_run(tmp_path, "legacy", 500, init="normal", tie_output=True)
+    assert old["eval"]["accuracy"] < 0.45 and old["steps"] == 500, old["history"]
 
 
 def test_target_stops_and_a_stopped_run_stays_done(tmp_path):

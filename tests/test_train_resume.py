@@ -96,17 +96,23 @@ def test_sigkill_then_resume_dir_alone_is_bit_exact(tmp_path):
     _same(ref, run)
 
 
-def test_resume_warns_when_threads_differ(tmp_path):
+def test_resume_warns_when_threads_differ(tmp_path, capsys):
     d = tmp_path / "r"
-    r = _cli(*TINY, "--steps", "10", "--threads", "1", "--out", str(d))
-    assert r.returncode == 0, r.stderr
-    (d / "metrics.json").unlink()
-    r = _cli("--resume", str(d), "--threads", "2", "--no-progress")
-    assert r.returncode == 0, r.stderr
-    warn = [line for line in r.stderr.splitlines() if "warning" in line]
-    assert len(warn) == 1 and "--threads 2 differs from the run's 1" in warn[0], r.stderr
-    s = json.loads((d / "settings.json").read_text())
-    assert s["threads"] == 1 and s["deterministic"] is False and s["default_dtype"] == "float32"
+    cfg = TrainConfig(task="induction", steps=6, ckpt_every=3, eval_every=6, batch_size=4)
+    try:
+        train(cfg, d, progress=False, log=None, threads=1)
+        s = json.loads((d / "settings.json").read_text())
+        assert s["threads"] == 1 and s["deterministic"] is False
+        assert s["default_dtype"] == "float32" and s["torch"] == torch.__version__
+        (d / "metrics.json").unlink()
+        train(None, d, resume=True, progress=False, log=lambda *a: None, threads=2)
+        warn = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
+        assert len(warn) == 1 and "--threads 2 differs from the run's 1" in warn[0], warn
+        torch.set_num_threads(3)
+        train(None, d, resume=True, progress=False, log=lambda *a: None)   # restored: silent
+        assert torch.get_num_threads() == 1 and "warning" not in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(1)
 
 
 # ----------------------------------------------------------------------------- Ctrl-C
@@ -149,36 +155,25 @@ def test_extend_a_finished_run_equals_a_longer_run(tmp_path):
 
 
 def test_extension_refusals_are_one_line(tmp_path):
-    d = tmp_path / "cos"
-    assert _cli(*TINY, "--steps", "10", "--schedule", "cosine", "--out", str(d)).returncode == 0
-    r = _cli("--resume", str(d), "--steps", "20")
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "cosine schedule decays over its 10 steps" in r.stderr
-    assert "start a new run with --steps 20" in r.stderr
-    d = tmp_path / "const"
-    assert _cli(*TINY, "--steps", "10", "--out", str(d)).returncode == 0
-    r = _cli("--resume", str(d), "--steps", "5")
-    assert r.returncode == 2 and "already at step 10; expected --steps >= 10" in r.stderr
-    r = _cli("--resume", str(d), "--lr", "0.1")
-    assert r.returncode == 2 and "drop --lr" in r.stderr and r.stderr.count("\n") == 1
-    r = _cli("--resume", str(d), "--steps", "15")                  # extended exactly
-    assert r.returncode == 0 and _metrics(d)["steps"] == 15, r.stderr
+    kw = dict(task="induction", steps=10, ckpt_every=5, eval_every=10, batch_size=4)
+    train(TrainConfig(schedule="cosine", **kw), tmp_path / "cos", progress=False, log=None)
+    train(TrainConfig(**kw), tmp_path / "const", progress=False, log=None)
+    for args, msg in [
+        (["--resume", str(tmp_path / "cos"), "--steps", "20"],
+         "cosine schedule decays over its 10 steps, so its learning rate at every step "
+         "differs from a 20-step run's: it cannot be extended exactly; start a new run with "
+         "--steps 20"),
+        (["--resume", str(tmp_path / "const"), "--steps", "5"],
+         "already at step 10; expected --steps >= 10"),
+        (["--resume", str(tmp_path / "const"), "--lr", "0.1", "--steps", "20"], "drop --lr"),
+    ]:
+        r = _cli(*args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert msg in r.stderr, r.stderr
 
 
 # ----------------------------------------------------------------------------- config.json
-def _damaged(tmp_path, edit) -> Path:
-    d = tmp_path / "run"
-    if not d.exists():
-        cfg = TrainConfig(task="induction", steps=4, ckpt_every=2, eval_every=4, batch_size=4)
-        train(cfg, d, progress=False, log=None)
-        (d / "good.json").write_text((d / "config.json").read_text())
-    c = json.loads((d / "good.json").read_text())
-    edit(c)
-    (d / "config.json").write_text(json.dumps(c))
-    return d
-
-
-@pytest.mark.parametrize("edit, msg", [
+DAMAGE = [
     (lambda c: c.pop("width"), "missing field(s) width"),
     (lambda c: c.update(width="64"), "width: expected an int >= 1, got '64'"),
     (lambda c: c.update(widht=c.pop("width")), "unknown field(s) widht; missing field(s) width"),
@@ -187,14 +182,24 @@ def _damaged(tmp_path, edit) -> Path:
     (lambda c: c.update(tie_output="no"), "tie_output: expected true or false"),
     (lambda c: c.update(init="xavier"), "init: expected one of scaled, normal, torch"),
     (lambda c: c.pop("schedule"), "missing field(s) schedule"),
-])
-def test_damaged_config_is_refused_naming_the_field(tmp_path, edit, msg):
-    d = _damaged(tmp_path, edit)
-    with pytest.raises(CheckpointError, match=msg.replace("(", r"\(").replace(")", r"\)")):
-        train(None, d, resume=True, progress=False, log=None)
-    r = _cli("--resume", str(d))
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "config.json" in r.stderr and msg in r.stderr
+]
+
+
+def test_damaged_config_is_refused_naming_the_field(tmp_path):
+    d = tmp_path / "run"
+    cfg = TrainConfig(task="induction", steps=4, ckpt_every=2, eval_every=4, batch_size=4)
+    train(cfg, d, progress=False, log=None)
+    good = json.loads((d / "config.json").read_text())
+    for i, (edit, msg) in enumerate(DAMAGE):
+        c = dict(good)
+        edit(c)
+        (d / "config.json").write_text(json.dumps(c))
+        with pytest.raises(CheckpointError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+            train(None, d, resume=True, progress=False, log=None)
+        if i < 2:                                   # the CLI: one line, exit code 2
+            r = _cli("--resume", str(d))
+            assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+            assert "config.json" in r.stderr and msg in r.stderr
 
 
 def test_config_from_before_the_recipe_fields_resumes_with_its_recipe(tmp_path):
