@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -75,7 +74,7 @@ def test_config_defaults_and_roundtrip():
 
 
 def test_lr_schedule_warmup_then_cosine():
-    c = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1)
+    c = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1, schedule="cosine")
     assert lr_at(c, 0) == pytest.approx(1e-4) and lr_at(c, 9) == pytest.approx(1e-3)
     assert lr_at(c, 10) == pytest.approx(1e-3) and lr_at(c, 100) == pytest.approx(1e-4)
     lrs = [lr_at(c, s) for s in range(10, 101)]
@@ -141,7 +140,7 @@ def test_tiny_runs_learn(tmp_path, task, steps, lr, threshold, metric):
 def test_ssm_and_linear_train_on_lm_tasks(tmp_path):
     for att in ("ssm", "linear:elu", "bigbird:8"):
         cfg = TrainConfig(task="assoc_recall", attention=att, steps=30, eval_every=30,
-                          ckpt_every=30, batch_size=16)
+                          ckpt_every=30, batch_size=16, warmup=5)
         m = train(cfg, tmp_path / att.replace(":", "_"), progress=False, log=None)
         assert m["final_loss"] < 3.0 and 0 <= m["eval"]["accuracy"] <= 1
 
@@ -209,49 +208,6 @@ def test_partial_checkpoint_is_ignored_and_cleaned(tmp_path):
     assert not tmp.exists() and a["final_loss"] == b["final_loss"]
 
 
-@pytest.mark.slow
-def test_sigkill_at_random_points_then_resume_is_bit_exact(tmp_path):
-    """Kill the CLI run with SIGKILL at random instants (3 times), resume each time: the
-    final loss and weights equal an uninterrupted run's, to the bit."""
-    ref = tmp_path / "ref"
-    args = [*TINY, "--steps", "400", "--ckpt-every", "7", "--eval-every", "100"]
-    t0 = time.time()
-    r = _cli(*args, "--out", str(ref))
-    runtime = time.time() - t0
-    assert r.returncode == 0, r.stderr
-    run = tmp_path / "run"
-    rng = random.Random(1234)
-    started = False
-    kills = 0
-    for attempt in range(12):
-        args = ["--resume", str(run), "--no-progress", "--threads", "1"] if started else \
-            [*args, "--out", str(run)]
-        p = subprocess.Popen([PY, "-m", "attnkit.train", *args], env=ENV,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if kills < 3:
-            # wait until it has begun (config.json written), then a random extra delay
-            t0 = time.time()
-            while not (run / "config.json").exists() and time.time() - t0 < 60 \
-                    and p.poll() is None:
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.05, 0.4) * runtime)
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-                p.wait()
-                kills += 1
-                started = True
-                continue
-        assert p.wait(timeout=120) == 0, p.stderr.read()
-        started = True
-        if (run / "metrics.json").exists():
-            break
-    assert kills >= 2, "the run ended before it could be killed twice"
-    a, b = _metrics(ref), _metrics(run)
-    assert a["final_loss"] == b["final_loss"] and a["history"] == b["history"]
-    wa, wb = _weights(ref), _weights(run)
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
 # ----------------------------------------------------------------------------- CLI
 def test_cli_help_and_usage_errors(tmp_path):
     r = _cli("--help")
@@ -259,11 +215,23 @@ def test_cli_help_and_usage_errors(tmp_path):
     for args, msg in [
         (["--task", "nope"], "task: expected one of"),
         (["--resume", str(tmp_path / "none")], "is not a directory"),
-        (["--resume", str(tmp_path), "--steps", "3"], "drop --steps"),
+        (["--resume", str(tmp_path), "--width", "3"], "drop --width"),
+        (["--threads", "0"], "--threads: expected an int >= 1, got 0"),
+        (["--jobs", "2"], "--jobs: only with --sweep"),
+        (["--lrs", "1e-3"], "--lrs: only with --sweep"),
+        (["--out", str(Path(__file__))], "is a file; expected a directory"),
+        (["--sweep", "--tasks", "mqar", "--variants", "dense", "--lrs", "1e-3,x", "--out", "o"],
+         "--lrs: expected a comma-separated list of distinct values like 3e-4,1e-3,3e-3"),
+        (["--sweep", "--tasks", "mqar", "--variants", "dense", "--seeds", "0,0", "--out", "o"],
+         "--seeds: expected a comma-separated list of distinct values"),
+        (["--sweep", "--tasks", "mqar", "--variants", "dense", "--seeds", "0,1", "--seed", "3",
+          "--out", "o"], "--seed: give --seeds (the sweep's list) or --seed, not both"),
+        (["--schedule", "linear"], "argument --schedule: invalid choice"),
+        (["--target-acc", "2"], "target_acc: expected a number in (0, 1]"),
         (["--tasks", "mqar"], "--tasks: only with --sweep"),
         (["--sweep", "--tasks", "mqar"], "--sweep needs --tasks, --variants and --out"),
         (["--sweep", "--tasks", "mqar", "--variants", "dense", "--widths", "x", "--out", "o"],
-         "--widths: expected integers"),
+         "--widths: expected a comma-separated list"),
         (["--width", "64", "--heads", "5"], "heads: expected a divisor of width=64"),
     ]:
         r = _cli(*args)
@@ -374,16 +342,21 @@ def test_bare_processes_dead_peer_raises_within_timeout(tmp_path):
 # ----------------------------------------------------------------------------- sweep
 def test_sweep_writes_quality_table_and_reuses_cells(tmp_path):
     out = tmp_path / "sweep"
-    args = ["--sweep", "--tasks", "induction:seq_len=16", "--variants", "dense,linear:elu,ssm",
+    args = ["--sweep", "--tasks", "induction:seq_len=16", "--variants", "dense,linear:elu",
             "--widths", "16", "--steps", "6", "--batch-size", "8", "--eval-every", "6",
-            "--ckpt-every", "6", "--threads", "1", "--no-progress", "--out", str(out)]
+            "--ckpt-every", "6", "--seeds", "0,1", "--threads", "1", "--no-progress",
+            "--out", str(out)]
     r = _cli(*args, timeout=300)
     assert r.returncode == 0, r.stderr
     table = json.loads((out / "quality.json").read_text())
-    assert [c["variant"] for c in table["cells"]] == ["dense", "linear:elu", "ssm"]
-    assert all(0 <= c["score"] <= 1 and c["steps"] == 6 for c in table["cells"])
+    assert [c["variant"] for c in table["cells"]] == ["dense", "linear:elu"]
+    for c in table["cells"]:
+        assert [r["seed"] for r in c["runs"]] == [0, 1] and c["steps"] == [6, 6]
+        scores = [r["score"] for r in c["runs"]]
+        assert c["score"] == pytest.approx(sum(scores) / 2) and c["min"] == min(scores)
+        assert len({r["run"] for r in c["runs"]}) == 2 and "untied output" in c["recipe"]
     md = (out / "quality.md").read_text()
-    assert "| induction:seq_len=16 | 16 |" in md and "linear:elu" in md
+    assert "| induction:seq_len=16 | 16 |" in md and "linear:elu" in md and "(min " in md
     assert (out / "quality.png").stat().st_size > 5000
     t0 = time.time()
     r = _cli(*args, timeout=300)                      # finished cells are reused, not retrained

@@ -7,8 +7,10 @@ for data parallelism).
 """
 from .checkpoint import CheckpointError, latest_checkpoint
 from .config import TrainConfig, parse_task_spec
-from .loop import RunExists, lr_at, train
+from .loop import RunExists, TrainingInterrupted, lr_at, train
+from .recipe import apply_recipe
 from .sweep import run_sweep, write_table
 
-__all__ = ["TrainConfig", "parse_task_spec", "train", "lr_at", "RunExists", "run_sweep",
+__all__ = ["TrainConfig", "parse_task_spec", "train", "lr_at", "RunExists", "TrainingInterrupted",
+           "apply_recipe", "run_sweep",
            "write_table", "CheckpointError", "latest_checkpoint"]

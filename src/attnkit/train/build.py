@@ -26,6 +26,7 @@ from ..models import GAT, GATConfig, GPT, GPTConfig, SSM, SSMConfig, Transformer
 from ..tasks import IGNORE
 from ..variants import parse_variant
 from .config import TrainConfig
+from .recipe import apply_recipe
 
 __all__ = ["build_model", "apply_variant", "OBJECTIVES"]
 
@@ -42,18 +43,24 @@ def apply_variant(model: nn.Module, text: str, n: int, *, causal: bool, head_dim
 
 
 def build_model(cfg: TrainConfig, task) -> nn.Module:
-    """The model of ``cfg`` for ``task``, initialised from the current torch RNG."""
+    """The model of ``cfg`` for ``task``, initialised by the recipe of ``cfg``
+    (:mod:`.recipe`) from the current torch RNG."""
+    return apply_recipe(_construct(cfg, task), cfg)
+
+
+def _construct(cfg: TrainConfig, task) -> nn.Module:
     ffn = cfg.ffn or 2 * cfg.width
     hd = cfg.width // cfg.heads
     if cfg.model == "ssm":
         # the sequential scan: on CPU at these lengths it is the fastest (forward+backward,
         # B 64, T 64, d 64: 0.37 s against 5.4 s for the chunked scan with chunks of 64)
         return SSM(SSMConfig(vocab_size=task.vocab_size, d_model=cfg.width, n_layers=cfg.layers,
-                             scan="ref"))
+                             scan="ref", tie_embeddings=cfg.tie_output))
     if cfg.model == "gpt":
         model = GPT(GPTConfig(vocab_size=task.vocab_size, max_len=task.seq_len, d_model=cfg.width,
                               n_layers=cfg.layers, n_heads=cfg.heads, d_ff=ffn,
-                              positions=cfg.positions, dropout=cfg.dropout))
+                              positions=cfg.positions, dropout=cfg.dropout,
+                              tie_embeddings=cfg.tie_output))
         apply_variant(model, cfg.attention, task.seq_len, causal=True, head_dim=hd)
         return model
     if cfg.model == "transformer":

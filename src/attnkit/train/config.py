@@ -11,8 +11,13 @@ import torch
 from ..tasks import make_task, task_names
 from ..tasks.base import parse_task_args
 from ..variants import parse_variant
+from .recipe import DEFAULT_EMBED_STD, INITS, LEGACY, SCHEDULES
 
-__all__ = ["TrainConfig", "parse_task_spec", "run_slug", "MODELS"]
+__all__ = ["TrainConfig", "parse_task_spec", "run_slug", "MODELS", "MAIN_METRIC"]
+
+MAIN_METRIC = {"lm": "accuracy", "seq2seq": "exact_match", "image": "accuracy",
+               "graph": "accuracy"}
+POSITIONS = ("rope", "learned", "sinusoidal", "alibi")
 
 # model family -> the task kind it serves
 MODELS = {"gpt": "lm", "ssm": "lm", "transformer": "seq2seq", "vit": "image", "gat": "graph"}
@@ -48,7 +53,13 @@ class TrainConfig:
     positions: str = "rope"          # GPT: rope | learned | sinusoidal | alibi
     patch: int = 2                   # ViT patch size
     dropout: float = 0.0
+    # the recipe (train/recipe.py): init, output layer, schedule, stopping
+    init: str | None = None          # scaled | normal | torch (GPT, SSM); others: model
+    embed_std: float | None = None   # token-embedding std (default: by init; scaled 1.0)
+    tie_output: bool = False         # output layer = token embedding (GPT, SSM)
+    schedule: str = "constant"       # constant | cosine (after the linear warm-up)
     steps: int = 1000
+    target_acc: float | None = None  # stop at the first evaluation with score >= this
     batch_size: int = 64             # global: split across data-parallel processes
     lr: float = 1e-3
     min_lr_ratio: float = 0.1        # cosine decay to lr * this
@@ -64,6 +75,12 @@ class TrainConfig:
     task_params: dict = field(default_factory=dict, repr=False)  # parsed from ``task``
 
     def __post_init__(self):
+        for f in ("task", "attention", "positions", "device", "schedule"):
+            if not isinstance(getattr(self, f), str):
+                raise ValueError(f"{f}: expected a string, got {getattr(self, f)!r}")
+        for f in ("model", "init"):
+            if getattr(self, f) is not None and not isinstance(getattr(self, f), str):
+                raise ValueError(f"{f}: expected a string or null, got {getattr(self, f)!r}")
         name, params = parse_task_spec(self.task)
         params.setdefault("seed", self.seed)
         self.task_params = {"name": name, **params}
@@ -91,6 +108,7 @@ class TrainConfig:
                              f"{self.attention!r} (use 'dense')")
         if self.heads is None:
             self.heads = 8 if self.model == "gat" else 2
+        self._check_recipe()
         for f in ("width", "layers", "heads", "steps", "batch_size", "eval_every",
                   "eval_batch_size", "ckpt_every", "keep_ckpts", "patch"):
             val = getattr(self, f)
@@ -116,6 +134,45 @@ class TrainConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
 
+    def _check_recipe(self) -> None:
+        lm = self.model in ("gpt", "ssm")
+        if self.init is None:
+            self.init = "scaled" if lm else "model"
+        if self.init not in INITS:
+            raise ValueError(f"init: expected one of {', '.join(INITS)}, got {self.init!r}")
+        if lm == (self.init == "model"):
+            raise ValueError(f"init: {'scaled, normal or torch' if lm else 'model'} for the "
+                             f"{self.model} model, got {self.init!r}")
+        if self.embed_std is None:
+            self.embed_std = DEFAULT_EMBED_STD[self.init]
+        if self.init == "model":
+            if self.embed_std is not None:
+                raise ValueError(f"embed_std: the {self.model} model keeps its own init; "
+                                 f"got {self.embed_std!r}")
+        elif isinstance(self.embed_std, bool) or not isinstance(self.embed_std, (int, float)) \
+                or not 0 < self.embed_std <= 100:
+            raise ValueError(f"embed_std: expected a number in (0, 100], got {self.embed_std!r}")
+        if not isinstance(self.tie_output, bool):
+            raise ValueError(f"tie_output: expected true or false, got {self.tie_output!r}")
+        if self.tie_output and not lm:
+            raise ValueError(f"tie_output: only the gpt and ssm models have a tied output "
+                             f"layer; the {self.model} model has none")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions: expected one of {', '.join(POSITIONS)}, got "
+                             f"{self.positions!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got "
+                             f"{self.schedule!r}")
+        t = self.target_acc
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
+                              or not 0 < t <= 1):
+            raise ValueError(f"target_acc: expected a number in (0, 1] or null, got {t!r}")
+
+    @property
+    def main_metric(self) -> str:
+        """The score of the table and of ``target_acc``: accuracy, or exact match (seq2seq)."""
+        return MAIN_METRIC[MODELS[self.model]]
+
     def make_task(self):
         p = dict(self.task_params)
         return make_task(p.pop("name"), **p)
@@ -130,9 +187,27 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
-        d = json.loads(text)
+        """A run's ``config.json``: every field present (a missing or unknown one is
+        refused, naming it); one written before the recipe fields existed gets the
+        recipe it was trained with (:data:`~attnkit.train.recipe.LEGACY`)."""
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object of TrainConfig fields, got "
+                             f"{type(d).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)} - {"task_params"}
+        missing = fields - set(d)
+        if missing == set(LEGACY):
+            d.update(LEGACY)
+            if d.get("model") not in ("gpt", "ssm"):
+                d.update(init="model", embed_std=None, tie_output=False)
+            missing = set()
         bad = sorted(set(d) - fields)
-        if bad:
-            raise ValueError(f"config.json: unknown field(s) {', '.join(bad)}")
+        problems = ([f"unknown field(s) {', '.join(bad)}"] if bad else []) + \
+            ([f"missing field(s) {', '.join(sorted(missing))}"] if missing else [])
+        if problems:
+            raise ValueError("; ".join(problems) + " (a run's config.json holds every "
+                             "TrainConfig field, as the run wrote it)")
         return cls(**d)

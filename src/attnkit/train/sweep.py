@@ -1,41 +1,54 @@
-"""``attnkit train --sweep``: a grid of runs (task x attention variant x width) and the
-quality table.
+"""``attnkit train --sweep``: a grid of runs (task x attention variant x width, each over
+learning rates x seeds) and the quality table.
 
-Each cell is an ordinary run directory under ``OUT/runs/`` trained in its own process
-(``python -m attnkit.train``), so a failing cell is recorded and the grid goes on; a
-sweep run again with the same ``--out`` reuses finished cells and resumes unfinished
-ones from their checkpoints. The table (``quality.md``, ``quality.json``,
-``quality.png``) has one row per (task, width) and one column per variant; a cell is
-the run's final evaluation score: accuracy for sequence, image and graph tasks, exact
-match for translation.
+Each run is an ordinary run directory under ``OUT/runs/`` trained in its own process
+(``python -m attnkit.train``), so a failing run is recorded and the grid goes on; a
+sweep run again with the same ``--out`` reuses finished runs and resumes unfinished
+ones from their checkpoints.
+
+A *cell* of the table is one (task, variant, width). With ``lrs`` it is trained at
+each learning rate and keeps the best (highest mean score over the seeds; then the
+highest minimum; then the smaller rate), as Zoology keeps the best of its learning
+rates; with ``seeds`` every rate is run with every seed, and the cell reports the mean
+and the minimum over the seeds at the kept rate, so a "not learned" is not one unlucky
+initialisation. Every run is recorded in ``quality.json``. The score is the run's final
+evaluation: accuracy for sequence, image and graph tasks, exact match for translation.
+The evaluation set doubles as the validation set that picks the rate (as in Zoology);
+with 1000 held-out examples a pick among 3 rates moves a score by < 0.01 when runs
+converge to the target.
 """
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .config import TrainConfig, run_slug
+from .config import MAIN_METRIC, TrainConfig, run_slug
+from .recipe import describe
 
-__all__ = ["run_sweep", "write_table", "MAIN_METRIC"]
-
-MAIN_METRIC = {"lm": "accuracy", "seq2seq": "exact_match", "image": "accuracy",
-               "graph": "accuracy"}
+__all__ = ["run_sweep", "write_table", "MAIN_METRIC", "summarise"]
 
 
 def _flags(cfg: dict) -> list[str]:
     out = []
     for k, v in cfg.items():
-        out += [f"--{k.replace('_', '-')}", str(v)]
+        flag = f"--{k.replace('_', '-')}"
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            out.append(flag if v else f"--no-{k.replace('_', '-')}")
+        else:
+            out += [flag, str(v)]
     return out
 
 
-def _cell(cfg: dict, run_dir: Path, threads: int | None) -> dict:
-    """Train one cell in its own process (resuming it if a checkpoint is there)."""
+def _run_one(cfg: dict, run_dir: Path, threads: int | None) -> dict:
+    """Train one run in its own process (resuming it if a checkpoint is there)."""
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
         return {**json.loads(metrics.read_text()), "reused": True}
@@ -48,6 +61,8 @@ def _cell(cfg: dict, run_dir: Path, threads: int | None) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     run_dir.with_name(run_dir.name + ".log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode == 130:
+        return {"interrupted": True}
     if proc.returncode != 0 or not metrics.is_file():
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         return {"error": lines[-1] if lines else f"exit code {proc.returncode}",
@@ -55,57 +70,138 @@ def _cell(cfg: dict, run_dir: Path, threads: int | None) -> dict:
     return {**json.loads(metrics.read_text()), "wall_s": round(time.perf_counter() - t0, 1)}
 
 
+def _run_record(run: dict, res: dict, metric: str) -> dict:
+    rec = {"lr": run["lr"], "seed": run["seed"], "run": str(run["dir"])}
+    if "error" in res:
+        return {**rec, "error": res["error"]}
+    return {**rec, "score": res["eval"].get(metric), "eval": res["eval"],
+            "final_loss": res["final_loss"], "steps": res["steps"],
+            "stopped": res.get("stopped", "steps"), "parameters": res["parameters"],
+            "train_time_s": res["train_time_s"]}
+
+
+def summarise(runs: list[dict], target: float | None = None) -> dict:
+    """A cell from its runs (``_run_record``s): per learning rate the seeds' scores,
+    mean and min; the kept rate; the cell's mean/min/scores at that rate.
+
+    The kept rate: the most seeds at the ``target`` score (when there is one), then --
+    among rates where every seed got there -- the fewest steps on average (they all
+    stopped near the target, so their scores differ by noise), else the highest mean
+    score; then the highest minimum; then the smaller rate."""
+    by_lr: dict = {}
+    for r in runs:
+        by_lr.setdefault(r["lr"], []).append(r)
+    per_lr = []
+    for lr, rs in by_lr.items():
+        ok = [r for r in rs if "error" not in r]
+        entry = {"lr": lr, "seeds": [r["seed"] for r in rs],
+                 "scores": [r.get("score") for r in rs],
+                 "errors": [r["error"] for r in rs if "error" in r]}
+        if ok and not entry["errors"]:
+            sc = [r["score"] for r in ok]
+            entry.update(mean=statistics.fmean(sc), min=min(sc),
+                         steps=[r["steps"] for r in ok],
+                         train_time_s=sum(r["train_time_s"] for r in ok))
+            if target is not None:
+                entry["reached"] = sum(x >= target for x in sc)
+        per_lr.append(entry)
+    good = [e for e in per_lr if "mean" in e]
+    if not good:
+        return {"error": "; ".join(sorted({x for e in per_lr for x in e["errors"]})),
+                "per_lr": per_lr}
+
+    def rank(e):
+        reached = e.get("reached", 0)
+        every = target is not None and reached == len(e["scores"])
+        return (reached, -statistics.fmean(e["steps"]) if every else e["mean"], e["min"],
+                -e["lr"])
+    best = max(good, key=rank)
+    return {"score": best["mean"], "min": best["min"], "scores": best["scores"],
+            "seeds": best["seeds"], "lr": best["lr"], "steps": best["steps"],
+            "n_seeds": len(best["scores"]), "per_lr": per_lr,
+            "train_time_s": sum(r["train_time_s"] for r in runs if "error" not in r)}
+
+
 def run_sweep(tasks: list[str], variants: list[str], widths: list[int], out: Path, *,
               base: dict | None = None, jobs: int = 1, threads: int | None = None,
-              progress: bool = True) -> dict:
-    """Train every (task, variant, width) with the shared settings ``base`` (TrainConfig
-    fields); write and return the quality table."""
+              progress: bool = True, lrs: list[float] | None = None,
+              seeds: list[int] | None = None) -> dict:
+    """Train every (task, variant, width) at every rate in ``lrs`` with every seed in
+    ``seeds`` (default: ``base``'s lr and seed), with the shared settings ``base``
+    (TrainConfig fields); write and return the quality table."""
+    from .loop import TrainingInterrupted
     base = dict(base or {})
-    cells = []
+    lrs = lrs or [base.pop("lr", TrainConfig.lr)]
+    seeds = seeds if seeds is not None else [base.pop("seed", TrainConfig.seed)]
+    base.pop("lr", None), base.pop("seed", None)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs: expected an int >= 1, got {jobs!r}")
+    cells, runs = [], []
     for task in tasks:
         for width in widths:
             for variant in variants:
                 cfg = {**base, "task": task, "attention": variant, "width": width}
                 c = TrainConfig(**cfg)              # validates before anything runs
-                cells.append({"task": task, "variant": variant, "width": width, "cfg": cfg,
-                              "kind": c.make_task().kind,
-                              "dir": out / "runs" / run_slug(f"{task}-{variant}-d{width}")})
+                cell = {"task": task, "variant": variant, "width": width,
+                        "kind": c.make_task().kind, "metric": c.main_metric,
+                        "target": c.target_acc,
+                        "recipe": describe(c, lrs if len(lrs) > 1 else None),
+                        "runs": []}
+                cells.append(cell)
+                for lr in lrs:
+                    for seed in seeds:
+                        rc = {**cfg, "lr": lr, "seed": seed}
+                        TrainConfig(**rc)
+                        slug = run_slug(f"{task}-{variant}-d{width}-lr{lr:g}-s{seed}")
+                        runs.append({"cell": cell, "cfg": rc, "lr": lr, "seed": seed,
+                                     "dir": out / "runs" / slug})
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs: expected an int >= 1, got {jobs!r}")
-    results: list[dict | None] = [None] * len(cells)
+    results: list[dict | None] = [None] * len(runs)
 
     from rich.console import Console
     from rich.progress import Progress
     con = Console(stderr=True)
     with Progress(console=con, disable=not progress) as prog:
-        bar = prog.add_task(f"sweep: {len(cells)} runs", total=len(cells))
+        bar = prog.add_task(f"sweep: {len(runs)} runs", total=len(runs))
 
         def work(i):
-            c = cells[i]
-            res = _cell(c["cfg"], c["dir"], threads)
+            r = runs[i]
+            res = _run_one(r["cfg"], r["dir"], threads)
             results[i] = res
-            score = res.get("eval", {}).get(MAIN_METRIC[c["kind"]])
-            prog.console.print(f"{c['task']} {c['variant']} d{c['width']}: " +
-                               (f"error: {res['error']}" if "error" in res else
-                                f"{MAIN_METRIC[c['kind']]} {score:.3f}, loss "
-                                f"{res['final_loss']:.4f}, {res['train_time_s']:.0f} s"))
+            c = r["cell"]
+            if "interrupted" in res:
+                return
+            prog.console.print(
+                f"{c['task']} {c['variant']} d{c['width']} lr {r['lr']:g} seed {r['seed']}: " +
+                (f"error: {res['error']}" if "error" in res else
+                 f"{c['metric']} {res['eval'].get(c['metric']):.3f}, loss "
+                 f"{res['final_loss']:.4f}, {res['steps']} steps, {res['train_time_s']:.0f} s"))
             prog.advance(bar)
         with ThreadPoolExecutor(jobs) as pool:
-            list(pool.map(work, range(len(cells))))
-    table = {"tasks": tasks, "variants": variants, "widths": widths, "base": base,
-             "cells": [{k: c[k] for k in ("task", "variant", "width", "kind")} | {
-                 "run": str(c["dir"]),
-                 **({"error": r["error"]} if "error" in r else {
-                     "metric": MAIN_METRIC[c["kind"]],
-                     "score": r["eval"].get(MAIN_METRIC[c["kind"]]),
-                     "eval": r["eval"], "final_loss": r["final_loss"],
-                     "parameters": r["parameters"], "steps": r["steps"],
-                     "train_time_s": r["train_time_s"]})}
-                 for c, r in zip(cells, results)]}
+            list(pool.map(work, range(len(runs))))
+    if any("interrupted" in r for r in results if r):
+        raise TrainingInterrupted(out, -1)
+    for r, res in zip(runs, results):
+        r["cell"]["runs"].append(_run_record(r, res, r["cell"]["metric"]))
+    table = {"tasks": tasks, "variants": variants, "widths": widths, "lrs": lrs,
+             "seeds": seeds, "base": base, "cells": [{**c, **summarise(c["runs"], c["target"])}
+                                                     for c in cells]}
     for p in write_table(table, out):
         con.print(f"wrote {p}")
     return table
+
+
+def _fmt(c: dict | None, lrs: list) -> str:
+    if c is None:
+        return "-"
+    if "error" in c:
+        return "error"
+    txt = f"{c['score']:.3f}"
+    if c.get("n_seeds", 1) > 1:
+        txt += f" (min {c['min']:.3f})"
+    if len(lrs) > 1:
+        txt += f" @{c['lr']:g}"
+    return txt
 
 
 def write_table(table: dict, out: Path) -> list[Path]:
@@ -113,20 +209,23 @@ def write_table(table: dict, out: Path) -> list[Path]:
     out = Path(out)
     rows = [(t, w) for t in table["tasks"] for w in table["widths"]]
     by = {(c["task"], c["width"], c["variant"]): c for c in table["cells"]}
-
-    def cell(c):
-        if c is None:
-            return "-"
-        return "error" if "error" in c else f"{c['score']:.3f}"
+    lrs, seeds = table.get("lrs", [None]), table.get("seeds", [None])
     lines = ["| task | width | " + " | ".join(table["variants"]) + " |",
              "|---|---:|" + "---:|" * len(table["variants"])]
     for t, w in rows:
-        lines.append(f"| {t} | {w} | " + " | ".join(cell(by.get((t, w, v)))
+        lines.append(f"| {t} | {w} | " + " | ".join(_fmt(by.get((t, w, v)), lrs)
                                                  for v in table["variants"]) + " |")
     done = [c for c in table["cells"] if "error" not in c]
     total = sum(c["train_time_s"] for c in done)
-    lines += ["", f"Score: final evaluation accuracy (exact match for translation). "
-              f"{len(done)} runs, {total / 60:.1f} min of training in all."]
+    n_runs = sum(len(c.get("runs", [None])) for c in table["cells"])
+    lines += ["", f"Score: final evaluation accuracy (exact match for translation)"
+              + (f", mean over seeds {','.join(map(str, seeds))} (min in brackets)"
+                 if len(seeds) > 1 else "")
+              + (f", at the best of lr {', '.join(f'{x:g}' for x in lrs)} (after @)"
+                 if len(lrs) > 1 else "")
+              + f". {n_runs} runs, {total / 60:.1f} min of training in all."]
+    recipes = sorted({c["recipe"] for c in table["cells"] if "recipe" in c})
+    lines += [f"Recipe: {r}." for r in recipes]
     errors = [c for c in table["cells"] if "error" in c]
     lines += [f"- error in {c['task']} {c['variant']} d{c['width']}: {c['error']}" for c in errors]
     paths = [out / "quality.md", out / "quality.json"]
@@ -154,7 +253,8 @@ def write_table(table: dict, out: Path) -> list[Path]:
             txt = "n/a" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}"
             ax.text(j, i, txt, ha="center", va="center",
                     color="white" if np.isnan(grid[i, j]) or grid[i, j] < 0.6 else "black")
-    fig.colorbar(im, ax=ax, label="eval score")
+    fig.colorbar(im, ax=ax, label="eval score" + (" (mean over seeds)" if len(seeds) > 1
+                                                  else ""))
     ax.set_title("attnkit train --sweep: quality by task and attention variant")
     fig.tight_layout()
     paths.append(out / "quality.png")
