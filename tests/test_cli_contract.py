@@ -40,8 +40,9 @@ def _matches(action, text: str, resolved) -> bool:
     if value is None:
         return True
     first = text.split(";")[0].split(" = ")[0].strip()
-    if isinstance(value, bool):
-        return first in (("on", "true") if value else ("off", "false"))
+    if isinstance(value, bool):   # 'off', 'false', 'untied', 'no ...' state False
+        negated = first in ("off", "false", "no") or first.startswith(("un", "no "))
+        return negated == (not value)
     if isinstance(value, (int, float)):
         try:
             return float(first) == float(value)

@@ -32,14 +32,11 @@ __all__ = ["build_model", "apply_variant", "OBJECTIVES"]
 
 
 def apply_variant(model: nn.Module, text: str, n: int, *, causal: bool, head_dim: int) -> None:
-    """Give ``model`` the attention variant ``text`` for sequences of ``n`` tokens."""
-    v = parse_variant(text)
-    if v.kind == "linear":
-        model.set_attention(linear=v.feature_map(head_dim))
-    elif v.name != "dense":
-        spec = v.pattern(n, causal)
-        # BigBird's random blocks depend on n: fix them for n before AND-ing with causal
-        model.set_attention(pattern=spec.at(n) if hasattr(spec, "at") else spec)
+    """Give ``model`` the attention variant ``text`` for sequences of ``n`` tokens
+    (:func:`attnkit.models.common.apply_variant`; BigBird's random blocks are drawn for
+    n, which also serves shorter inputs and every step of cached decoding)."""
+    from ..models.common import apply_variant as apply
+    apply(model, parse_variant(text), n, causal=causal)
 
 
 def build_model(cfg: TrainConfig, task) -> nn.Module:
