@@ -207,25 +207,38 @@ class MQAR(_GeneratedLM):
         return inp, tgt
 
 
-@register_task
 @dataclass
-class AssociativeRecall(_GeneratedLM):
-    """Single-query associative recall (H3 / safari). See the module docstring."""
+class _H3Task(_GeneratedLM):
+    """The fields and checks H3's synthetic tasks share (safari's training options)."""
 
-    name = "assoc_recall"
-    vocab_size: int = 20
-    seq_len: int = 40
     lm_loss: bool = False    # True: train on every next token (safari); eval: the answer
     n_eval: int = 1000
     seed: int = 0
+    VOCAB_NEEDS = ""         # what vocab_size >= 4 is for (subclasses)
 
     def __post_init__(self):
         check_int("vocab_size", self.vocab_size, 1)
         check_int("seq_len", self.seq_len, 1)
         self._check_common()
         if self.vocab_size < 4:
-            _fail("vocab_size", "vocab_size >= 4 (no-op, marker, at least one key and one "
-                  "value)", self.vocab_size)
+            _fail("vocab_size", f"vocab_size >= 4 ({self.VOCAB_NEEDS})", self.vocab_size)
+        self._check_length()
+
+    def _check_length(self) -> None:
+        raise NotImplementedError
+
+
+@register_task
+@dataclass
+class AssociativeRecall(_H3Task):
+    """Single-query associative recall (H3 / safari). See the module docstring."""
+
+    name = "assoc_recall"
+    vocab_size: int = 20
+    seq_len: int = 40
+    VOCAB_NEEDS = "no-op, marker, at least one key and one value"
+
+    def _check_length(self):
         if self.seq_len < 4 or self.seq_len % 2:
             _fail("seq_len", "an even number >= 4 (key/value pairs, then marker and query)",
                   self.seq_len)
@@ -261,23 +274,15 @@ class AssociativeRecall(_GeneratedLM):
 
 @register_task
 @dataclass
-class InductionHeads(_GeneratedLM):
+class InductionHeads(_H3Task):
     """Induction heads (H3 / safari). See the module docstring."""
 
     name = "induction"
     vocab_size: int = 20
     seq_len: int = 30
-    lm_loss: bool = False    # True: train on every next token (safari); eval: the answer
-    n_eval: int = 1000
-    seed: int = 0
+    VOCAB_NEEDS = "reserved 0, trigger, at least two ordinary tokens"
 
-    def __post_init__(self):
-        check_int("vocab_size", self.vocab_size, 1)
-        check_int("seq_len", self.seq_len, 1)
-        self._check_common()
-        if self.vocab_size < 4:
-            _fail("vocab_size", "vocab_size >= 4 (reserved 0, trigger, at least two ordinary "
-                  "tokens)", self.vocab_size)
+    def _check_length(self):
         if self.seq_len < 4:
             _fail("seq_len", "seq_len >= 4 (trigger, its token, final trigger)", self.seq_len)
 
