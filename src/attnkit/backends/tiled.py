@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..call import AttentionCall
 from ..kernels.tiled import tiled_attention
-from ..kernels.tiles import TileConfig
+from ..kernels.tiles import TileConfig, cached_block_map
 from ..masks import EMPTY
 from .base import Backend
 from .sdpa import DENSE_MASK_BUDGET
@@ -27,7 +27,7 @@ class TiledBackend(Backend):
         if call.softcap is not None:
             return 30.0, "softcap: SDPA cannot apply it"
         if call.mask is not None:
-            bm = call.block_map(self.config.block_q, self.config.block_k)
+            bm = cached_block_map(call, self.config.block_q, self.config.block_k)
             density = float((bm != EMPTY).float().mean())
             if density < SPARSE_DENSITY:
                 return 30.0, (f"sparse mask ({density:.0%} of tiles non-empty): tiled skips "

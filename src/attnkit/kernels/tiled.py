@@ -17,14 +17,16 @@ makes their recomputed weights exactly 0 in the backward.
 """
 from __future__ import annotations
 
+import functools
 import math
+import threading
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..call import AttentionCall
-from .tiles import Chunk, TileConfig, plan
+from .tiles import Chunk, TileConfig, plan, run_parallel, workers
 
 __all__ = ["TiledRun", "tiled_forward", "tiled_backward", "tiled_attention"]
 
@@ -138,57 +140,110 @@ class TiledRun:
         qmul = c.scale * (LOG2E if c.softcap is None else 1.0)
         return (q.to(self.acc) * qmul).view(c.B, c.Hkv, c.G, c.Tq, c.D), qmul
 
+    def flops(self) -> float:
+        """Matmul FLOPs of the planned tiles (the work a forward does)."""
+        c, bq = self.call, self.cfg.block_q
+        cols = sum((min(c.Tq, (i + 1) * bq) - i * bq) * (ch.k1 - ch.k0)
+                   for i, chunks in enumerate(self.plan) for ch in chunks)
+        return 2.0 * c.B * c.H * (c.D + c.Dv) * cols
+
+    def _workers(self, flops: float) -> int:
+        """How many threads share the tiles (1: inline; see ``tiles.run_parallel``)."""
+        return min(workers(flops), len(self.plan)) or 1
+
     # ------------------------------------------------------------------
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         c, acc = self.call, self.acc
-        B, H, Hkv, G, Tq = c.B, c.H, c.Hkv, c.G, c.Tq
-        k, v = k.to(acc), v.to(acc)
-        qs5, _ = self.q_scaled(q)
+        B, H, Hkv, G, Tq, D, Dv = c.B, c.H, c.Hkv, c.G, c.Tq, c.D, c.Dv
+        BH, dev = B * Hkv, q.device
+        k3, v3 = k.to(acc).reshape(BH, c.Tk, D), v.to(acc).reshape(BH, c.Tk, Dv)
+        q5 = q.view(B, Hkv, G, Tq, D)
+        qmul = c.scale * (LOG2E if c.softcap is None else 1.0)  # see q_scaled
         lowest = torch.finfo(acc).min  # running max stays finite: exp2(-inf - lowest) = 0
+        tiny = torch.finfo(acc).tiny   # l is 0 (the row sees no key) or >= 2^-64
         fixed = self.bounded_scores(q, k)
-        out = torch.empty(B, H, Tq, c.Dv, dtype=acc, device=q.device)  # every tile written
-        m_all = torch.full((B, H, Tq), 0.0 if fixed else lowest, dtype=acc, device=q.device)
-        l_all = torch.zeros(B, H, Tq, dtype=acc, device=q.device)
-        out5 = out.view(B, Hkv, G, Tq, c.Dv)
+        out = torch.empty(B, H, Tq, Dv, dtype=acc, device=dev)  # every tile written
+        m_all = torch.full((B, H, Tq), 0.0 if fixed else lowest, dtype=acc, device=dev)
+        l_all = torch.zeros(B, H, Tq, dtype=acc, device=dev)
+        out5 = out.view(B, Hkv, G, Tq, Dv)
         m5, l5 = m_all.view(B, Hkv, G, Tq), l_all.view(B, Hkv, G, Tq)
-        for i, q0, q1, chunks in self.q_tiles():
-            if not chunks:  # no visible key: output 0, lse +inf
-                out5[:, :, :, q0:q1] = 0.0
-                continue
-            tq = q1 - q0
-            qs = self.q_tile(qs5, q0, q1)                             # (B, Hkv, G*tq, D)
-            m = l = o = None
-            for j, ch in enumerate(chunks):
-                s, _ = self.scores(qs, k, q0, q1, ch)                # (B, Hkv, G*tq, tk)
-                if fixed:  # |s| <= 64: exp2 needs no shift, chunks add up directly
-                    m_new = 0.0
-                else:
-                    m_new = s.amax(-1, keepdim=True).clamp_min_(lowest)
-                    if m is not None:
-                        m_new = torch.maximum(m, m_new)
-                    s = s.sub_(m_new)
-                p = s.exp2_()
-                rowsum = p.sum(-1, keepdim=True)
-                if c.dropout_p > 0:
-                    p = p * self.keep(i, j, p.shape, p.device)
-                pv = torch.matmul(p, v[:, :, ch.k0:ch.k1])
-                if m is None:
-                    l, o = rowsum, pv
-                elif fixed:
-                    l, o = l.add_(rowsum), o.add_(pv)
-                else:
-                    alpha = torch.exp2(m - m_new)
-                    l = l.mul_(alpha).add_(rowsum)
-                    o = o.mul_(alpha).add_(pv)
-                m = m_new
-            out5[:, :, :, q0:q1] = o.view(B, Hkv, G, tq, c.Dv)
-            if not fixed:
-                m5[:, :, :, q0:q1] = m.view(B, Hkv, G, tq)
-            l5[:, :, :, q0:q1] = l.view(B, Hkv, G, tq)
+        rows = G * self.cfg.block_q
+        width = max((ch.k1 - ch.k0 for chunks in self.plan for ch in chunks), default=0)
+
+        tiles, lock = iter(list(self.q_tiles())), threading.Lock()
+
+        def next_tile():
+            with lock:
+                return next(tiles, None)
+
+        def work():
+            # one buffer each for the scaled query tile, the scores and the output, reused
+            # by every tile: no allocation (nor page faults) per tile, and they stay in cache
+            q_buf = torch.empty(BH * rows * D, dtype=acc, device=dev)
+            s_buf = torch.empty(BH * rows * width, dtype=acc, device=dev)
+            o_buf = torch.empty(BH * rows * Dv, dtype=acc, device=dev)
+            l_buf = torch.empty(BH * rows, dtype=acc, device=dev)
+            while (tile := next_tile()) is not None:  # dynamic: a stalled worker holds one
+                i, q0, q1, chunks = tile
+                if not chunks:  # no visible key: output 0, lse +inf
+                    out5[:, :, :, q0:q1] = 0.0
+                    continue
+                tq = q1 - q0
+                n = G * tq
+                qs = q_buf[:BH * n * D].view(B, Hkv, G, tq, D)
+                qs = qs.copy_(q5[:, :, :, q0:q1]).mul_(qmul).view(BH, n, D)  # (B*Hkv, G*tq, D)
+                o = o_buf[:BH * n * Dv].view(BH, n, Dv)
+                l = l_buf[:BH * n].view(BH, n, 1)
+                m = None
+                for j, ch in enumerate(chunks):
+                    w = ch.k1 - ch.k0
+                    s = s_buf[:BH * n * w].view(BH, n, w)
+                    self.scores_into(s, qs, k3, q0, q1, ch)          # (B*Hkv, G*tq, tk)
+                    if not fixed:  # when fixed, |s| <= 64: exp2 needs no shift
+                        m_new = s.amax(-1, keepdim=True).clamp_min_(lowest)
+                        if m is not None:
+                            m_new = torch.maximum(m, m_new)
+                        s.sub_(m_new)
+                    p = s.exp2_()
+                    if j == 0:
+                        torch.sum(p, -1, keepdim=True, out=l)
+                    else:
+                        rowsum = p.sum(-1, keepdim=True)
+                        if not fixed:
+                            alpha = torch.exp2(m - m_new)
+                            l.mul_(alpha)
+                            o.mul_(alpha)
+                        l.add_(rowsum)
+                    if c.dropout_p > 0:
+                        p = p * self.keep(i, j, (B, Hkv, n, w), dev).view(BH, n, w)
+                    if j == 0:
+                        torch.bmm(p, v3[:, ch.k0:ch.k1], out=o)
+                    else:
+                        o.baddbmm_(p, v3[:, ch.k0:ch.k1])
+                    m = None if fixed else m_new
+                out5[:, :, :, q0:q1] = o.div_(l.clamp_min(tiny)).view(B, Hkv, G, tq, Dv)
+                if not fixed:
+                    m5[:, :, :, q0:q1] = m.view(B, Hkv, G, tq)
+                l5[:, :, :, q0:q1] = l.view(B, Hkv, G, tq)
+
+        # each tile writes only its own query rows of out, m, l
+        run_parallel([work] * self._workers(self.flops()))
         ok = l_all > 0
-        out.div_(torch.where(ok, l_all, 1.0).unsqueeze(-1))
         lse = torch.where(ok, (m_all + torch.log2(l_all)) * LN2, math.inf)
         return out, lse
+
+    def scores_into(self, s: Tensor, qs: Tensor, k3: Tensor, q0: int, q1: int, c: Chunk):
+        """The base-2 scores of one tile written into ``s`` (B*Hkv, G*tq, tk) (see
+        ``scores``); ``qs`` (B*Hkv, G*tq, D), ``k3`` (B*Hkv, Tk, D)."""
+        call = self.call
+        torch.bmm(qs, k3[:, c.k0:c.k1].transpose(1, 2), out=s)
+        if call.softcap is not None:
+            s.div_(call.softcap).tanh_().mul_(call.softcap * LOG2E)
+        s5 = s.view(call.B, call.Hkv, call.G, q1 - q0, c.k1 - c.k0)
+        if call.bias is not None:
+            s5 += self.bias_tile(q0, q1, c.k0, c.k1, s.device, s.dtype)
+        for a, e in c.partial:
+            s5[..., a - c.k0:e - c.k0] += self.mask_bias(q0, q1, a, e, s.device, s.dtype)
 
     def backward(self, dout, q, k, v, out, lse):
         c, acc = self.call, self.acc
@@ -196,8 +251,6 @@ class TiledRun:
         kf, vf = k.to(acc), v.to(acc)
         qs5, qmul = self.q_scaled(q)
         dq = torch.zeros(B, H, Tq, c.D, dtype=acc, device=q.device)
-        dk = torch.zeros(B, Hkv, Tk, c.D, dtype=acc, device=q.device)
-        dv = torch.zeros(B, Hkv, Tk, c.Dv, dtype=acc, device=q.device)
         dbias = None
         if any(t.requires_grad for t in c.bias_tensors):
             dbias = torch.zeros(B, H, Tq, Tk, dtype=acc, device=q.device)
@@ -206,35 +259,50 @@ class TiledRun:
         delta5 = (do5 * out.to(acc).view(shape5)).sum(-1, keepdim=True)  # (B, Hkv, G, Tq, 1)
         lse5 = (lse.to(acc) * LOG2E).view(shape5)                         # base 2
         dq5 = dq.view(shape5)
-        for i, q0, q1, chunks in self.q_tiles():
-            if not chunks:
-                continue
-            tq = q1 - q0
-            qs = self.q_tile(qs5, q0, q1)                             # (B, Hkv, G*tq, D)
-            do = self.q_tile(do5, q0, q1)                             # (B, Hkv, G*tq, Dv)
-            lse_t, dl_t = self.q_tile(lse5, q0, q1), self.q_tile(delta5, q0, q1)
-            dq_t = None
-            for j, ch in enumerate(chunks):
-                ks, vs = kf[:, :, ch.k0:ch.k1], vf[:, :, ch.k0:ch.k1]
-                s, th = self.scores(qs, kf, q0, q1, ch)
-                p = s.sub_(lse_t).exp2_()                             # weights (B, Hkv, G*tq, tk)
-                dp = torch.matmul(do, vs.transpose(-1, -2))
-                if c.dropout_p > 0:
-                    keep = self.keep(i, j, p.shape, p.device)
-                    dv[:, :, ch.k0:ch.k1] += torch.matmul((p * keep).transpose(-1, -2), do)
-                    dp.mul_(keep)
-                else:
-                    dv[:, :, ch.k0:ch.k1] += torch.matmul(p.transpose(-1, -2), do)
-                ds = p.mul_(dp.sub_(dl_t))                            # dL/d(score)
-                if dbias is not None:
-                    dbias[:, :, q0:q1, ch.k0:ch.k1] += ds.view(B, Hkv, G, tq, -1).reshape(
-                        B, H, tq, -1)
-                if th is not None:
-                    ds.mul_(1.0 - th * th)
-                g = torch.matmul(ds, ks)
-                dq_t = g if dq_t is None else dq_t.add_(g)
-                dk[:, :, ch.k0:ch.k1] += torch.matmul(ds.transpose(-1, -2), qs)
-            dq5[:, :, :, q0:q1] = dq_t.view(B, Hkv, G, tq, c.D)
+        n = self._workers(2.0 * self.flops())
+        tiles = list(self.q_tiles())
+        parts = [tiles[w::n] for w in range(n)]  # static, interleaved: balanced for causal
+        # dq and dbias rows belong to one query tile (one worker); dk and dv sum over query
+        # tiles: one accumulator per worker, added in a fixed order (deterministic)
+        dks = [torch.zeros(B, Hkv, Tk, c.D, dtype=acc, device=q.device) for _ in parts]
+        dvs = [torch.zeros(B, Hkv, Tk, c.Dv, dtype=acc, device=q.device) for _ in parts]
+
+        def work(tiles, dk, dv):
+            for i, q0, q1, chunks in tiles:
+                if not chunks:
+                    continue
+                tq = q1 - q0
+                qs = self.q_tile(qs5, q0, q1)                         # (B, Hkv, G*tq, D)
+                do = self.q_tile(do5, q0, q1)                         # (B, Hkv, G*tq, Dv)
+                lse_t, dl_t = self.q_tile(lse5, q0, q1), self.q_tile(delta5, q0, q1)
+                dq_t = None
+                for j, ch in enumerate(chunks):
+                    ks, vs = kf[:, :, ch.k0:ch.k1], vf[:, :, ch.k0:ch.k1]
+                    s, th = self.scores(qs, kf, q0, q1, ch)
+                    p = s.sub_(lse_t).exp2_()                         # (B, Hkv, G*tq, tk)
+                    dp = torch.matmul(do, vs.transpose(-1, -2))
+                    if c.dropout_p > 0:
+                        keep = self.keep(i, j, p.shape, p.device)
+                        dv[:, :, ch.k0:ch.k1] += torch.matmul((p * keep).transpose(-1, -2), do)
+                        dp.mul_(keep)
+                    else:
+                        dv[:, :, ch.k0:ch.k1] += torch.matmul(p.transpose(-1, -2), do)
+                    ds = p.mul_(dp.sub_(dl_t))                        # dL/d(score)
+                    if dbias is not None:
+                        dbias[:, :, q0:q1, ch.k0:ch.k1] += ds.view(B, Hkv, G, tq, -1).reshape(
+                            B, H, tq, -1)
+                    if th is not None:
+                        ds.mul_(1.0 - th * th)
+                    g = torch.matmul(ds, ks)
+                    dq_t = g if dq_t is None else dq_t.add_(g)
+                    dk[:, :, ch.k0:ch.k1] += torch.matmul(ds.transpose(-1, -2), qs)
+                dq5[:, :, :, q0:q1] = dq_t.view(B, Hkv, G, tq, c.D)
+
+        run_parallel([functools.partial(work, *a) for a in zip(parts, dks, dvs)])
+        dk, dv = dks[0], dvs[0]
+        for a, b in zip(dks[1:], dvs[1:]):
+            dk.add_(a)
+            dv.add_(b)
         dq.mul_(c.scale)
         dk.mul_(c.scale / qmul)  # qs carried qmul; dS/dk needs q * scale
         dbias_parts = []
