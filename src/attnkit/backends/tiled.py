@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..call import AttentionCall
 from ..kernels.tiled import tiled_attention
-from ..kernels.tiles import TileConfig, cached_block_map
+from ..kernels.tiles import TileConfig, cached_block_map, config_for
 from ..masks import EMPTY
 from .base import Backend
 from .sdpa import DENSE_MASK_BUDGET
@@ -21,13 +21,14 @@ class TiledBackend(Backend):
     description = "attnkit's FlashAttention (online softmax, block-sparse, O(T*D) memory)"
 
     def __init__(self, config: TileConfig | None = None):
-        self.config = config or TileConfig()
+        self.config = config  # None: per call, kernels.tiles.config_for
 
     def auto_preference(self, call: AttentionCall):
         if call.softcap is not None:
             return 30.0, "softcap: SDPA cannot apply it"
         if call.mask is not None:
-            bm = cached_block_map(call, self.config.block_q, self.config.block_k)
+            cfg = self.config or config_for(call)
+            bm = cached_block_map(call, cfg.block_q, cfg.block_k)
             density = float((bm != EMPTY).float().mean())
             if density < SPARSE_DENSITY:
                 return 30.0, (f"sparse mask ({density:.0%} of tiles non-empty): tiled skips "

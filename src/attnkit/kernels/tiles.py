@@ -3,6 +3,7 @@ tile visits (empty blocks of the mask's block map skipped, partial ones marked),
 distribution of tiles over threads (:func:`run_parallel`)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
@@ -17,15 +18,16 @@ from ..bias import BiasSpec
 from ..call import AttentionCall
 from ..masks import EMPTY, PARTIAL, MaskSpec
 
-__all__ = ["TileConfig", "Chunk", "plan", "cached_block_map", "fingerprint", "Uncacheable",
-           "run_parallel", "workers"]
+__all__ = ["TileConfig", "config_for", "Chunk", "plan", "cached_block_map", "fingerprint", "Uncacheable",
+           "run_parallel", "single_threaded_caller", "workers"]
 
 
 @dataclass(frozen=True)
 class TileConfig:
     """Tile sizes. ``block_q`` x ``block_k`` is the block map's granularity (what is
     skipped or masked); ``max_chunk`` caps the keys one matmul handles. Defaults
-    chosen by measurement on CPU (``python benchmarks/tiles.py`` sweeps them)."""
+    chosen by measurement on CPU (``python benchmarks/tiles.py`` sweeps them; narrow
+    bands get ``block_q`` 64 when no config is given, see :func:`config_for`)."""
     block_q: int = 128
     block_k: int = 64
     max_chunk: int = 1024
@@ -40,6 +42,26 @@ class TileConfig:
                              f"({self.block_k})")
 
 
+# A narrow band (a sliding window) wastes block_q keys per query row on the two partial
+# edges of every tile: at window 256, 384 keys computed per 257 needed with block_q 128,
+# 320 with 64. Measured (benchmarks/tiles.py, forward, 16k tokens): block_q 64 is 11%
+# faster at window 256, 9% at 512, 3% at 1024; causal stays faster at 128 (10% at 4k).
+BAND_BLOCK_Q = 64
+BAND_MAX_WIDTH = 1024
+
+
+def config_for(call: AttentionCall) -> TileConfig:
+    """The tiles a call gets when none are given: ``TileConfig()``, with ``block_q``
+    :data:`BAND_BLOCK_Q` when the mask bounds ``(q + offset) - k`` within a band of at
+    most :data:`BAND_MAX_WIDTH` (``distance_bounds``)."""
+    cfg = TileConfig()
+    if call.mask is not None:
+        lo, hi = call.mask.distance_bounds()
+        if math.isfinite(lo) and math.isfinite(hi) and hi - lo <= BAND_MAX_WIDTH:
+            return TileConfig(BAND_BLOCK_Q, cfg.block_k, cfg.max_chunk)
+    return cfg
+
+
 @dataclass(frozen=True)
 class Chunk:
     """Keys [k0, k1) visited in one matmul; ``partial``: the ranges that need the mask."""
@@ -49,16 +71,27 @@ class Chunk:
 
 
 def plan(call: AttentionCall, cfg: TileConfig) -> list[list[Chunk]]:
-    """For each query tile, the key chunks to visit (empty blocks skipped).
+    """For each query tile, the key chunks to visit (empty blocks skipped); cached with
+    the block map (see :func:`cached_block_map`), never to be modified.
 
     A chunk is a run of consecutive non-empty blocks, cut every ``max_chunk // block_k``
     blocks; its ``partial`` ranges are the runs of PARTIAL blocks inside it. The Python
     work is proportional to the number of runs and chunks (O(nQ) for a window), not to
     nQ * nK: the runs are found by tensor ops on the block map."""
-    bq, bk, Tq, Tk = cfg.block_q, cfg.block_k, call.Tq, call.Tk
+    with single_threaded_caller():
+        bm, plans = _lookup(call, cfg.block_q, cfg.block_k)
+        if plans is not None and cfg.max_chunk in plans:
+            return plans[cfg.max_chunk]
+        out = _plan(bm, cfg, call.Tq, call.Tk)
+    if plans is not None:
+        plans[cfg.max_chunk] = out
+    return out
+
+
+def _plan(bm: Tensor | None, cfg: TileConfig, Tq: int, Tk: int) -> list[list[Chunk]]:
+    bq, bk = cfg.block_q, cfg.block_k
     nq, nk = math.ceil(Tq / bq), math.ceil(Tk / bk)
     per_chunk = max(1, cfg.max_chunk // bk)
-    bm = cached_block_map(call, bq, bk)
     if bm is None:  # unmasked: every block FULL, the same chunks in every row
         row = [Chunk(a * bk, min(Tk, min(a + per_chunk, nk) * bk), ())
                for a in range(0, nk, per_chunk)]
@@ -140,24 +173,29 @@ def cached_block_map(call: AttentionCall, block_q: int, block_k: int) -> Tensor 
     across calls: a spec without analytic tile classes (``Document``, a tensor mask)
     reduces its dense mask, O(Tq * Tk) -- 4 s at 16k tokens, 20x the forward itself.
     Opaque masks (``from_mask_mod``) are evaluated every call."""
-    if call.mask is None:
-        return None
+    with single_threaded_caller():
+        return _lookup(call, block_q, block_k)[0]
+
+
+def _lookup(call: AttentionCall, block_q: int, block_k: int):
+    """(block map, the dict of plans by max_chunk) from the cache, computed on a miss;
+    (block map, None) when the mask cannot be cached."""
     try:
         key = (fingerprint(call.mask), call.Tq, call.Tk, block_q, block_k)
     except Uncacheable:
-        return call.block_map(block_q, block_k)
+        return call.block_map(block_q, block_k), None
     with _block_maps_lock:
         hit = _block_maps.get(key)
         if hit is not None:
             _block_maps.move_to_end(key)
-            return hit[0]
+            return hit[0], hit[2]
     bm = call.block_map(block_q, block_k)
+    plans: dict = {}
     with _block_maps_lock:
-        _block_maps[key] = (bm, call.mask)  # the spec keeps its tensors (ids) alive
+        _block_maps[key] = (bm, call.mask, plans)  # the spec keeps its tensors (ids) alive
         while len(_block_maps) > BLOCK_MAP_CACHE:
             _block_maps.popitem(last=False)
-    return bm
-
+    return bm, plans
 
 
 # ---------------------------------------------------------------------------
@@ -238,6 +276,22 @@ def run_parallel(fns: list) -> None:
         if pool is None or pool.pid != os.getpid():  # a fork has no threads: new pool
             pool = _pools[n] = _Pool(n)
     pool.run(fns)
+
+
+@contextlib.contextmanager
+def single_threaded_caller():
+    """Within the block the calling thread runs torch ops on one intra-op thread (its own
+    OpenMP/MKL count; other threads keep theirs): a kernel's few whole-tensor ops then
+    never wait at an OpenMP barrier either, and its tiles go to :func:`run_parallel`."""
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def workers(flops: float) -> int:
