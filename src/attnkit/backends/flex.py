@@ -33,11 +33,11 @@ from ..call import AttentionCall
 from ..kernels.tiles import Uncacheable, fingerprint
 from .base import Backend
 
-__all__ = ["FlexBackend", "compile_flex", "MAX_CONFIGURATIONS", "AUTO_MIN_LENGTH"]
+__all__ = ["FlexBackend", "compile_flex", "MAX_CONFIGURATIONS", "AUTO_MIN_PAIRS"]
 
-MAX_CONFIGURATIONS = 64    # distinct compiled configurations per process, then refused
-BLOCK_MASK_CACHE = 32      # BlockMasks kept (LRU)
-AUTO_MIN_LENGTH = 1 << 62  # set from the measurement below (see auto_preference)
+MAX_CONFIGURATIONS = 64   # distinct compiled configurations per process, then refused
+BLOCK_MASK_CACHE = 32     # BlockMasks kept (LRU)
+AUTO_MIN_PAIRS = 1 << 28  # Tq * Tk from which 'auto' prefers flex (see auto_preference)
 
 
 def compile_flex(fn):
@@ -141,6 +141,16 @@ class FlexBackend(Backend):
         return None
 
     def auto_preference(self, call: AttentionCall):
+        """On CPU, forward only (``unsupported`` refuses gradients), for an opaque mask_mod
+        at Tq * Tk >= AUTO_MIN_PAIRS: both flex and tiled then evaluate the mask densely
+        every call, and flex was faster (see the reason). Everywhere else we measured,
+        tiled was faster, so flex is left to explicit requests."""
+        if (call.device.type == "cpu" and call.mask is not None and call.mask.opaque
+                and call.Tq * call.Tk >= AUTO_MIN_PAIRS):
+            return 35.0, ("opaque mask_mod, forward on CPU at Tq*Tk >= 2^28: flex 1.10x tiled "
+                          "(measured at 16k, 1 thread; equal at 4k; tiled was faster for "
+                          "window, causal, dilated and document masks); its first call of a "
+                          "shape compiles (~10 s)")
         return None
 
     def forward(self, call: AttentionCall) -> Tensor:
