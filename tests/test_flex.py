@@ -188,3 +188,18 @@ def test_random_problems_exact(p):
     q, k, v = qkv(p["B"], p["H"], p["Hkv"], p["Tq"], p["Tk"], p["D"], p["seed"])
     against_reference(q, k, v, mask=p["mask"], softcap=p["softcap"],
                       bias=attnkit.alibi(p["H"]) if p["alibi"] else None)
+
+
+def test_compiled_block_masks_equal_eager_ones(monkeypatch):
+    """Long inputs build BlockMasks compiled (the eager build materialises Tq x Tk)."""
+    from collections import OrderedDict
+    q, k, v = qkv()
+    for W in (7, 5, 3):
+        spec = M.causal() & M.window(W)
+        eager = create_block_mask(spec.mask_mod(40, 40), None, None, 40, 40, device="cpu")
+        monkeypatch.setattr(F, "COMPILED_MASK_PAIRS", 0)
+        monkeypatch.setattr(F, "_block_masks", OrderedDict())
+        against_reference(q, k, v, mask=spec)
+        (built,) = F._block_masks.values()
+        for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
+            assert torch.equal(getattr(built, name), getattr(eager, name)), (W, name)

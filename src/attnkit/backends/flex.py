@@ -1,8 +1,9 @@
 """FlexAttention (torch.compile) for mask specs: block-sparse, compiled per configuration.
 
-The spec's ``mask_mod`` becomes a BlockMask (built once per spec value, batch/head extent
-and (Tq, Tk), then cached; opaque mask_mods are rebuilt every call); softcap and biases become a ``score_mod``. The first call of a
-configuration compiles (seconds on CPU).
+The spec's ``mask_mod`` becomes a BlockMask (built once per spec value, batch/head
+extent and (Tq, Tk), then cached; opaque mask_mods are rebuilt every call); softcap and
+biases become a ``score_mod``. The first call of a configuration compiles (5-30 s on a
+2-core CPU).
 
 Why ``dynamic=False``: torch 2.13's CPU FlexAttention template renames the symbolic
 ints of a dynamic-shape compile with a string replace; once ``torch.compile`` (automatic
@@ -15,9 +16,11 @@ compile per configuration (shapes, dtypes, mask and bias parameters), so the bac
 counts its configurations and refuses new ones past :data:`MAX_CONFIGURATIONS` (torch
 would otherwise fall back to eager FlexAttention, which materialises Tq x Tk scores).
 
-Cannot serve: dropout; gradients on CPU (torch has no CPU FlexAttention backward); on
-CUDA, window/dilated masks (wrong in our CUDA tests with torch 2.11, before static
-shapes; not re-tested since).
+Cannot serve: dropout; gradients on CPU (torch has no CPU FlexAttention backward); CPU
+calls inside an outer ``torch.compile`` (its dynamic shapes would reach the template);
+on CUDA, window/dilated masks (wrong in our CUDA tests with torch 2.11, before static
+shapes; not re-tested since). ``auto`` picks it only where it measured faster than
+``tiled`` on CPU (opaque mask_mods at long lengths, see ``auto_preference``).
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ __all__ = ["FlexBackend", "compile_flex", "MAX_CONFIGURATIONS", "AUTO_MIN_PAIRS"
 MAX_CONFIGURATIONS = 64   # distinct compiled configurations per process, then refused
 BLOCK_MASK_CACHE = 32     # BlockMasks kept (LRU)
 AUTO_MIN_PAIRS = 1 << 28  # Tq * Tk from which 'auto' prefers flex (see auto_preference)
+COMPILED_MASK_PAIRS = 1 << 26  # Tq * Tk from which BlockMasks are built compiled
 
 
 def compile_flex(fn):
@@ -74,28 +78,53 @@ def _configuration(call: AttentionCall) -> tuple:
             call.scale)
 
 
+def _dynamo_limits():
+    """Our configuration count refuses first; should torch's recompile limit still be hit,
+    it raises instead of running eager FlexAttention (Tq x Tk scores)."""
+    limit = MAX_CONFIGURATIONS + 16
+    return torch._dynamo.config.patch(recompile_limit=limit,
+                                      accumulated_recompile_limit=max(256, 4 * limit),
+                                      fail_on_recompile_limit_hit=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_block_mask():
+    from torch.nn.attention.flex_attention import create_block_mask
+    return compile_flex(create_block_mask)
+
+
+def _create(call: AttentionCall, B, H):
+    """torch's ``create_block_mask``; compiled from COMPILED_MASK_PAIRS on, where the
+    eager one materialises Tq x Tk int64 (32 GiB at 64k tokens; the compiled one reduces
+    to blocks as it evaluates)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    make = create_block_mask
+    if call.Tq * call.Tk > COMPILED_MASK_PAIRS:
+        make = _compiled_block_mask()
+    with _dynamo_limits():
+        return make(call.mask.mask_mod(call.Tq, call.Tk), B, H, call.Tq, call.Tk,
+                    device=call.device)
+
+
 def _block_mask(call: AttentionCall):
     """FlexAttention's BlockMask for the call's mask (torch's ``create_block_mask``),
     cached per (spec, extent, Tq, Tk, device): building one costs seconds at 16k tokens.
 
     A BlockMask assembled by hand from attnkit's own block map (``from_kv_blocks``) gave
     run-to-run different, wrong outputs in our tests (torch 2.13), so torch builds it."""
-    from torch.nn.attention.flex_attention import create_block_mask
     m = call.mask
     B = call.B if m.batch_dependent else None
     H = call.H if m.head_dependent else None
     try:
         key = (fingerprint(m), B, H, call.Tq, call.Tk, str(call.device))
     except Uncacheable:  # an opaque mask_mod: what it reads may change, built every call
-        return create_block_mask(m.mask_mod(call.Tq, call.Tk), B, H, call.Tq, call.Tk,
-                                 device=call.device)
+        return _create(call, B, H)
     with _lock:
         hit = _block_masks.get(key)
         if hit is not None:
             _block_masks.move_to_end(key)
             return hit
-    bm = create_block_mask(m.mask_mod(call.Tq, call.Tk), B, H, call.Tq, call.Tk,
-                           device=call.device)
+    bm = _create(call, B, H)
     with _lock:
         _block_masks[key] = bm  # its mask_mod holds the spec: the key's tensor ids stay alive
         while len(_block_masks) > BLOCK_MASK_CACHE:
@@ -129,6 +158,11 @@ class FlexBackend(Backend):
             # seen on an H100 with torch 2.11 (dynamic shapes): causal() & window(37) wrong
             return ("FlexAttention gave wrong results for window/dilated masks in our CUDA "
                     "tests (torch 2.11); use 'tiled'")
+        if call.device.type == "cpu" and torch.compiler.is_compiling():
+            # inside an outer torch.compile our dynamic=False does not hold: the outer
+            # compile's (dynamic) shapes reach the CPU template (see the module doc)
+            return ("inside an outer torch.compile, FlexAttention's CPU kernel may see "
+                    "symbolic sizes (wrong results in torch 2.13); use 'tiled'")
         if call.device.type not in ("cpu", "cuda"):
             return f"FlexAttention runs on CPU and CUDA, got device {call.device.type!r}"
         with _lock:
@@ -170,9 +204,6 @@ class FlexBackend(Backend):
         q, k, v = call.q, call.k, call.v
         if not call.needs_grad:  # under no_grad: CPU flex refuses inputs that require grad
             q, k, v = q.detach(), k.detach(), v.detach()
-        limit = MAX_CONFIGURATIONS + 16  # ours refuses first; torch's raises, never eager
-        with torch._dynamo.config.patch(recompile_limit=limit,
-                                        accumulated_recompile_limit=max(256, 4 * limit),
-                                        fail_on_recompile_limit_hit=True):
+        with _dynamo_limits():
             return _compiled()(q, k, v, score_mod=score_mod, block_mask=block_mask,
                                scale=call.scale, enable_gqa=call.G > 1)
