@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..call import AttentionCall
 from ..kernels.tiled import tiled_attention
-from ..kernels.tiles import TileConfig
+from ..kernels.tiles import TileConfig, cached_block_map, config_for
 from ..masks import EMPTY
 from .base import Backend
 from .sdpa import DENSE_MASK_BUDGET
@@ -55,7 +55,7 @@ def mask_density(call: AttentionCall, block_q: int, block_k: int) -> float:
     band = call.mask.band()
     if band is not None:
         return band_density(band, call.Tq, call.Tk, block_q, block_k)
-    bm = call.block_map(block_q, block_k)
+    bm = cached_block_map(call, block_q, block_k)
     return float((bm != EMPTY).float().mean()) if bm.numel() else 1.0
 
 
@@ -69,13 +69,14 @@ class TiledBackend(Backend):
     description = "attnkit's FlashAttention (online softmax, block-sparse, O(T*D) memory)"
 
     def __init__(self, config: TileConfig | None = None):
-        self.config = config or TileConfig()
+        self.config = config  # None: per call, kernels.tiles.config_for
 
     def auto_preference(self, call: AttentionCall):
         if call.softcap is not None:
             return 30.0, "softcap: SDPA cannot apply it"
         if call.mask is not None:
-            density = mask_density(call, self.config.block_q, self.config.block_k)
+            cfg = self.config or config_for(call)
+            density = mask_density(call, cfg.block_q, cfg.block_k)
             if density < SPARSE_DENSITY:
                 return 30.0, (f"sparse mask ({_num(density, '.0%')} of tiles non-empty): "
                               "tiled skips the rest")

@@ -17,14 +17,17 @@ makes their recomputed weights exactly 0 in the backward.
 """
 from __future__ import annotations
 
+import functools
 import math
+import threading
 
 import torch
 from torch import Tensor
 
 from ..call import AttentionCall
 from .autograd import first_order_only
-from .tiles import Chunk, TileConfig, plan
+from .tiles import (Chunk, TileConfig, config_for, plan, run_parallel, single_threaded_caller,
+                    workers)
 
 __all__ = ["TiledRun", "tiled_forward", "tiled_backward", "tiled_attention"]
 
@@ -55,26 +58,6 @@ class TiledRun:
         for i, chunks in enumerate(self.plan):
             q0 = i * bq
             yield i, q0, min(self.call.Tq, q0 + bq), chunks
-
-    def scores(self, qs: Tensor, k: Tensor, q0: int, q1: int, c: Chunk):
-        """Scores of one tile in base 2 (natural scores * log2 e, so exp2 gives the weights):
-        (B, Hkv, G*tq, tk), and tanh(raw/cap) if softcapped. ``qs`` is q * scale, times
-        log2 e unless softcapped (see ``q_scaled``)."""
-        call = self.call
-        B, Hkv, G, tq = call.B, call.Hkv, call.G, q1 - q0
-        kc = k[:, :, c.k0:c.k1].transpose(-1, -2)
-        th = None
-        if call.softcap is None:
-            s = torch.matmul(qs, kc)
-        else:
-            th = torch.tanh(torch.matmul(qs, kc).div_(call.softcap))
-            s = th * (call.softcap * LOG2E)
-        s5 = s.view(B, Hkv, G, tq, c.k1 - c.k0)
-        if call.bias is not None:
-            s5 += self.bias_tile(q0, q1, c.k0, c.k1, s.device, s.dtype)
-        for a, e in c.partial:
-            s5[..., a - c.k0:e - c.k0] += self.mask_bias(q0, q1, a, e, s.device, s.dtype)
-        return s, th
 
     def bias_tile(self, q0, q1, k0, k1, device, dtype) -> Tensor:
         """The bias of a tile times log2 e, broadcastable to (B, Hkv, G, tq, tk)."""
@@ -113,130 +96,241 @@ class TiledRun:
         r = torch.rand(shape, generator=g, device=device, dtype=self.acc)
         return (r >= p).to(self.acc) / (1.0 - p)
 
-    def bounded_scores(self, q: Tensor, k: Tensor) -> bool:
+    def bounded_scores(self, q: Tensor, k: Tensor, n: int = 1) -> bool:
         """True when every base-2 score provably lies in [-64, 64] (no bias; softcap, or
         max|q| * max|k| * scale small): exp2 then neither overflows nor underflows to 0,
-        so the running-max shift (amax, subtract, rescale) can be skipped exactly."""
+        so the running-max shift (amax, subtract, rescale) can be skipped exactly. The
+        row norms are taken by ``n`` workers, each over a slice of the tokens."""
         c = self.call
         if c.bias is not None:
             return False
         if c.softcap is not None:
             return c.softcap * LOG2E <= 64.0
-        qn = torch.linalg.vector_norm(q.to(self.acc), dim=-1).amax()
-        kn = torch.linalg.vector_norm(k.to(self.acc), dim=-1).amax()
-        return float(qn * kn) * c.scale * LOG2E <= 64.0
+        peaks = [0.0] * (2 * n)
 
-    def q_tile(self, x5: Tensor, q0: int, q1: int) -> Tensor:
-        """(B, Hkv, G, Tq, X) -> tile (B, Hkv, G*tq, X) (a view when G == 1)."""
-        B, Hkv, G, _, X = x5.shape
-        return x5[:, :, :, q0:q1].reshape(B, Hkv, G * (q1 - q0), X)
+        def norms(w):
+            for j, t in enumerate((q, k)):
+                a, b = t.shape[2] * w // n, t.shape[2] * (w + 1) // n
+                if b > a:
+                    x = t[:, :, a:b].to(self.acc)
+                    peaks[2 * w + j] = float(torch.linalg.vector_norm(x, dim=-1).amax())
+        run_parallel([functools.partial(norms, w) for w in range(n)])
+        return max(peaks[0::2]) * max(peaks[1::2]) * c.scale * LOG2E <= 64.0
 
-    def q_scaled(self, q: Tensor) -> tuple[Tensor, float]:
-        """q * scale (* log2 e when scores go straight to exp2) as (B, Hkv, G, Tq, D),
-        and the factor applied."""
+    @property
+    def qmul(self) -> float:
+        """The factor the query tiles carry: scale, times log2 e when scores go straight
+        to exp2 (no softcap: the tanh needs the natural scores)."""
         c = self.call
-        qmul = c.scale * (LOG2E if c.softcap is None else 1.0)
-        return (q.to(self.acc) * qmul).view(c.B, c.Hkv, c.G, c.Tq, c.D), qmul
+        return c.scale * (LOG2E if c.softcap is None else 1.0)
+
+    def flops(self) -> float:
+        """Matmul FLOPs of the planned tiles (the work a forward does)."""
+        c, bq = self.call, self.cfg.block_q
+        cols = sum((min(c.Tq, (i + 1) * bq) - i * bq) * (ch.k1 - ch.k0)
+                   for i, chunks in enumerate(self.plan) for ch in chunks)
+        return 2.0 * c.B * c.H * (c.D + c.Dv) * cols
+
+    def _workers(self, flops: float) -> int:
+        """How many threads share the tiles (1: inline; see ``tiles.run_parallel``)."""
+        return min(workers(flops), len(self.plan)) or 1
 
     # ------------------------------------------------------------------
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """``out (B, H, Tq, Dv)`` in the accumulation dtype and ``lse (B, H, Tq)``."""
+        n = self._workers(self.flops())
+        with single_threaded_caller():  # its own ops stay off OpenMP barriers too
+            return self._forward(q, k, v, n)
+
+    def _forward(self, q: Tensor, k: Tensor, v: Tensor, n_workers: int):
         c, acc = self.call, self.acc
-        B, H, Hkv, G, Tq = c.B, c.H, c.Hkv, c.G, c.Tq
-        k, v = k.to(acc), v.to(acc)
-        qs5, _ = self.q_scaled(q)
+        B, H, Hkv, G, Tq, D, Dv = c.B, c.H, c.Hkv, c.G, c.Tq, c.D, c.Dv
+        BH, dev = B * Hkv, q.device
+        k3, v3 = k.to(acc).reshape(BH, c.Tk, D), v.to(acc).reshape(BH, c.Tk, Dv)
+        q5 = q.view(B, Hkv, G, Tq, D)
+        qmul = self.qmul
         lowest = torch.finfo(acc).min  # running max stays finite: exp2(-inf - lowest) = 0
-        fixed = self.bounded_scores(q, k)
-        out = torch.empty(B, H, Tq, c.Dv, dtype=acc, device=q.device)  # every tile written
-        m_all = torch.full((B, H, Tq), 0.0 if fixed else lowest, dtype=acc, device=q.device)
-        l_all = torch.zeros(B, H, Tq, dtype=acc, device=q.device)
-        out5 = out.view(B, Hkv, G, Tq, c.Dv)
+        tiny = torch.finfo(acc).tiny   # l is 0 (the row sees no key) or >= 2^-64
+        fixed = self.bounded_scores(q, k, n_workers)
+        out = torch.empty(B, H, Tq, Dv, dtype=acc, device=dev)  # every tile written
+        m_all = torch.full((B, H, Tq), 0.0 if fixed else lowest, dtype=acc, device=dev)
+        l_all = torch.zeros(B, H, Tq, dtype=acc, device=dev)
+        out5 = out.view(B, Hkv, G, Tq, Dv)
         m5, l5 = m_all.view(B, Hkv, G, Tq), l_all.view(B, Hkv, G, Tq)
-        for i, q0, q1, chunks in self.q_tiles():
-            if not chunks:  # no visible key: output 0, lse +inf
-                out5[:, :, :, q0:q1] = 0.0
-                continue
-            tq = q1 - q0
-            qs = self.q_tile(qs5, q0, q1)                             # (B, Hkv, G*tq, D)
-            m = l = o = None
-            for j, ch in enumerate(chunks):
-                s, _ = self.scores(qs, k, q0, q1, ch)                # (B, Hkv, G*tq, tk)
-                if fixed:  # |s| <= 64: exp2 needs no shift, chunks add up directly
-                    m_new = 0.0
-                else:
-                    m_new = s.amax(-1, keepdim=True).clamp_min_(lowest)
-                    if m is not None:
-                        m_new = torch.maximum(m, m_new)
-                    s = s.sub_(m_new)
-                p = s.exp2_()
-                rowsum = p.sum(-1, keepdim=True)
-                if c.dropout_p > 0:
-                    p = p * self.keep(i, j, p.shape, p.device)
-                pv = torch.matmul(p, v[:, :, ch.k0:ch.k1])
-                if m is None:
-                    l, o = rowsum, pv
-                elif fixed:
-                    l, o = l.add_(rowsum), o.add_(pv)
-                else:
-                    alpha = torch.exp2(m - m_new)
-                    l = l.mul_(alpha).add_(rowsum)
-                    o = o.mul_(alpha).add_(pv)
-                m = m_new
-            out5[:, :, :, q0:q1] = o.view(B, Hkv, G, tq, c.Dv)
-            if not fixed:
-                m5[:, :, :, q0:q1] = m.view(B, Hkv, G, tq)
-            l5[:, :, :, q0:q1] = l.view(B, Hkv, G, tq)
+        rows = G * self.cfg.block_q
+        width = max((ch.k1 - ch.k0 for chunks in self.plan for ch in chunks), default=0)
+
+        tiles, lock = iter(list(self.q_tiles())), threading.Lock()
+
+        def next_tile():
+            with lock:
+                return next(tiles, None)
+
+        def work():
+            # one buffer each for the scaled query tile, the scores and the output, reused
+            # by every tile: no allocation (nor page faults) per tile, and they stay in cache
+            q_buf = torch.empty(BH * rows * D, dtype=acc, device=dev)
+            s_buf = torch.empty(BH * rows * width, dtype=acc, device=dev)
+            o_buf = torch.empty(BH * rows * Dv, dtype=acc, device=dev)
+            l_buf = torch.empty(BH * rows, dtype=acc, device=dev)
+            while (tile := next_tile()) is not None:  # dynamic: a stalled worker holds one
+                i, q0, q1, chunks = tile
+                if not chunks:  # no visible key: output 0, lse +inf
+                    out5[:, :, :, q0:q1] = 0.0
+                    continue
+                tq = q1 - q0
+                n = G * tq
+                qs = q_buf[:BH * n * D].view(B, Hkv, G, tq, D)
+                qs = qs.copy_(q5[:, :, :, q0:q1]).mul_(qmul).view(BH, n, D)  # (B*Hkv, G*tq, D)
+                o = o_buf[:BH * n * Dv].view(BH, n, Dv)
+                l = l_buf[:BH * n].view(BH, n, 1)
+                m = None
+                for j, ch in enumerate(chunks):
+                    w = ch.k1 - ch.k0
+                    s = s_buf[:BH * n * w].view(BH, n, w)
+                    self.scores_into(s, qs, k3, q0, q1, ch)          # (B*Hkv, G*tq, tk)
+                    if not fixed:  # when fixed, |s| <= 64: exp2 needs no shift
+                        m_new = s.amax(-1, keepdim=True).clamp_min_(lowest)
+                        if m is not None:
+                            m_new = torch.maximum(m, m_new)
+                        s.sub_(m_new)
+                    p = s.exp2_()
+                    if j == 0:
+                        torch.sum(p, -1, keepdim=True, out=l)
+                    else:
+                        rowsum = p.sum(-1, keepdim=True)
+                        if not fixed:
+                            alpha = torch.exp2(m - m_new)
+                            l.mul_(alpha)
+                            o.mul_(alpha)
+                        l.add_(rowsum)
+                    if c.dropout_p > 0:
+                        p = p * self.keep(i, j, (B, Hkv, n, w), dev).view(BH, n, w)
+                    if j == 0:
+                        torch.bmm(p, v3[:, ch.k0:ch.k1], out=o)
+                    else:
+                        o.baddbmm_(p, v3[:, ch.k0:ch.k1])
+                    m = None if fixed else m_new
+                out5[:, :, :, q0:q1] = o.div_(l.clamp_min(tiny)).view(B, Hkv, G, tq, Dv)
+                if not fixed:
+                    m5[:, :, :, q0:q1] = m.view(B, Hkv, G, tq)
+                l5[:, :, :, q0:q1] = l.view(B, Hkv, G, tq)
+
+        # each tile writes only its own query rows of out, m, l
+        run_parallel([work] * n_workers)
         ok = l_all > 0
-        out.div_(torch.where(ok, l_all, 1.0).unsqueeze(-1))
         lse = torch.where(ok, (m_all + torch.log2(l_all)) * LN2, math.inf)
         return out, lse
 
+    def scores_into(self, s: Tensor, qs: Tensor, k3: Tensor, q0: int, q1: int, c: Chunk,
+                    th: Tensor | None = None):
+        """The base-2 scores of one tile written into ``s`` (B*Hkv, G*tq, tk): natural
+        scores * log2 e (``qs`` (B*Hkv, G*tq, D) is q * scale, times log2 e unless
+        softcapped), or ``tanh(raw / cap) * cap * log2 e`` (then ``th``, if given,
+        receives ``tanh(raw / cap)``), plus bias and mask; ``k3`` (B*Hkv, Tk, D)."""
+        call = self.call
+        kt = k3[:, c.k0:c.k1].transpose(1, 2)
+        if call.softcap is None:
+            torch.bmm(qs, kt, out=s)
+        elif th is None:
+            torch.bmm(qs, kt, out=s).div_(call.softcap).tanh_().mul_(call.softcap * LOG2E)
+        else:
+            torch.bmm(qs, kt, out=th).div_(call.softcap).tanh_()
+            torch.mul(th, call.softcap * LOG2E, out=s)
+        s5 = s.view(call.B, call.Hkv, call.G, q1 - q0, c.k1 - c.k0)
+        if call.bias is not None:
+            s5 += self.bias_tile(q0, q1, c.k0, c.k1, s.device, s.dtype)
+        for a, e in c.partial:
+            s5[..., a - c.k0:e - c.k0] += self.mask_bias(q0, q1, a, e, s.device, s.dtype)
+
     def backward(self, dout, q, k, v, out, lse):
+        """``dq, dk, dv`` (input dtypes) and one gradient (or None) per bias tensor."""
+        n = self._workers(2.0 * self.flops())
+        with single_threaded_caller():
+            return self._backward(dout, q, k, v, out, lse, n)
+
+    def _backward(self, dout, q, k, v, out, lse, n_workers):
         c, acc = self.call, self.acc
-        B, H, Hkv, G, Tq, Tk = c.B, c.H, c.Hkv, c.G, c.Tq, c.Tk
-        kf, vf = k.to(acc), v.to(acc)
-        qs5, qmul = self.q_scaled(q)
-        dq = torch.zeros(B, H, Tq, c.D, dtype=acc, device=q.device)
-        dk = torch.zeros(B, Hkv, Tk, c.D, dtype=acc, device=q.device)
-        dv = torch.zeros(B, Hkv, Tk, c.Dv, dtype=acc, device=q.device)
+        B, H, Hkv, G, Tq, Tk, D, Dv = c.B, c.H, c.Hkv, c.G, c.Tq, c.Tk, c.D, c.Dv
+        BH, dev = B * Hkv, q.device
+        k3, v3 = k.to(acc).reshape(BH, Tk, D), v.to(acc).reshape(BH, Tk, Dv)
+        q5, do5 = q.view(B, Hkv, G, Tq, D), dout.view(B, Hkv, G, Tq, Dv)
+        out5, lse5 = out.view(B, Hkv, G, Tq, Dv), lse.view(B, Hkv, G, Tq, 1)
+        qmul = self.qmul
+        dq = torch.empty(B, H, Tq, D, dtype=acc, device=dev)  # every tile written
+        dq5 = dq.view(B, Hkv, G, Tq, D)
         dbias = None
         if any(t.requires_grad for t in c.bias_tensors):
-            dbias = torch.zeros(B, H, Tq, Tk, dtype=acc, device=q.device)
-        shape5 = (B, Hkv, G, Tq, -1)
-        do5 = dout.to(acc).reshape(shape5)
-        delta5 = (do5 * out.to(acc).view(shape5)).sum(-1, keepdim=True)  # (B, Hkv, G, Tq, 1)
-        lse5 = (lse.to(acc) * LOG2E).view(shape5)                         # base 2
-        dq5 = dq.view(shape5)
-        for i, q0, q1, chunks in self.q_tiles():
-            if not chunks:
-                continue
-            tq = q1 - q0
-            qs = self.q_tile(qs5, q0, q1)                             # (B, Hkv, G*tq, D)
-            do = self.q_tile(do5, q0, q1)                             # (B, Hkv, G*tq, Dv)
-            lse_t, dl_t = self.q_tile(lse5, q0, q1), self.q_tile(delta5, q0, q1)
-            dq_t = None
-            for j, ch in enumerate(chunks):
-                ks, vs = kf[:, :, ch.k0:ch.k1], vf[:, :, ch.k0:ch.k1]
-                s, th = self.scores(qs, kf, q0, q1, ch)
-                p = s.sub_(lse_t).exp2_()                             # weights (B, Hkv, G*tq, tk)
-                dp = torch.matmul(do, vs.transpose(-1, -2))
-                if c.dropout_p > 0:
-                    keep = self.keep(i, j, p.shape, p.device)
-                    dv[:, :, ch.k0:ch.k1] += torch.matmul((p * keep).transpose(-1, -2), do)
-                    dp.mul_(keep)
-                else:
-                    dv[:, :, ch.k0:ch.k1] += torch.matmul(p.transpose(-1, -2), do)
-                ds = p.mul_(dp.sub_(dl_t))                            # dL/d(score)
-                if dbias is not None:
-                    dbias[:, :, q0:q1, ch.k0:ch.k1] += ds.view(B, Hkv, G, tq, -1).reshape(
-                        B, H, tq, -1)
-                if th is not None:
-                    ds.mul_(1.0 - th * th)
-                g = torch.matmul(ds, ks)
-                dq_t = g if dq_t is None else dq_t.add_(g)
-                dk[:, :, ch.k0:ch.k1] += torch.matmul(ds.transpose(-1, -2), qs)
-            dq5[:, :, :, q0:q1] = dq_t.view(B, Hkv, G, tq, c.D)
-        dq.mul_(c.scale)
-        dk.mul_(c.scale / qmul)  # qs carried qmul; dS/dk needs q * scale
+            dbias = torch.zeros(B, H, Tq, Tk, dtype=acc, device=dev)
+        tiles = list(self.q_tiles())
+        parts = [tiles[w::n_workers] for w in range(n_workers)]  # static: deterministic sums
+        # dq and dbias rows belong to one query tile (one worker); dk and dv sum over query
+        # tiles: one accumulator per worker (zeroed by it), added in a fixed order
+        dks, dvs = [None] * n_workers, [None] * n_workers
+        rows = G * self.cfg.block_q
+        width = max((ch.k1 - ch.k0 for chunks in self.plan for ch in chunks), default=0)
+        dk_scale = c.scale / qmul  # qs carries qmul; dS/dk needs q * scale
+
+        def work(w):
+            dk = dks[w] = torch.zeros(BH, Tk, D, dtype=acc, device=dev)
+            dv = dvs[w] = torch.zeros(BH, Tk, Dv, dtype=acc, device=dev)
+            buf = lambda m: torch.empty(BH * m, dtype=acc, device=dev)  # noqa: E731
+            q_buf, do_buf, dq_buf = buf(rows * D), buf(rows * Dv), buf(rows * D)
+            st_buf, dl_buf = buf(rows), buf(rows)
+            s_buf, dp_buf = buf(rows * width), buf(rows * width)
+            th_buf = buf(rows * width) if c.softcap is not None else None
+            for i, q0, q1, chunks in parts[w]:
+                if not chunks:
+                    dq5[:, :, :, q0:q1] = 0.0
+                    continue
+                tq = q1 - q0
+                n = G * tq
+                tile = lambda b, x: b[:BH * n * x].view(B, Hkv, G, tq, x)  # noqa: E731
+                qs = tile(q_buf, D).copy_(q5[:, :, :, q0:q1]).mul_(qmul).view(BH, n, D)
+                do = tile(do_buf, Dv).copy_(do5[:, :, :, q0:q1]).view(BH, n, Dv)
+                lse_t = tile(st_buf, 1).copy_(lse5[:, :, :, q0:q1]).mul_(LOG2E).view(BH, n, 1)
+                dl_t = tile(dl_buf, 1)                                # delta = rowsum(dO * O)
+                torch.sum(do.view(B, Hkv, G, tq, Dv) * out5[:, :, :, q0:q1], -1,
+                          keepdim=True, out=dl_t)
+                dl_t = dl_t.view(BH, n, 1)
+                dq_t = dq_buf[:BH * n * D].view(BH, n, D)
+                for j, ch in enumerate(chunks):
+                    w = ch.k1 - ch.k0
+                    s, dp = s_buf[:BH * n * w].view(BH, n, w), dp_buf[:BH * n * w].view(BH, n, w)
+                    th = None if th_buf is None else th_buf[:BH * n * w].view(BH, n, w)
+                    self.scores_into(s, qs, k3, q0, q1, ch, th)
+                    p = s.sub_(lse_t).exp2_()                         # weights (B*Hkv, G*tq, tk)
+                    torch.bmm(do, v3[:, ch.k0:ch.k1].transpose(1, 2), out=dp)
+                    if c.dropout_p > 0:
+                        keep = self.keep(i, j, (B, Hkv, n, w), dev).view(BH, n, w)
+                        dv[:, ch.k0:ch.k1].baddbmm_((p * keep).transpose(1, 2), do)
+                        dp.mul_(keep)
+                    else:
+                        dv[:, ch.k0:ch.k1].baddbmm_(p.transpose(1, 2), do)
+                    ds = p.mul_(dp.sub_(dl_t))                        # dL/d(score)
+                    if dbias is not None:
+                        dbias[:, :, q0:q1, ch.k0:ch.k1] += ds.view(B, Hkv, G, tq, w).reshape(
+                            B, H, tq, w)
+                    if th is not None:
+                        ds.mul_(th.mul_(th).neg_().add_(1.0))         # * (1 - tanh^2)
+                    if j == 0:  # dq = scale * dS k, dk = scale * dS^T q
+                        torch.baddbmm(dq_t, ds, k3[:, ch.k0:ch.k1], beta=0.0, alpha=c.scale,
+                                      out=dq_t)
+                    else:
+                        dq_t.baddbmm_(ds, k3[:, ch.k0:ch.k1], alpha=c.scale)
+                    dk[:, ch.k0:ch.k1].baddbmm_(ds.transpose(1, 2), qs, alpha=dk_scale)
+                dq5[:, :, :, q0:q1] = dq_t.view(B, Hkv, G, tq, D)
+
+        run_parallel([functools.partial(work, w) for w in range(n_workers)])
+        dk, dv = dks[0], dvs[0]
+
+        def add_up(w):  # the workers' accumulators into the first, a slice of keys each
+            a, b = Tk * w // n_workers, Tk * (w + 1) // n_workers
+            for x, y in zip(dks[1:], dvs[1:]):
+                dk[:, a:b] += x[:, a:b]
+                dv[:, a:b] += y[:, a:b]
+        if n_workers > 1:
+            run_parallel([functools.partial(add_up, w) for w in range(n_workers)])
         dbias_parts = []
         for t in c.bias_tensors:
             if dbias is None or not t.requires_grad:
@@ -245,7 +339,8 @@ class TiledRun:
                 dims = [d for d in range(4) if t.shape[d] == 1]  # broadcast dims of t
                 g = dbias.sum(dim=dims, keepdim=True) if dims else dbias  # dim=[]: all!
                 dbias_parts.append(g.to(t.dtype))
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias_parts
+        return (dq.to(q.dtype), dk.view(B, Hkv, Tk, D).to(k.dtype),
+                dv.view(B, Hkv, Tk, Dv).to(v.dtype), dbias_parts)
 
 
 class _TiledFunction(torch.autograd.Function):
@@ -269,7 +364,7 @@ def tiled_forward(call: AttentionCall, cfg: TileConfig | None = None) -> tuple[T
     """The forward pass, no autograd: ``out (B, H, Tq, Dv)`` in the accumulation dtype
     (float32; float64 for float64 inputs) and ``lse (B, H, Tq)`` (natural log; +inf on
     fully masked rows, whose output is 0)."""
-    return TiledRun(call, cfg or TileConfig()).forward(call.q, call.k, call.v)
+    return TiledRun(call, cfg or config_for(call)).forward(call.q, call.k, call.v)
 
 
 def tiled_backward(call: AttentionCall, dout: Tensor, out: Tensor, lse: Tensor,
@@ -278,11 +373,11 @@ def tiled_backward(call: AttentionCall, dout: Tensor, out: Tensor, lse: Tensor,
     tile by tile): ``dq, dk, dv`` in the input dtypes and one gradient (or None) per bias
     tensor of the call. ``out``/``lse`` may be those of a larger problem this call is a
     part of (ring attention, sparse components): the result is this part's share."""
-    return TiledRun(call, cfg or TileConfig()).backward(dout, call.q, call.k, call.v, out, lse)
+    return TiledRun(call, cfg or config_for(call)).backward(dout, call.q, call.k, call.v, out, lse)
 
 
 def tiled_attention(call: AttentionCall, cfg: TileConfig | None = None) -> tuple[Tensor, Tensor]:
     """Differentiable tiled attention: output (B, H, Tq, Dv) in q's dtype and log-sum-exp
     (B, H, Tq) (+inf on fully masked rows; not differentiable)."""
-    run = TiledRun(call, cfg or TileConfig())
+    run = TiledRun(call, cfg or config_for(call))
     return _TiledFunction.apply(call.q, call.k, call.v, run, *call.bias_tensors)

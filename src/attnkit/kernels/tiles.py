@@ -1,21 +1,33 @@
-"""Tiles: the tile sizes of the tiled kernels and the plan of which key chunks each query
-tile visits (empty blocks of the mask's block map skipped, partial ones marked)."""
+"""Tiles: the tile sizes of the tiled kernels, the plan of which key chunks each query
+tile visits (empty blocks of the mask's block map skipped, partial ones marked), and the
+distribution of tiles over threads (:func:`run_parallel`)."""
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import queue
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
-from ..call import AttentionCall
-from ..masks import EMPTY, FULL, PARTIAL
+import torch
+from torch import Tensor
 
-__all__ = ["TileConfig", "Chunk", "plan"]
+from ..bias import BiasSpec
+from ..call import AttentionCall
+from ..masks import EMPTY, PARTIAL, MaskSpec
+
+__all__ = ["TileConfig", "config_for", "Chunk", "plan", "cached_block_map", "fingerprint", "Uncacheable",
+           "run_parallel", "single_threaded_caller", "workers"]
 
 
 @dataclass(frozen=True)
 class TileConfig:
     """Tile sizes. ``block_q`` x ``block_k`` is the block map's granularity (what is
     skipped or masked); ``max_chunk`` caps the keys one matmul handles. Defaults
-    chosen by measurement on CPU (``python benchmarks/tiles.py`` sweeps them)."""
+    chosen by measurement on CPU (``python benchmarks/tiles.py`` sweeps them; narrow
+    bands get ``block_q`` 64 when no config is given, see :func:`config_for`)."""
     block_q: int = 128
     block_k: int = 64
     max_chunk: int = 1024
@@ -30,6 +42,26 @@ class TileConfig:
                              f"({self.block_k})")
 
 
+# A narrow band (a sliding window) wastes block_q keys per query row on the two partial
+# edges of every tile: at window 256, 384 keys computed per 257 needed with block_q 128,
+# 320 with 64. Measured (benchmarks/tiles.py, forward, 16k tokens): block_q 64 is 11%
+# faster at window 256, 9% at 512, 3% at 1024; causal stays faster at 128 (10% at 4k).
+BAND_BLOCK_Q = 64
+BAND_MAX_WIDTH = 1024
+
+
+def config_for(call: AttentionCall) -> TileConfig:
+    """The tiles a call gets when none are given: ``TileConfig()``, with ``block_q``
+    :data:`BAND_BLOCK_Q` when the mask bounds ``(q + offset) - k`` within a band of at
+    most :data:`BAND_MAX_WIDTH` (``distance_bounds``)."""
+    cfg = TileConfig()
+    if call.mask is not None:
+        lo, hi = call.mask.distance_bounds()
+        if math.isfinite(lo) and math.isfinite(hi) and hi - lo <= BAND_MAX_WIDTH:
+            return TileConfig(BAND_BLOCK_Q, cfg.block_k, cfg.max_chunk)
+    return cfg
+
+
 @dataclass(frozen=True)
 class Chunk:
     """Keys [k0, k1) visited in one matmul; ``partial``: the ranges that need the mask."""
@@ -39,33 +71,230 @@ class Chunk:
 
 
 def plan(call: AttentionCall, cfg: TileConfig) -> list[list[Chunk]]:
-    """For each query tile, the key chunks to visit (empty blocks skipped)."""
-    bq, bk, Tq, Tk = cfg.block_q, cfg.block_k, call.Tq, call.Tk
+    """For each query tile, the key chunks to visit (empty blocks skipped); cached with
+    the block map (see :func:`cached_block_map`), never to be modified.
+
+    A chunk is a run of consecutive non-empty blocks, cut every ``max_chunk // block_k``
+    blocks; its ``partial`` ranges are the runs of PARTIAL blocks inside it. The Python
+    work is proportional to the number of runs and chunks (O(nQ) for a window), not to
+    nQ * nK: the runs are found by tensor ops on the block map."""
+    with single_threaded_caller():
+        bm, plans = _lookup(call, cfg.block_q, cfg.block_k)
+        if plans is not None and cfg.max_chunk in plans:
+            return plans[cfg.max_chunk]
+        out = _plan(bm, cfg, call.Tq, call.Tk)
+    if plans is not None:
+        plans[cfg.max_chunk] = out
+    return out
+
+
+def _plan(bm: Tensor | None, cfg: TileConfig, Tq: int, Tk: int) -> list[list[Chunk]]:
+    bq, bk = cfg.block_q, cfg.block_k
     nq, nk = math.ceil(Tq / bq), math.ceil(Tk / bk)
     per_chunk = max(1, cfg.max_chunk // bk)
-    bm = call.block_map(bq, bk)
-    bm = [[FULL] * nk] * nq if bm is None else bm.tolist()
+    if bm is None:  # unmasked: every block FULL, the same chunks in every row
+        row = [Chunk(a * bk, min(Tk, min(a + per_chunk, nk) * bk), ())
+               for a in range(0, nk, per_chunk)]
+        return [list(row) for _ in range(nq)]
+    visit = _runs(bm != EMPTY, nq)   # per row: [(start, end)) block runs
+    part = _runs(bm == PARTIAL, nq)
     out = []
-    for row in bm:
-        chunks, j = [], 0
-        while j < nk:
-            if row[j] == EMPTY:
-                j += 1
-                continue
-            start = j
-            while j < nk and row[j] != EMPTY and j - start < per_chunk:
-                j += 1
-            partial, p = [], start
-            while p < j:  # merge consecutive partial blocks into ranges
-                if row[p] == PARTIAL:
-                    a = p
-                    while p < j and row[p] == PARTIAL:
-                        p += 1
-                    partial.append((a * bk, min(Tk, p * bk)))
-                else:
+    for runs, pruns in zip(visit, part):
+        chunks, p = [], 0
+        for s, e in runs:
+            for a in range(s, e, per_chunk):
+                b = min(e, a + per_chunk)
+                while p < len(pruns) and pruns[p][1] <= a:
                     p += 1
-            chunks.append(Chunk(start * bk, min(Tk, j * bk), tuple(partial)))
+                partial, r = [], p
+                while r < len(pruns) and pruns[r][0] < b:
+                    partial.append((max(a, pruns[r][0]) * bk, min(Tk, min(b, pruns[r][1]) * bk)))
+                    r += 1
+                chunks.append(Chunk(a * bk, min(Tk, b * bk), tuple(partial)))
         out.append(chunks)
     return out
 
 
+def _runs(flags: Tensor, nq: int) -> list[list[tuple[int, int]]]:
+    """Runs of True in each row of a (nQ, nK) bool tensor: per row, [(start, end)) pairs."""
+    edge = torch.nn.functional.pad(flags.to(torch.int8), (1, 1))   # (nQ, nK + 2)
+    step = edge[:, 1:] - edge[:, :-1]                              # +1 run start, -1 run end
+    starts, ends = (step == 1).nonzero().tolist(), (step == -1).nonzero().tolist()
+    rows: list[list[tuple[int, int]]] = [[] for _ in range(nq)]
+    for (i, s), (_, e) in zip(starts, ends):  # both row-major: the n-th start pairs the n-th end
+        rows[i].append((s, e))
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# block maps, cached across calls
+# ---------------------------------------------------------------------------
+BLOCK_MAP_CACHE = 64  # block maps kept (LRU)
+_block_maps: OrderedDict = OrderedDict()
+_block_maps_lock = threading.Lock()
+
+
+class Uncacheable(Exception):
+    """Raised by :func:`fingerprint` for objects whose value it cannot vouch for."""
+
+
+def fingerprint(obj, content: bool = True):
+    """A hashable description of a mask or bias spec: its type and public attributes,
+    recursively. Tensors by metadata and, with ``content``, by value (up to 4096
+    elements) or by identity and version counter (larger ones: an in-place change makes
+    a new fingerprint; a cache holding the key must keep the tensor alive). Functions
+    and other objects by identity (``content``: raises :class:`Uncacheable`, since what
+    a function reads may change behind it)."""
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.dtype)):
+        return obj
+    if isinstance(obj, Tensor):
+        meta = ("tensor", str(obj.dtype), tuple(obj.shape), obj.stride(), str(obj.device))
+        if not content:
+            return meta
+        if obj.numel() <= 4096:
+            return meta + (tuple(obj.flatten().tolist()),)
+        try:
+            return meta + (id(obj), obj._version)
+        except RuntimeError:  # inference tensors have no version counter
+            raise Uncacheable(obj) from None
+    if isinstance(obj, (tuple, list)):
+        return (type(obj).__name__,) + tuple(fingerprint(x, content) for x in obj)
+    if isinstance(obj, (MaskSpec, BiasSpec)) and not getattr(obj, "opaque", False):
+        state = sorted((k, v) for k, v in vars(obj).items() if not k.startswith("_"))
+        return (type(obj).__module__, type(obj).__qualname__) + tuple(
+            (k, fingerprint(v, content)) for k, v in state)
+    if content:
+        raise Uncacheable(obj)
+    return ("id", id(obj))
+
+
+def cached_block_map(call: AttentionCall, block_q: int, block_k: int) -> Tensor | None:
+    """``call.block_map(block_q, block_k)``, computed once per (mask, Tq, Tk, tiling)
+    across calls: a spec without analytic tile classes (``Document``, a tensor mask)
+    reduces its dense mask, O(Tq * Tk) -- 4 s at 16k tokens, 20x the forward itself.
+    Opaque masks (``from_mask_mod``) are evaluated every call."""
+    with single_threaded_caller():
+        return _lookup(call, block_q, block_k)[0]
+
+
+def _lookup(call: AttentionCall, block_q: int, block_k: int):
+    """(block map, the dict of plans by max_chunk) from the cache, computed on a miss;
+    (block map, None) when the mask cannot be cached."""
+    try:
+        key = (fingerprint(call.mask), call.Tq, call.Tk, block_q, block_k)
+    except Uncacheable:
+        return call.block_map(block_q, block_k), None
+    with _block_maps_lock:
+        hit = _block_maps.get(key)
+        if hit is not None:
+            _block_maps.move_to_end(key)
+            return hit[0], hit[2]
+    bm = call.block_map(block_q, block_k)
+    plans: dict = {}
+    with _block_maps_lock:
+        _block_maps[key] = (bm, call.mask, plans)  # the spec keeps its tensors (ids) alive
+        while len(_block_maps) > BLOCK_MAP_CACHE:
+            _block_maps.popitem(last=False)
+    return bm, plans
+
+
+# ---------------------------------------------------------------------------
+# tiles over threads
+# ---------------------------------------------------------------------------
+# With torch's intra-op parallelism every small per-tile op (a 64-row matmul, an exp2)
+# is its own OpenMP parallel region ending in a barrier; when another process holds one
+# of the cores, every barrier waits for a time slice while the other thread spins, and
+# a tiled call swung by up to 10x (and burnt 10x its CPU time) under 2 threads on a
+# loaded machine. So the tiles are distributed instead: one worker thread per torch
+# thread, each running its tiles with 1 intra-op thread (coarse parallelism, as SDPA's
+# kernel does); the caller waits. Below MIN_PARALLEL_FLOPS a call runs inline.
+MIN_PARALLEL_FLOPS = 5e7
+
+_pools: dict = {}
+_pools_lock = threading.Lock()
+
+
+def _single_threaded_worker(jobs: queue.SimpleQueue, ready: queue.SimpleQueue) -> None:
+    torch.get_num_threads()   # torch's lazy per-thread init first (it would reset the count)
+    torch.set_num_threads(1)  # this thread's OpenMP/MKL count; the global one is restored
+    ready.put(None)
+    while True:
+        fn, done = jobs.get()
+        try:
+            fn()
+        except BaseException as e:  # re-raised in the caller
+            done.put(e)
+        else:
+            done.put(None)
+
+
+class _Pool:
+    """``n`` daemon threads that run torch ops with one intra-op thread each."""
+
+    def __init__(self, n: int):
+        self.n, self.pid = n, os.getpid()
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        ready: queue.SimpleQueue = queue.SimpleQueue()
+        before = torch.get_num_threads()
+        self.threads = [threading.Thread(target=_single_threaded_worker, args=(self.jobs, ready),
+                                         daemon=True, name=f"attnkit-tiles-{i}")
+                        for i in range(n)]
+        for t in self.threads:
+            t.start()
+        for _ in range(n):  # every worker has set its own count: restore the global one
+            ready.get()
+        torch.set_num_threads(before)
+
+    def run(self, fns) -> None:
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        for fn in fns:
+            self.jobs.put((fn, done))
+        errors = [e for e in (done.get() for _ in fns) if e is not None]
+        if errors:
+            raise errors[0]
+
+
+def run_parallel(fns: list) -> None:
+    """Run the callables ``fns`` (they must not write to the same memory) at once, one per
+    single-threaded worker thread (inline when there is one); re-raise the first error."""
+    if len(fns) <= 1:
+        for fn in fns:
+            fn()
+        return
+    n = len(fns)
+    # the workers run under the caller's autograd modes (thread-local in torch)
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def under_callers_modes(fn):
+        def run():
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                fn()
+        return run
+    fns = [under_callers_modes(fn) for fn in fns]
+    with _pools_lock:
+        pool = _pools.get(n)
+        if pool is None or pool.pid != os.getpid():  # a fork has no threads: new pool
+            pool = _pools[n] = _Pool(n)
+    pool.run(fns)
+
+
+@contextlib.contextmanager
+def single_threaded_caller():
+    """Within the block the calling thread runs torch ops on one intra-op thread (its own
+    OpenMP/MKL count; other threads keep theirs): a kernel's few whole-tensor ops then
+    never wait at an OpenMP barrier either, and its tiles go to :func:`run_parallel`."""
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def workers(flops: float) -> int:
+    """How many workers a tile loop of ``flops`` should use: torch's intra-op thread count
+    (1 inside a worker), or 1 below ``MIN_PARALLEL_FLOPS``."""
+    return 1 if flops < MIN_PARALLEL_FLOPS else max(1, torch.get_num_threads())
