@@ -84,7 +84,7 @@ def test_cuda_tiled_small_tiles_softcap_alibi():
 TRITON_MASKS = dict(MASKS, **{
     "window-bidir": lambda T: M.window(40, 9),
     "dilated": lambda T: M.dilated(20, 3),
-    "strided": lambda T: M.causal() & M.strided(7),
+    "strided": lambda T: M.causal() & M.periodic(7),
     "document": lambda T: M.document(torch.arange(T).div(61, rounding_mode="floor")
                                      .unsqueeze(0).repeat(2, 1)) & M.causal(),
     "not-causal": lambda T: ~M.causal(),

@@ -120,16 +120,18 @@ def test_gpt_variants_are_applied():
 
 
 # ----------------------------------------------------------------------------- every task kind trains
-@pytest.mark.parametrize("task, steps, lr, threshold, metric", [
-    ("induction", 600, 1e-3, 0.95, "accuracy"),     # H3 induction heads, tiny GPT (~10 s)
-    ("digits", 500, 1e-3, 0.85, "accuracy"),        # ViT on 8x8 digits, patches 2x2
-    ("karate", 100, 3e-3, 0.8, "accuracy"),         # GAT, 4 labelled nodes per club
-    ("reverse:n_symbols=8:max_len=6", 250, 3e-3, 0.9, "exact_match"),   # Transformer
+@pytest.mark.parametrize("task, steps, lr, schedule, threshold, metric", [
+    ("induction", 600, 1e-3, "constant", 0.95, "accuracy"),  # H3 induction heads, tiny GPT
+    ("digits", 500, 1e-3, "constant", 0.85, "accuracy"),     # ViT on 8x8 digits, patches 2x2
+    ("karate", 100, 3e-3, "constant", 0.8, "accuracy"),      # GAT, 4 labelled nodes per club
+    # Transformer: a whole sequence must be right, so the last steps need a small lr; at
+    # 250 steps cosine reaches 0.992 exact match, constant 3e-3 only 0.724 (measured)
+    ("reverse:n_symbols=8:max_len=6", 250, 3e-3, "cosine", 0.9, "exact_match"),
 ])
-def test_tiny_runs_learn(tmp_path, task, steps, lr, threshold, metric):
+def test_tiny_runs_learn(tmp_path, task, steps, lr, schedule, threshold, metric):
     torch.set_num_threads(1)
     cfg = TrainConfig(task=task, steps=steps, eval_every=steps, ckpt_every=steps, lr=lr,
-                      batch_size=32)
+                      batch_size=32, schedule=schedule)
     m = train(cfg, tmp_path / "run", progress=False, log=None)
     first = m["history"][0]
     assert m["eval"][metric] >= threshold, m["eval"]

@@ -85,7 +85,7 @@ CASES = {  # name: (B, H, Hkv, Tq, Tk, D, Dv, kwargs)
     "window-gqa": (1, 6, 2, 48, 48, 24, None, dict(mask=M.causal() & M.window(9))),
     "window-bidir-mqa": (2, 3, 1, 40, 33, 16, 8, dict(mask=M.window(5, 3))),
     "dilated": (1, 2, 2, 47, 47, 16, None, dict(mask=M.dilated(4, 3))),
-    "strided-periodic": (1, 2, 1, 40, 52, 16, None, dict(mask=M.causal() & M.strided(5))),
+    "strided-periodic": (1, 2, 1, 40, 52, 16, None, dict(mask=M.causal() & M.periodic(5))),
     "global|window": (1, 2, 2, 48, 48, 16, None,
                       dict(mask=M.global_tokens([0, 21]) | M.window(4, 4))),
     "document-varlen": (2, 2, 2, 47, 47, 32, None, dict(mask=M.document(DOCS) & M.causal())),
@@ -175,7 +175,7 @@ def random_mask(r: random.Random, B, Tq, Tk, depth=0):
         "causal": lambda: M.causal(),
         "window": lambda: M.window(r.randint(0, 20), r.randint(0, 20)),
         "causal&window": lambda: M.causal() & M.window(r.randint(0, 30)),
-        "strided": lambda: M.strided(r.randint(1, 7)),
+        "strided": lambda: M.periodic(r.randint(1, 7)),
         "dilated": lambda: M.dilated(r.randint(0, 6), r.randint(1, 3), causal=r.random() < 0.5),
         "global": lambda: M.global_tokens(r.sample(range(Tk), min(Tk, r.randint(1, 3)))),
         "padding": lambda: M.padding([r.randint(0, Tk) for _ in range(B)],
@@ -225,7 +225,7 @@ def _call(Tq, Tk, mask=None, bias=None, B=2, H=2):
     (M.window(7), 30, 30, (0, 7)), (M.window(3, 5), 30, 20, (-5, 3)),
     (M.causal() & M.window(9), 50, 50, (0, 9)), (M.window(9, 9) & M.window(4, 20), 30, 30, (-9, 4)),
     (M.full() & M.causal(), 30, 30, (0, 30)),
-    (M.causal() | M.window(3, 3), 30, 30, None), (M.strided(3), 30, 30, None),
+    (M.causal() | M.window(3, 3), 30, 30, None), (M.periodic(3), 30, 30, None),
     (M.padding([30, 30]), 30, 30, None), (~M.causal(), 30, 30, None),
 ])
 def test_recognise_window(spec, Tq, Tk, want):
@@ -247,7 +247,7 @@ def test_gathered_tiles_follow_partial_tile_count():
     assert low.rows.ptr[-1] == nz.sum() and torch.equal(low.rows.ptr.diff().long(), nz.sum(1))
     assert torch.equal(low.cols.ptr.diff().long(), nz.sum(0))
     assert torch.equal(low.rows.kind.long(), bm[nz].long())
-    strided = lower_mask(_call(T, T, M.strided(5)), 16, 16)
+    strided = lower_mask(_call(T, T, M.periodic(5)), 16, 16)
     n = T // 16
     assert strided.n_partial == n * n and strided.tiles.shape[0] <= 2 * n - 1
     win = lower_mask(_call(T, T, M.causal() & M.window(20)), 16, 16)

@@ -145,7 +145,8 @@ def run_sweep(tasks: list[str], variants: list[str], widths: list[int], out: Pat
                 cell = {"task": task, "variant": variant, "width": width,
                         "kind": c.make_task().kind, "metric": c.main_metric,
                         "target": c.target_acc,
-                        "recipe": describe(c, lrs if len(lrs) > 1 else None),
+                        "recipe": describe(TrainConfig(**{**cfg, "lr": lrs[0]}),
+                                                   lrs if len(lrs) > 1 else None),
                         "runs": []}
                 cells.append(cell)
                 for lr in lrs:
