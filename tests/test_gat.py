@@ -257,3 +257,46 @@ def test_bad_model_config():
         GAT(GATConfig(in_dim=3, out_dim=2, n_layers=0))
     with pytest.raises(TypeError, match="cfg: expected a GATConfig"):
         GAT({"in_dim": 3})
+
+
+# ----------------------------------------------------------------------------- against PyG itself
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("concat, add_self_loops", [(True, True), (False, True), (True, False)])
+def test_matches_pyg_gatconv(seed, concat, add_self_loops):
+    """The same weights in torch_geometric's GATConv: outputs, attention weights and
+    gradients agree on random multigraphs (duplicate edges, repeated self loops, isolated
+    nodes)."""
+    pyg = pytest.importorskip("torch_geometric.nn")
+    g = torch.Generator().manual_seed(seed)
+    N = int(torch.randint(2, 12, (), generator=g))
+    E = int(torch.randint(1, 3 * N, (), generator=g))
+    F_in, C, H = 5, 3, int(torch.randint(1, 4, (), generator=g))
+    ei = torch.randint(0, N, (2, E), generator=g)
+    loops = torch.randint(0, N, (int(torch.randint(0, 4, (), generator=g)),), generator=g)
+    ei = torch.cat([ei, ei[:, : E // 3], loops.expand(2, -1), loops.expand(2, -1)], 1)
+    x = torch.randn(N, F_in, dtype=DT, generator=g)
+    ours = GATLayer(F_in, C, heads=H, concat=concat, add_self_loops=add_self_loops).double()
+    ref = pyg.GATConv(F_in, C, heads=H, concat=concat, add_self_loops=add_self_loops,
+                      negative_slope=ours.negative_slope).double()
+    with torch.no_grad():
+        ours.att_src.normal_(generator=g), ours.att_dst.normal_(generator=g)
+        ours.bias.normal_(generator=g)
+        ref.lin.weight.copy_(ours.lin.weight)
+        ref.att_src.copy_(ours.att_src[None]), ref.att_dst.copy_(ours.att_dst[None])
+        ref.bias.copy_(ours.bias)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, att = ours(xa, ei, return_attention=True)
+    out_ref, (ei_ref, alpha_ref) = ref(xb, ei, return_attention_weights=True)
+    torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
+    # the same edges (as multisets) with the same weights
+    key = lambda e, a: sorted(zip(e[0].tolist(), e[1].tolist(), [tuple(r) for r in
+                                                                 a.detach().tolist()]))
+    for (s1, d1, a1), (s2, d2, a2) in zip(key(att.edge_index, att.weights),
+                                          key(ei_ref, alpha_ref)):
+        assert (s1, d1) == (s2, d2)
+        assert max(abs(u - v) for u, v in zip(a1, a2)) < 1e-10
+    w = torch.randn(out.shape, dtype=DT, generator=g)
+    (out * w).sum().backward(), (out_ref * w).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ours.lin.weight.grad, ref.lin.weight.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ours.att_src.grad, ref.att_src.grad[0], rtol=1e-10, atol=1e-10)
