@@ -65,7 +65,8 @@ CASES = [  # (args with {B} for the directory, words the one line must hold)
     ([S, "--model", "/no/such/dir"], ["--model", "/no/such/dir"]),
     ([S, "--model", "{B}/qwen", "--via", "attnkit"], ["--model", "Qwen2ForCausalLM"]),
     ([S, "--backend", "foo"], ["--backend", "expected one of", "'foo'"]),
-    ([S, "--backend", "flex"], ["--backend flex", "CPU"]),
+    # a backend that cannot serve here (flex serves CPU forward calls exactly since issue 16)
+    ([S, "--backend", "ring"], ["--backend ring", "CPU", "no process group"]),
     ([S, "--model", "{B}/qwen", "--backend", "foo"], ["--backend", "'foo'"]),
     ([S, "--out", "{B}/afile"], ["--out", "existing file"]),
     ([S, "--from", "dog", "--to", "cat"], ["--from", "'dog'", "The, cat, sat"]),
@@ -105,7 +106,7 @@ def test_missing_matplotlib_names_pip_install(monkeypatch, capsys, tmp_path):
     assert rc == 2 and len(err) == 1 and "pip install matplotlib" in err[0]
 
 
-@pytest.mark.parametrize("args", [[S, "--model", "{B}/trunc"], [S, "--backend", "flex"],
+@pytest.mark.parametrize("args", [[S, "--model", "{B}/trunc"], [S, "--backend", "ring"],
                                   [S, "--out", "{B}/afile"]])
 def test_a_real_process_prints_no_traceback(bad, args):
     r = subprocess.run([sys.executable, "-m", "attnkit.cli", "inspect",
