@@ -3,6 +3,7 @@
 rank failure, and the sweep's quality table."""
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -364,6 +365,15 @@ def test_sweep_writes_quality_table_and_reuses_cells(tmp_path):
     r = _cli(*args, timeout=300)                      # finished cells are reused, not retrained
     assert r.returncode == 0 and time.time() - t0 < 30
     assert json.loads((out / "quality.json").read_text())["cells"] == table["cells"]
+    # the demo's report reads this table (it once read a field the table no longer had)
+    from attnkit.demo import quality_rows
+    rows = quality_rows(table, html.escape)
+    assert rows.count("<tr>") == 2 and "linear:elu" in rows
+    for c in table["cells"]:
+        loss = sum(r["final_loss"] for r in c["runs"]) / 2
+        assert f"<td>{c['score']:.3f}</td><td>{loss:.3f}</td>" in rows
+    failed = {"cells": [{"variant": "ssm", "error": "boom", "runs": []}]}
+    assert "<td>ssm</td><td>—</td><td>—</td>" in quality_rows(failed, html.escape)
 
 
 def test_write_table_marks_errors(tmp_path):

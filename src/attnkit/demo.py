@@ -51,6 +51,19 @@ SENTENCE = "The cat sat on the mat because it was tired."
 BENCH_VARIANTS = "dense,window:16,window:64,bigbird:16,linear:elu"
 
 
+def quality_rows(quality: dict, esc) -> str:
+    """HTML rows (variant, score, final loss, seconds) of a sweep's ``quality.json``: a
+    cell's score is its mean over seeds; its loss the mean of its runs' final losses."""
+    rows = []
+    for c in quality["cells"]:
+        losses = [r["final_loss"] for r in c.get("runs", []) if r.get("final_loss") is not None]
+        loss = f"{sum(losses) / len(losses):.3f}" if losses else "—"
+        score = "—" if c.get("score") is None else f"{c['score']:.3f}"
+        rows.append(f"<tr><td>{esc(c['variant'])}</td><td>{score}</td><td>{loss}</td>"
+                    f"<td>{c.get('train_time_s', 0):.0f}</td></tr>")
+    return "".join(rows)
+
+
 def report(out: str, con: Console) -> int:
     """Run inspect and bench into ``out`` and write ``out/index.html`` linking them."""
     import html
@@ -71,9 +84,7 @@ def report(out: str, con: Console) -> int:
     if rc:
         return rc
     quality = json.load(open(os.path.join(out, "train", "quality.json")))
-    qrows = "".join(f"<tr><td>{html.escape(c['variant'])}</td><td>{c['score']:.3f}</td>"
-                    f"<td>{c['final_loss']:.3f}</td><td>{c['train_time_s']:.0f}</td></tr>"
-                    for c in quality["cells"])
+    qrows = quality_rows(quality, html.escape)
     ins = json.load(open(os.path.join(out, "inspect", "inspect.json")))
     bench = json.load(open(os.path.join(out, "bench", "bench.json")))
     layer, head, score = ins["ranked"][0]
