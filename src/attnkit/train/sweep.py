@@ -141,12 +141,11 @@ def run_sweep(tasks: list[str], variants: list[str], widths: list[int], out: Pat
         for width in widths:
             for variant in variants:
                 cfg = {**base, "task": task, "attention": variant, "width": width}
-                c = TrainConfig(**cfg)              # validates before anything runs
+                c = TrainConfig(**cfg, lr=lrs[0])   # validates before anything runs
                 cell = {"task": task, "variant": variant, "width": width,
                         "kind": c.make_task().kind, "metric": c.main_metric,
                         "target": c.target_acc,
-                        "recipe": describe(TrainConfig(**{**cfg, "lr": lrs[0]}),
-                                                   lrs if len(lrs) > 1 else None),
+                        "recipe": describe(c, lrs if len(lrs) > 1 else None),
                         "runs": []}
                 cells.append(cell)
                 for lr in lrs:
