@@ -365,6 +365,15 @@ def test_sweep_writes_quality_table_and_reuses_cells(tmp_path):
     r = _cli(*args, timeout=300)                      # finished cells are reused, not retrained
     assert r.returncode == 0 and time.time() - t0 < 30
     assert json.loads((out / "quality.json").read_text())["cells"] == table["cells"]
+    logs = sorted((out / "runs").glob("*.log"))
+    assert len(logs) == 4 and all("step 6:" in p.read_text() for p in logs)
+    # asked for more steps, the same sweep extends its runs (exactly: constant schedule)
+    longer = [a if a != "6" or args[i - 1] != "--steps" else "12" for i, a in enumerate(args)]
+    r = _cli(*longer, timeout=300)
+    assert r.returncode == 0, r.stderr
+    again = json.loads((out / "quality.json").read_text())
+    assert all(c["steps"] == [12, 12] for c in again["cells"])
+    assert all("step 6:" in p.read_text() and "step 12:" in p.read_text() for p in logs)
     # the demo's report reads this table (it once read a field the table no longer had)
     from attnkit.demo import quality_rows
     rows = quality_rows(table, html.escape)

@@ -48,24 +48,37 @@ def _flags(cfg: dict) -> list[str]:
 
 
 def _run_one(cfg: dict, run_dir: Path, threads: int | None) -> dict:
-    """Train one run in its own process (resuming it if a checkpoint is there)."""
+    """Train one run in its own process: resume it from its checkpoint if it is
+    unfinished, extend it if it stopped at fewer steps than ``cfg`` asks (without
+    reaching the target; constant schedule only, which extends exactly), else reuse it.
+    The run's output streams into ``RUN.log`` as it trains."""
     metrics = run_dir / "metrics.json"
-    if metrics.is_file():
-        return {**json.loads(metrics.read_text()), "reused": True}
     resume = (run_dir / "config.json").is_file()
+    extra = []
+    if resume:
+        stored = json.loads((run_dir / "config.json").read_text())
+        if stored.get("schedule") == "constant":  # steps/target may change exactly
+            extra = ["--steps", str(cfg["steps"])]
+            if cfg.get("target_acc") is not None:
+                extra += ["--target-acc", str(cfg["target_acc"])]
+        if metrics.is_file():
+            done = json.loads(metrics.read_text())
+            if not extra or done.get("stopped") == "target" or done["steps"] >= cfg["steps"]:
+                return {**done, "reused": True}
     cmd = [sys.executable, "-m", "attnkit.train", "--no-progress"]
-    cmd += ["--resume", str(run_dir)] if resume else _flags(cfg) + ["--out", str(run_dir)]
+    cmd += ["--resume", str(run_dir)] + extra if resume else _flags(cfg) + ["--out", str(run_dir)]
     if threads:
         cmd += ["--threads", str(threads)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    run_dir.with_name(run_dir.name + ".log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode == 130:
+    log = run_dir.with_name(run_dir.name + ".log")
+    with open(log, "a" if resume else "w") as f:
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if code == 130:
         return {"interrupted": True}
-    if proc.returncode != 0 or not metrics.is_file():
-        lines = (proc.stderr or proc.stdout).strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit code {proc.returncode}",
+    if code != 0 or not metrics.is_file():
+        lines = log.read_text().strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit code {code}",
                 "wall_s": round(time.perf_counter() - t0, 1)}
     return {**json.loads(metrics.read_text()), "wall_s": round(time.perf_counter() - t0, 1)}
 
