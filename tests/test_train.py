@@ -394,3 +394,17 @@ def test_write_table_marks_errors(tmp_path):
     md = (tmp_path / "quality.md").read_text()
     assert "| t | 8 | 0.500 | error |" in md and "error in t b d8: boom" in md
     assert len(paths) == 3
+
+
+def test_quality_png_fits_long_task_names(tmp_path):
+    """One cell with a long task name: the layout fits it (tight_layout once warned and
+    clipped the row label, the title and the colour bar)."""
+    import warnings
+    task = "mqar:seq_len=256:n_pairs=16:vocab_size=512"
+    table = {"tasks": [task], "variants": ["dense"], "widths": [128], "base": {},
+             "cells": [{"task": task, "variant": "dense", "width": 128, "kind": "lm",
+                        "score": 0.998, "train_time_s": 60.0}]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_table(table, tmp_path)
+    assert (tmp_path / "quality.png").stat().st_size > 5000

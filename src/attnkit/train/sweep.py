@@ -257,18 +257,24 @@ def write_table(table: dict, out: Path) -> list[Path]:
             c = by.get((t, w, v))
             if c is not None and "error" not in c:
                 grid[i, j] = c["score"]
-    fig, ax = plt.subplots(figsize=(1.1 * len(table["variants"]) + 3, 0.5 * len(rows) + 1.8))
+    ylabels = [f"{t} d{w}" for t, w in rows]
+    # figure size from the labels' lengths (in characters, ~0.085 in each at 10 pt), so long
+    # task names such as mqar:seq_len=256:n_pairs=16:vocab_size=512 fit beside the grid
+    left = 0.085 * max(len(y) for y in ylabels) + 0.4
+    bottom = 0.06 * max(len(str(v)) for v in table["variants"]) + 0.5
+    width = max(left + 1.1 * len(table["variants"]) + 2.4, 6.5)
+    fig, ax = plt.subplots(figsize=(width, 0.5 * len(rows) + bottom + 1.0))
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(table["variants"])), table["variants"], rotation=30, ha="right")
-    ax.set_yticks(range(len(rows)), [f"{t} d{w}" for t, w in rows])
+    ax.set_yticks(range(len(rows)), ylabels)
     for i in range(len(rows)):
         for j in range(len(table["variants"])):
-            txt = "n/a" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}"
+            txt = "n/a" if np.isnan(grid[i, j]) else f"{grid[i, j]:.3f}"
             ax.text(j, i, txt, ha="center", va="center",
                     color="white" if np.isnan(grid[i, j]) or grid[i, j] < 0.6 else "black")
     fig.colorbar(im, ax=ax, label="eval score" + (" (mean over seeds)" if len(seeds) > 1
                                                   else ""))
-    ax.set_title("attnkit train --sweep: quality by task and attention variant")
+    fig.suptitle("attnkit train --sweep: quality by task and attention variant", fontsize=10)
     fig.tight_layout()
     paths.append(out / "quality.png")
     fig.savefig(paths[-1], dpi=120)
