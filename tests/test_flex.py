@@ -84,6 +84,19 @@ def test_gqa_and_unequal_lengths_exact():
     against_reference(q, k, v, mask=M.window(9, 4) | M.global_tokens([0, 5]))
 
 
+def test_user_mask_mods_composed_with_other_masks_exact():
+    """A user's mask_mod inside a composition is evaluated on FlexAttention's 0-dim
+    indices: it once expanded a 0-dim result to shape (), which Inductor cannot lower
+    (InductorError, found by the oracle sweep)."""
+    q, k, v = qkv(Tq=24, Tk=40, seed=2)
+    mod = M.from_mask_mod(lambda b, h, q_idx, kv_idx: (q_idx + kv_idx) % 4 != 1)
+    block = M.from_mask_mod(lambda b, h, q_idx, kv_idx: q_idx // 8 >= kv_idx // 8)
+    keys = torch.ones(1, 40, dtype=torch.bool)
+    keys[:, 30:] = False
+    against_reference(q, k, v, mask=(M.periodic(8) | mod) & M.key_padding(keys))
+    against_reference(q, k, v, mask=~(M.padding([30]) & block))
+
+
 def test_refusals_say_why():
     q, k, v = qkv()
     with pytest.raises(attnkit.UnsupportedCall, match="no dropout"):

@@ -41,7 +41,9 @@ def _evaluate(fn: Callable, b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tenso
     try:
         out = fn(b, h, q, k)
         if isinstance(out, Tensor) and out.dtype == torch.bool:
-            return out.expand(shape)
+            # no expand to the same shape: inside FlexAttention's compiled mask_mod every
+            # index is 0-dim, and Inductor cannot lower an expand to shape ()
+            return out if out.shape == shape else out.expand(shape)
     except Exception:  # noqa: BLE001 - any failure: retry the scalar (vmap) way
         pass
     flat = [t.expand(shape).reshape(-1) for t in (b, h, q, k)]
