@@ -12,11 +12,13 @@ name                   kind      what
 ``reverse``/``sort``   seq2seq   toy translation with separate vocabularies
 ``digits``             image     scikit-learn's bundled 8x8 digits
 ``karate``             graph     Zachary's karate club (networkx), node classification
+``lm``                 lm        next-token prediction on the user's text files (a tokenizer
+                                 trained on them; a Llama-style decoder, see :mod:`.text`)
 =====================  ========  =====================================================
 """
 from .base import (IGNORE, KINDS, Task, make_task, parse_task_args, register_task, seed_for,
                    task_names)
-from . import recall, listops, translation, digits, graph  # noqa: F401  (register the tasks)
+from . import recall, listops, translation, digits, graph, text  # noqa: F401  (register the tasks)
 
 __all__ = ["IGNORE", "KINDS", "Task", "make_task", "parse_task_args", "register_task",
            "seed_for", "task_names"]

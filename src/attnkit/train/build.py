@@ -14,6 +14,9 @@ kind        model        objective
 ``image``   ViT          cross-entropy; accuracy
 ``graph``   GAT          cross-entropy on the training nodes; accuracy on the test nodes
 ==========  ===========  =============================================================
+
+The ``lm`` task (text files) trains the ``llama`` model (:mod:`.hf_lm`), whose
+evaluation adds the held-out loss to the accuracy (:func:`objective_for`).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from ..variants import parse_variant
 from .config import TrainConfig
 from .recipe import apply_recipe
 
-__all__ = ["build_model", "apply_variant", "OBJECTIVES"]
+__all__ = ["build_model", "apply_variant", "OBJECTIVES", "objective_for"]
 
 
 def apply_variant(model: nn.Module, text: str, n: int, *, causal: bool, head_dim: int) -> None:
@@ -48,6 +51,9 @@ def build_model(cfg: TrainConfig, task) -> nn.Module:
 def _construct(cfg: TrainConfig, task) -> nn.Module:
     ffn = cfg.ffn or 2 * cfg.width
     hd = cfg.width // cfg.heads
+    if cfg.model == "llama":
+        from .hf_lm import build_llama
+        return build_llama(cfg, task)
     if cfg.model == "ssm":
         # the sequential scan: on CPU at these lengths it is the fastest (forward+backward,
         # B 64, T 64, d 64: 0.37 s against 5.4 s for the chunked scan with chunks of 64)
@@ -147,6 +153,15 @@ class Graph:
 
 
 OBJECTIVES = {"lm": LM, "seq2seq": Seq2Seq, "image": Image, "graph": Graph}
+
+
+def objective_for(cfg: TrainConfig, task):
+    """The objective of ``cfg``'s model on ``task`` (by the task's kind; the llama model
+    on text also reports the held-out loss)."""
+    if cfg.model == "llama":
+        from .hf_lm import TextLMObjective
+        return TextLMObjective
+    return OBJECTIVES[task.kind]
 
 
 def to_device(batch: dict, device) -> dict:

@@ -16,7 +16,7 @@ from .config import run_slug
 __all__ = ["add_arguments", "run"]
 
 # flag -> TrainConfig field, for the flags that configure a run (default None = not given)
-_FIELDS = ("task", "model", "attention", "width", "layers", "heads", "ffn", "positions", "patch",
+_FIELDS = ("task", "text", "model", "attention", "width", "layers", "heads", "kv_heads", "ffn", "positions", "patch",
            "dropout", "init", "embed_std", "tie_output", "schedule", "min_lr_ratio",
            "target_acc", "steps", "batch_size", "lr", "warmup", "weight_decay", "grad_clip",
            "eval_every", "eval_batch_size", "ckpt_every", "keep_ckpts", "seed", "device")
@@ -33,12 +33,16 @@ DESCRIPTION = textwrap.fill(
 EPILOG = """\
 tasks (name[:key=value...]): mqar, assoc_recall, induction, selective_copy, listops (lm:
   GPT or SSM), reverse, sort (seq2seq: Transformer), digits (image: ViT), karate (graph: GAT);
-  e.g. mqar:seq_len=128:n_pairs=8
+  e.g. mqar:seq_len=128:n_pairs=8; lm[:seq_len=256:heldout=0.05] with --text FILE...
+  (a tokenizer and a Llama-style decoder trained on your text, saved in Hugging Face
+  format in OUT/model)
 attention variants: dense, window:W, strided[:S], fixed[:S[:C]], dilated:W:D,
   longformer:W[:G], bigbird[:B], logsparse, linear:elu|relu|favor[:M], ssm (the SSM model)
 
 examples:
   attnkit train --task mqar --attention window:16 --steps 2000 --out runs/mqar-window
+  attnkit train --task lm --text notes/*.txt --vocab-size 4096 --width 128 --layers 4 \
+      --heads 4 --kv-heads 2 --out runs/my-lm         # then: OUT/model is an HF directory
   attnkit train --resume runs/mqar-window
   attnkit train --resume runs/mqar-window --steps 4000     # extend it (exact)
   torchrun --nproc_per_node 2 -m attnkit.train --task mqar --out runs/ddp
@@ -52,11 +56,19 @@ exit codes: 0 done, 1 the run failed, 2 bad arguments, 130 interrupted (Ctrl-C)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to train")
     g.add_argument("--task", help="task spec (default mqar)")
+    g.add_argument("--text", nargs="+", metavar="PATH", help="task lm: the text files (UTF-8) "
+                   "the tokenizer and the model learn from; the last 5%% of the characters "
+                   "(task parameter heldout) is held out")
+    g.add_argument("--tokenizer", choices=["bpe", "byte"], help="task lm: byte-level BPE "
+                   "trained on the text (default) or plain bytes")
+    g.add_argument("--vocab-size", type=int, help="task lm, bpe: tokenizer size (default 4096)")
     g.add_argument("--model", help="gpt | ssm | transformer | vit | gat (default: by the task)")
     g.add_argument("--attention", help="attention variant (default dense)")
     g.add_argument("--width", type=int, help="model width d_model (default 64)")
     g.add_argument("--layers", type=int, help="layers (default 2)")
     g.add_argument("--heads", type=int, help="attention heads (default 2; GAT 8)")
+    g.add_argument("--kv-heads", type=int, help="llama (task lm): key/value heads, a divisor "
+                   "of --heads (GQA; default --heads)")
     g.add_argument("--ffn", type=int, help="feed-forward width (default 2 x width)")
     g.add_argument("--positions", choices=["learned", "sinusoidal", "rope", "alibi"],
                    help="GPT positions (default rope)")
@@ -114,7 +126,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _given(args) -> dict:
-    return {f: getattr(args, f) for f in _FIELDS if getattr(args, f, None) is not None}
+    given = {f: getattr(args, f) for f in _FIELDS if getattr(args, f, None) is not None}
+    extra = [f"{k}={getattr(args, k)}" for k in ("tokenizer", "vocab_size")
+             if getattr(args, k, None) is not None]
+    if extra:                                  # task lm's parameters, as in its spec
+        task = given.get("task") or args.tasks or ""
+        if task.split(":")[0] != "lm" or args.sweep:
+            flag = "--tokenizer" if args.tokenizer is not None else "--vocab-size"
+            raise UsageError(f"{flag}: a parameter of --task lm, got task {task or 'mqar'!r}")
+        given["task"] = ":".join([task, *extra])
+    return given
 
 
 def _check_threads(args) -> None:

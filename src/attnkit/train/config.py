@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import torch
@@ -17,10 +18,13 @@ __all__ = ["TrainConfig", "parse_task_spec", "run_slug", "MODELS", "MAIN_METRIC"
 
 MAIN_METRIC = {"lm": "accuracy", "seq2seq": "exact_match", "image": "accuracy",
                "graph": "accuracy"}
+# fields added after config.json files were written: a file without them had these values
+ADDED = {"kv_heads": None, "text": None}
 POSITIONS = ("rope", "learned", "sinusoidal", "alibi")
 
 # model family -> the task kind it serves
-MODELS = {"gpt": "lm", "ssm": "lm", "transformer": "seq2seq", "vit": "image", "gat": "graph"}
+MODELS = {"gpt": "lm", "ssm": "lm", "transformer": "seq2seq", "vit": "image", "gat": "graph",
+          "llama": "lm"}
 _DEFAULT_MODEL = {"lm": "gpt", "seq2seq": "transformer", "image": "vit", "graph": "gat"}
 
 
@@ -44,11 +48,12 @@ def parse_task_spec(text: str) -> tuple[str, dict]:
 @dataclass
 class TrainConfig:
     task: str = "mqar"               # a task spec: name[:key=value...]
-    model: str | None = None         # gpt | ssm | transformer | vit | gat (default: by task)
+    model: str | None = None         # gpt | ssm | transformer | vit | gat | llama (by task)
     attention: str = "dense"         # a variant (attnkit.variants): dense, window:64, linear:elu, ...
     width: int = 64                  # d_model
     layers: int = 2
     heads: int | None = None         # default 2 (GAT: 8)
+    kv_heads: int | None = None      # llama: key/value heads (GQA), default heads
     ffn: int | None = None           # FFN width, default 2 * width
     positions: str = "rope"          # GPT: rope | learned | sinusoidal | alibi
     patch: int = 2                   # ViT patch size
@@ -56,7 +61,7 @@ class TrainConfig:
     # the recipe (train/recipe.py): init, output layer, schedule, stopping
     init: str | None = None          # scaled | normal | torch (GPT, SSM); others: model
     embed_std: float | None = None   # token-embedding std (default: by init; scaled 1.0)
-    tie_output: bool = False         # output layer = token embedding (GPT, SSM)
+    tie_output: bool = False         # output layer = token embedding (GPT, SSM, llama)
     schedule: str = "constant"       # constant | cosine (after the linear warm-up)
     steps: int = 1000
     target_acc: float | None = None  # stop at the first evaluation with score >= this
@@ -72,6 +77,7 @@ class TrainConfig:
     keep_ckpts: int = 2
     seed: int = 0                    # init, dropout and (unless the task spec says) data
     device: str = "cpu"
+    text: list | None = None         # task lm: the text files (paths)
     task_params: dict = field(default_factory=dict, repr=False)  # parsed from ``task``
 
     def __post_init__(self):
@@ -83,10 +89,15 @@ class TrainConfig:
                 raise ValueError(f"{f}: expected a string or null, got {getattr(self, f)!r}")
         name, params = parse_task_spec(self.task)
         params.setdefault("seed", self.seed)
+        self._check_text(name, params)
         self.task_params = {"name": name, **params}
         kind = make_task(name, **params).kind
         if self.model is None:
-            self.model = _DEFAULT_MODEL[kind]
+            self.model = "llama" if name == "lm" else _DEFAULT_MODEL[kind]
+        if (name == "lm") != (self.model == "llama"):
+            raise ValueError(f"model: the lm task trains the llama model (a Llama-style "
+                             f"decoder in Hugging Face format) and only it; got task {name!r} "
+                             f"with model {self.model!r}")
         if self.model not in MODELS:
             raise ValueError(f"model: expected one of {', '.join(MODELS)}, got {self.model!r}")
         if MODELS[self.model] != kind:
@@ -118,6 +129,11 @@ class TrainConfig:
             raise ValueError(f"ffn: expected an int >= 1, got {self.ffn!r}")
         if self.width % self.heads:
             raise ValueError(f"heads: expected a divisor of width={self.width}, got {self.heads}")
+        if self.kv_heads is not None and (self.model != "llama" or isinstance(self.kv_heads, bool)
+                                          or not isinstance(self.kv_heads, int)
+                                          or self.kv_heads < 1 or self.heads % self.kv_heads):
+            raise ValueError(f"kv_heads: expected a divisor of heads={self.heads} (llama model "
+                             f"only), got {self.kv_heads!r} for model {self.model!r}")
         for f, lo, hi in (("lr", 0, 10), ("min_lr_ratio", 0, 1), ("dropout", 0, 0.99),
                           ("weight_decay", 0, 10), ("grad_clip", 0, 1e9)):
             val = getattr(self, f)
@@ -133,6 +149,24 @@ class TrainConfig:
             raise ValueError(f"device: {self.device!r} requested but CUDA is not available")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
+
+    def _check_text(self, name: str, params: dict) -> None:
+        """``text``: a non-empty list of paths for the lm task, nothing for the others."""
+        if "text" in params:
+            raise ValueError("task: the lm task's files are given by --text (TrainConfig.text), "
+                             "not in the task spec")
+        if name != "lm":
+            if self.text is not None:
+                raise ValueError(f"text: only the lm task reads text files; task {name!r} "
+                                 f"generates its data")
+            return
+        if isinstance(self.text, (str, Path)):
+            self.text = [self.text]
+        if not isinstance(self.text, (list, tuple)) or not self.text:
+            raise ValueError(f"text: the lm task needs one or more text files, got "
+                             f"{self.text!r}")
+        self.text = [str(p) for p in self.text]
+        params["text"] = tuple(self.text)
 
     def _check_recipe(self) -> None:
         lm = self.model in ("gpt", "ssm")
@@ -154,8 +188,8 @@ class TrainConfig:
             raise ValueError(f"embed_std: expected a number in (0, 100], got {self.embed_std!r}")
         if not isinstance(self.tie_output, bool):
             raise ValueError(f"tie_output: expected true or false, got {self.tie_output!r}")
-        if self.tie_output and not lm:
-            raise ValueError(f"tie_output: only the gpt and ssm models have a tied output "
+        if self.tie_output and not (lm or self.model == "llama"):
+            raise ValueError(f"tie_output: only the gpt, ssm and llama models have a tied output "
                              f"layer; the {self.model} model has none")
         if self.positions not in POSITIONS:
             raise ValueError(f"positions: expected one of {', '.join(POSITIONS)}, got "
@@ -198,6 +232,8 @@ class TrainConfig:
             raise ValueError(f"expected a JSON object of TrainConfig fields, got "
                              f"{type(d).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)} - {"task_params"}
+        for k, v in ADDED.items():               # fields added later: absent = the default
+            d.setdefault(k, v)
         missing = fields - set(d)
         if missing == set(LEGACY):
             d.update(LEGACY)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .build import OBJECTIVES, build_model, evaluate, to_device
+from .build import build_model, evaluate, objective_for, to_device
 from .checkpoint import (CheckpointError, clean_partial, latest_checkpoint, load_checkpoint,
                          save_checkpoint, write_atomic)
 from .config import TrainConfig
@@ -184,7 +184,8 @@ def _run(cfg: TrainConfig, out: Path, env: DistEnv, resume: bool, progress: bool
         raise ValueError(f"task {cfg.task!r}: one graph is one batch; it cannot be split across "
                          f"{env.world} processes (run it in one)")
     env.check_batch(cfg.batch_size)
-    objective = OBJECTIVES[task.kind]
+    _prepare(task, out, env, resume)
+    objective = objective_for(cfg, task)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, task).to(env.device)
     opt = _optimizer(cfg, model)
@@ -285,23 +286,51 @@ def _run(cfg: TrainConfig, out: Path, env: DistEnv, resume: bool, progress: bool
         "train_time_s": round(state["elapsed_s"], 3),
         f"{unit}_per_s": round(state["units"] / max(state["elapsed_s"], 1e-9), 1),
     }
+    if env.main and cfg.model == "llama":
+        from .hf_lm import export
+        final["model_dir"] = str(export(out, model, task, final["eval"]))
+        if log and "heldout_loss" in final["eval"]:
+            log(f"held-out loss {final['eval']['heldout_loss']:.4f} (perplexity "
+                f"{math.exp(final['eval']['heldout_loss']):.2f}); wrote {final['model_dir']}")
     if env.main:
         write_atomic(out / "metrics.json", json.dumps(final, indent=1))
     return final
 
 
+def _prepare(task, out: Path, env: DistEnv, resume: bool) -> None:
+    """Tasks that read files (``lm``) prepare their data before the model is built: the
+    main process trains the tokenizer and writes it into the run (a resumed run reads
+    its own), then the others read it."""
+    if not hasattr(task, "prepare"):
+        return
+    if env.main:
+        task.prepare(out, load=resume)
+    env.barrier()
+    if not env.main:
+        task.prepare(out, load=True)
+
+
 class _Bar:
-    """A rich progress bar (step, loss, throughput, ETA) on the main process, or nothing."""
+    """A rich progress bar (step, loss, throughput, ETA) on the main process, or nothing.
+    When stderr is not a terminal (a log file, a pipe) it prints a plain progress line
+    instead, at most every ``LINE_EVERY_S`` seconds and at the last step."""
+
+    LINE_EVERY_S = 10.0
 
     def __init__(self, cfg: TrainConfig, start: int, enabled: bool):
         self.prog = None
         self.console = None
+        self.lines = None
         if not enabled:
             return
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
         self.console = Console(stderr=True)
+        if not self.console.is_terminal:
+            self.total, self.start, self.t0 = cfg.steps, start, time.perf_counter()
+            self.lines, self.label = self.t0, cfg.label()
+            return
         self.prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                              MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                              TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
@@ -313,9 +342,20 @@ class _Bar:
     def update(self, step: int, loss: float, rate: str) -> None:
         if self.prog:
             self.prog.update(self.task, completed=step, loss=f"{loss:.4f}", rate=rate)
+        elif self.lines is not None:
+            now = time.perf_counter()
+            if now - self.lines >= self.LINE_EVERY_S or step == self.total:
+                self.lines = now
+                spent = now - self.t0
+                eta = spent / max(step - self.start, 1) * (self.total - step)
+                print(f"{self.label}: step {step}/{self.total}, loss {loss:.4f}, {rate}, "
+                      f"{spent:.0f} s, eta {eta:.0f} s", file=sys.stderr, flush=True)
 
     def log(self, text: str) -> None:
-        (self.prog.console.print if self.prog else print)(text)
+        if self.prog:
+            self.prog.console.print(text)
+        else:
+            print(text, flush=True)
 
     def close(self) -> None:
         if self.prog:
