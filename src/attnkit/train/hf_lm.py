@@ -18,13 +18,10 @@ import json
 import math
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
-from ..tasks import IGNORE
 
-__all__ = ["CausalLM", "build_llama", "export", "TextLMObjective", "MODEL_SUBDIR",
-           "llama_config"]
+__all__ = ["CausalLM", "build_llama", "export", "MODEL_SUBDIR", "llama_config"]
 
 MODEL_SUBDIR = "model"
 
@@ -70,28 +67,6 @@ def build_llama(cfg, task) -> CausalLM:
     model = LlamaForCausalLM(hc)
     attnkit_hf.check(model)
     return CausalLM(model)
-
-
-class TextLMObjective:
-    """The ``lm`` objective (cross-entropy at every scored position) with the held-out
-    mean loss as an evaluation metric beside the accuracy (perplexity = exp(loss))."""
-
-    @staticmethod
-    def loss(model, b):
-        from .build import OBJECTIVES
-        return OBJECTIVES["lm"].loss(model, b)
-
-    @staticmethod
-    def score(model, b):
-        logits = model(b["input"])                                        # (B, T, V)
-        target = b["target"]
-        keep = target != IGNORE
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                               target.reshape(-1), ignore_index=IGNORE,
-                                               reduction="sum")
-        n = int(keep.sum())
-        hits = int((logits.argmax(-1)[keep] == target[keep]).sum())
-        return {"accuracy": (hits, n), "heldout_loss": (float(ce), n)}
 
 
 def export(run_dir, model: CausalLM, task, metrics: dict) -> Path:
