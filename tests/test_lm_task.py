@@ -24,8 +24,8 @@ from attnkit.train import TrainConfig, train
 PY = sys.executable
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 TASK = "lm:seq_len=32:vocab_size=300"
-TINY = dict(width=32, layers=2, heads=4, kv_heads=2, batch_size=8, lr=3e-3, warmup=5,
-            eval_every=20, ckpt_every=10, eval_batch_size=16)
+TINY = dict(width=32, layers=2, heads=4, kv_heads=2, tie_output=True, batch_size=8, lr=3e-3,
+            warmup=5, eval_every=20, ckpt_every=10, eval_batch_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +81,14 @@ def test_export_reloads_bit_identically_through_both_paths(run):
     import attnkit.hf
     d = run / "model"
     ckpt = {k.removeprefix("hf."): v for k, v in _ckpt_weights(run).items()}
+    assert "lm_head.weight" in ckpt and "model.embed_tokens.weight" not in ckpt   # tied
+    ckpt["model.embed_tokens.weight"] = ckpt["lm_head.weight"]
     a = AutoModelForCausalLM.from_pretrained(d)
     b = attnkit.hf.from_pretrained(d)
     assert b.config._attn_implementation == "attnkit"
     assert type(a).__name__ == "LlamaForCausalLM" and a.config.num_key_value_heads == 2
     for m in (a, b):
+        assert m.lm_head.weight is m.model.embed_tokens.weight
         sd = m.state_dict()
         assert set(sd) == set(ckpt)
         assert all(torch.equal(sd[k], ckpt[k]) for k in ckpt)
@@ -223,3 +226,65 @@ def test_repeated_tokens_and_half_losses():
     nll = lambda t: -lp[torch.arange(4), t - 1, ids[:, t]]                  # noqa: E731
     assert first == pytest.approx(torch.stack([nll(t) for t in range(2, 7)]).mean().item())
     assert second == pytest.approx(torch.stack([nll(t) for t in range(7, 13)]).mean().item())
+
+
+# ----------------------------------------------------------------------------- stdlib-lm
+# Measured on the shipped weights (README, "A real decoder"): the held-out slice's loss
+# and the best induction score; the bounds leave a margin, and an untrained or
+# differently trained model fails them.
+SLICE_LOSS_BOUND = None
+INDUCTION_BOUND = None
+
+
+def _slice(tok) -> torch.Tensor:
+    """4 windows of 256 tokens from zipimport.py (the last stdlib file: in the held-out
+    tail that training never saw), of the running interpreter's stdlib."""
+    import sysconfig
+    p = Path(sysconfig.get_paths()["stdlib"]) / "zipimport.py"
+    if not p.is_file():
+        pytest.skip(f"{p}: not in this Python's stdlib")
+    ids = torch.tensor(tok.encode(p.read_text()).ids[:4 * 256 + 1])
+    return torch.stack([ids[i * 256:(i + 1) * 256 + 1] for i in range(4)])   # (4, 257)
+
+
+def test_shipped_decoder_loads_and_is_the_trained_one():
+    from transformers import AutoModelForCausalLM
+    import attnkit.hf
+    from attnkit.loading import resolve
+    d = resolve("stdlib-lm")
+    m = attnkit.load("stdlib-lm")
+    win = _slice(m.tokenizer)
+    with torch.no_grad():
+        logits = m(win[:, :-1])                                             # (4, 256, V)
+        ref = AutoModelForCausalLM.from_pretrained(d)(win[:, :-1]).logits
+        via = attnkit.hf.from_pretrained(d)(win[:, :-1]).logits
+    assert torch.allclose(logits, ref, atol=1e-4) and torch.allclose(via, ref, atol=1e-4)
+    loss = F.cross_entropy(logits.transpose(1, 2), win[:, 1:]).item()
+    assert loss < SLICE_LOSS_BOUND, loss
+    size = sum(f.stat().st_size for f in d.iterdir())
+    assert size < 8e6, size
+
+
+def test_shipped_decoder_has_induction_heads():
+    from attnkit.analysis.induction import induction_test
+    m = attnkit.load("stdlib-lm")
+    r = induction_test(m, list(range(1, m.tokenizer.get_vocab_size())), length=50, n=8,
+                       seed=0, bos=0)
+    assert r.induction.max() > INDUCTION_BOUND, r.induction
+    assert r.loss_repeat < r.loss_first - 2.0, (r.loss_first, r.loss_repeat)
+
+
+def test_inspect_induction_cli():
+    r = subprocess.run([PY, "-m", "attnkit", "inspect", "--model", "stdlib-lm", "--induction",
+                        "30", "--samples", "4"], capture_output=True, text=True, env=ENV,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "induction heads (>= 0.5): L" in r.stdout and "loss: first half" in r.stdout
+    for args, msg in [(["--model", "minilm", "--induction"], "--induction: needs a decoder"),
+                      (["--model", "stdlib-lm", "--induction", "200"], "exceed the model's 256"),
+                      (["some text", "--model", "stdlib-lm", "--induction"],
+                       "text: not used by --induction")]:
+        r = subprocess.run([PY, "-m", "attnkit", "inspect", *args], capture_output=True,
+                           text=True, env=ENV, timeout=120)
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
