@@ -180,6 +180,9 @@ def test_cli_bad_text_is_one_line_exit_2(tmp_path, text):
         (["--text", str(text), "--vocab-size", "100"], "vocab_size: expected an int >= 258"),
         (["--text", str(text), "--heads", "4", "--kv-heads", "3"],
          "kv_heads: expected a divisor of heads=4"),
+        (["--text", str(text), "--attention", "window:8"],
+         "attention: the lm task trains the dense decoder"),
+        (["--text", str(text), "--model", "gpt"], "model: the lm task trains the llama model"),
     ]:
         full = args if "--task" in args else ["--task", "lm", *args]
         r = _cli(*full, "--out", str(tmp_path / "o"), "--steps", "2")

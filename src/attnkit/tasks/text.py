@@ -198,7 +198,7 @@ class TextLM(Task):
     def batch(self, step: int, batch_size: int) -> dict:
         ids = self._need()["train"]                                        # (N,)
         g = torch.Generator().manual_seed(seed_for(self.seed, "train", step))
-        starts = torch.randint(0, len(ids) - self.seq_len - 1 + 1, (batch_size,), generator=g)
+        starts = torch.randint(0, len(ids) - self.seq_len, (batch_size,), generator=g)  # T+1 fit
         win = ids[starts[:, None] + torch.arange(self.seq_len + 1)]        # (B, T + 1)
         return {"input": win[:, :-1].contiguous(), "target": win[:, 1:].contiguous()}
 

@@ -111,6 +111,10 @@ class TrainConfig:
             self.model = "ssm"
         elif self.model == "ssm" and v.name != "dense":
             raise ValueError(f"attention: the ssm model has no attention; got {self.attention!r}")
+        if self.model == "llama" and v.name != "dense":
+            raise ValueError(f"attention: the lm task trains the dense decoder (its Hugging "
+                             f"Face export has no field for a variant, so it would load as a "
+                             f"different model); got {self.attention!r}")
         if self.model == "transformer" and v.kind == "linear":
             raise ValueError(f"attention: {self.attention!r} takes no padding mask, and "
                              f"{name!r} sources are padded; use a softmax variant")
@@ -165,7 +169,7 @@ class TrainConfig:
         if not isinstance(self.text, (list, tuple)) or not self.text:
             raise ValueError(f"text: the lm task needs one or more text files, got "
                              f"{self.text!r}")
-        self.text = [str(p) for p in self.text]
+        self.text = [str(Path(p).absolute()) for p in self.text]   # resumable from anywhere
         params["text"] = tuple(self.text)
 
     def _check_recipe(self) -> None:
@@ -189,8 +193,8 @@ class TrainConfig:
         if not isinstance(self.tie_output, bool):
             raise ValueError(f"tie_output: expected true or false, got {self.tie_output!r}")
         if self.tie_output and not (lm or self.model == "llama"):
-            raise ValueError(f"tie_output: only the gpt, ssm and llama models have a tied output "
-                             f"layer; the {self.model} model has none")
+            raise ValueError(f"tie_output: only the gpt and ssm models (and task lm's llama) "
+                             f"have a tied output layer; the {self.model} model has none")
         if self.positions not in POSITIONS:
             raise ValueError(f"positions: expected one of {', '.join(POSITIONS)}, got "
                              f"{self.positions!r}")

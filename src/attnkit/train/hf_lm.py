@@ -1,7 +1,7 @@
 """The ``llama`` model of ``attnkit train --task lm``: transformers' own
 ``LlamaForCausalLM`` (RMSNorm, SwiGLU, RoPE, GQA) with its attention running through
-attnkit (``attn_implementation="attnkit"``, or ``"attnkit:<variant>"`` for
-``--attention``), initialised by transformers (N(0, initializer_range = 0.02)) from the
+attnkit (``attn_implementation="attnkit"``; dense: the export could not record a
+variant), initialised by transformers (N(0, initializer_range = 0.02)) from the
 current torch RNG.
 
 The trainer sees :class:`CausalLM`, a wrapper whose ``forward(ids)`` returns the logits
@@ -61,7 +61,7 @@ def build_llama(cfg, task) -> CausalLM:
     """A freshly initialised ``LlamaForCausalLM`` running attention through attnkit."""
     from transformers import LlamaForCausalLM
     from .. import hf as attnkit_hf
-    name = attnkit_hf.register(None if cfg.attention == "dense" else cfg.attention)
+    name = attnkit_hf.register()                  # dense (TrainConfig refuses variants)
     hc = llama_config(cfg, task)
     hc._attn_implementation = name
     model = LlamaForCausalLM(hc)
