@@ -162,7 +162,10 @@ def test_cli_progress_lines_without_a_terminal(tmp_path, text):
     assert "held-out loss" in r.stdout and (tmp_path / "r" / "model" / "config.json").is_file()
 
 
-def test_cli_bad_text_is_one_line_exit_2(tmp_path, text):
+def test_cli_bad_text_is_one_line_exit_2(tmp_path, text, capsys):
+    """In process (attnkit.cli.main, as the console script runs it), and once as a real
+    process."""
+    from attnkit.cli import main
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")
     short = tmp_path / "short.txt"
@@ -185,10 +188,15 @@ def test_cli_bad_text_is_one_line_exit_2(tmp_path, text):
         (["--text", str(text), "--model", "gpt"], "model: the lm task trains the llama model"),
     ]:
         full = args if "--task" in args else ["--task", "lm", *args]
-        r = _cli(*full, "--out", str(tmp_path / "o"), "--steps", "2")
-        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
-        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        capsys.readouterr()
+        rc = main(["train", *full, "--out", str(tmp_path / "o"), "--steps", "2",
+                   "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "o" / "config.json").exists()
+    r = _cli("--task", "lm", "--text", str(empty), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "non-empty" in r.stderr
 
 
 # ----------------------------------------------------------------------------- induction
@@ -278,18 +286,20 @@ def test_shipped_decoder_has_a_previous_token_head():
     assert [(layer, h) for layer, h, _ in r.heads("previous", PREVIOUS_BOUND)] == [(1, 2)]
 
 
-def test_inspect_induction_cli():
+def test_inspect_induction_cli(capsys):
     r = subprocess.run([PY, "-m", "attnkit", "inspect", "--model", "stdlib-lm", "--induction",
                         "30", "--samples", "4"], capture_output=True, text=True, env=ENV,
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "previous-token heads (>= 0.5): L1H2 0.5" in r.stdout, r.stdout
     assert "induction heads (>= 0.5): none" in r.stdout and "loss: first half" in r.stdout
+    from attnkit.cli import main
     for args, msg in [(["--model", "minilm", "--induction"], "--induction: needs a decoder"),
                       (["--model", "stdlib-lm", "--induction", "200"], "exceed the model's 256"),
                       (["some text", "--model", "stdlib-lm", "--induction"],
                        "text: not used by --induction")]:
-        r = subprocess.run([PY, "-m", "attnkit", "inspect", *args], capture_output=True,
-                           text=True, env=ENV, timeout=120)
-        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
-        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        capsys.readouterr()
+        rc = main(["inspect", *args])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
