@@ -62,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tokenizer", choices=["bpe", "byte"], help="task lm: byte-level BPE "
                    "trained on the text (default) or plain bytes")
     g.add_argument("--vocab-size", type=int, help="task lm, bpe: tokenizer size (default 4096)")
-    g.add_argument("--model", help="gpt | ssm | transformer | vit | gat (default: by the task)")
+    g.add_argument("--model", help="gpt | ssm | transformer | vit | gat | llama (default: by the "
+                   "task; llama for lm)")
     g.add_argument("--attention", help="attention variant (default dense)")
     g.add_argument("--width", type=int, help="model width d_model (default 64)")
     g.add_argument("--layers", type=int, help="layers (default 2)")
