@@ -75,13 +75,17 @@ def export(run_dir, model: CausalLM, task, metrics: dict) -> Path:
     from ..tasks.text import EOS
     out = Path(run_dir) / MODEL_SUBDIR
     out.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging as tf_logging
     hf = model.hf
-    impl = hf.config._attn_implementation
+    impl, bars = hf.config._attn_implementation, tf_logging.is_progress_bar_enabled()
     try:
         hf.config._attn_implementation = "eager"      # the saved config names no attnkit
+        tf_logging.disable_progress_bar()             # no "Writing model shards" bar
         hf.save_pretrained(out, safe_serialization=True)
     finally:
         hf.config._attn_implementation = impl
+        if bars:
+            tf_logging.enable_progress_bar()
     tok = PreTrainedTokenizerFast(tokenizer_object=task.tokenizer_object, bos_token=EOS,
                                   eos_token=EOS, model_max_length=task.seq_len)
     tok.save_pretrained(out)
