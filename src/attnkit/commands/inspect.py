@@ -194,6 +194,9 @@ def run(args) -> int:
     from ..analysis.capture import parse_layers
     from ..analysis.inspect import classify_heads, rank_heads
     from ..analysis.sources import open_source
+    if args.ablate:
+        from .inspect_ablate import run as run_ablate
+        return run_ablate(args)
     _cheap_checks(args)
     src = open_source(args.model, via=args.via, backend=args.backend)
     _kind_checks(args, src)
@@ -276,7 +279,11 @@ def add_parser(sub) -> None:
     p.add_argument("--generate", type=int, metavar="N", help="decoders and encoder-decoders: "
                    "generate N tokens greedily and show how they attend")
     p.add_argument("--target", metavar="TEXT", help="encoder-decoders: the decoder's input "
-                   "text (default: 20 generated tokens)")
+                   "text (default: 20 generated tokens); with --ablate: the next token to "
+                   "score (decoders) or the word whose final state is compared (encoders)")
+    p.add_argument("--ablate", choices=("zero", "mean"), help="rank every head by the change "
+                   "in the output when it is zeroed or replaced by its mean (transformers "
+                   "models with attnkit inside; see attnkit patch)")
     p.add_argument("--image", metavar="FILE", help="vision transformers: the image to run")
     p.add_argument("--out", help="directory for PNG heatmaps, attention.html and inspect.json")
     p.set_defaults(func=run)

@@ -66,8 +66,7 @@ class HeadEdit:
             out = torch.where(m[..., None], v, out)
         if self.scale is not None:
             s = self.scale.to(out)
-            out = out * s.reshape(*s.shape[:-1], 1, H, 1) if s.dim() > 1 else \
-                out * s.reshape(1, 1, H, 1)
+            out = out * s[..., None]                     # (H,) or (B, 1, H) -> per head
         return out
 
 
