@@ -135,3 +135,22 @@ def test_edit_shapes_are_checked():
     with pytest.raises(TypeError, match="edits"):
         with heads.edit({object(): 0}):
             pass
+
+
+def test_pruned_checkpoint_reloads_and_matches_the_masked_model(tmp_path):
+    from attnkit.analysis import prune as P
+    model = build("bert")
+    inputs, real = batch(BY_NAME["bert"])
+    removed = {0: [1, 3], 1: [0, 1, 2, 3]}            # layer 1 loses every head
+    with P.masked(model, removed):
+        ref = out_of(model, inputs)
+    P.save_pruned(model, removed, tmp_path / "pruned")
+    small = P.load_pruned(tmp_path / "pruned")
+    att = small.encoder.layer[0].attention.self
+    assert att.query.weight.shape[0] == 2 * 8 and att.num_attention_heads == 2
+    n_full = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in small.parameters()) < n_full
+    assert (out_of(small, inputs) - ref)[real].abs().max() < TOL
+    assert (out_of(model, inputs) - ref)[real].abs().max() > 1e-3
+    with pytest.raises(ValueError, match="not served"):
+        P.sites(build("llama"))
