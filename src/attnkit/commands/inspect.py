@@ -173,7 +173,7 @@ def _write(con, args, cap, ranking, rows_by_view) -> None:
            "versus": args.versus, "heads": rows_by_view[main.name],
            "views": [{"name": v.name, "about": v.about, "shape": list(v.weights.shape),
                       "layers": v.layers, "causal": v.causal, "query_labels": v.q.labels,
-                      "key_labels": v.k.labels, "heads": rows_by_view[v.name]}
+                      "key_labels": v.k.labels, "heads": rows_by_view.get(v.name)}
                      for v in cap.views]}
     with open(os.path.join(out, "inspect.json"), "w") as f:
         json.dump(doc, f, indent=1, allow_nan=False, default=_jsonable)
@@ -217,8 +217,12 @@ def run(args) -> int:
     kw = {"dec_layers": dec_layers} if src.via == "transformers" else {}
     cap = src.capture(args.text, layers, generate=generate, target=args.target,
                       image=args.image, **kw)
+    from ..analysis.rollout import rollout_view
+    roll = rollout_view(cap.main, cap.n_layers) if src.kind != "image" else None
     rows_by_view = {v.name: classify_heads(v.weights, args.threshold, v.causal, v.layers)
                     for v in cap.views}
+    if roll is not None:                  # beside the raw maps (no head types: one map)
+        cap.views.append(roll)
     ranking = None
     if args.from_word is not None:
         main = cap.main

@@ -1,0 +1,39 @@
+"""Attention rollout (Abnar & Zuidema 2020) against hand-built cases, and its view."""
+import pytest
+import torch
+
+from attnkit.analysis.capture import View
+from attnkit.analysis.rollout import rollout, rollout_view
+from attnkit.analysis.words import from_pieces
+
+
+def test_rollout_of_self_attention_is_identity_and_rows_are_distributions():
+    T = 5
+    eye = torch.eye(T).expand(3, 2, T, T)
+    assert torch.allclose(rollout(eye), torch.eye(T).expand(3, T, T))
+    w = torch.softmax(torch.randn(4, 3, T, T, dtype=torch.float64), -1)
+    r = rollout(w).double()
+    assert torch.allclose(r.sum(-1), torch.ones(4, T, dtype=torch.float64), atol=1e-6)
+
+
+def test_rollout_two_layers_by_hand():
+    # layer 0: every token reads token 0; layer 1: every token reads the last token
+    T = 3
+    a0 = torch.zeros(1, 1, T, T); a0[..., 0] = 1
+    a1 = torch.zeros(1, 1, T, T); a1[..., -1] = 1
+    r = rollout(torch.cat([a0, a1]))
+    h0 = 0.5 * a0[0, 0] + 0.5 * torch.eye(T)
+    h1 = 0.5 * a1[0, 0] + 0.5 * torch.eye(T)
+    assert torch.allclose(r[0], h0) and torch.allclose(r[1], h1 @ h0)
+    # token 1 after both layers: 1/4 itself, 1/4 + 1/2 * 1/2 via token 0 twice, ...
+    assert torch.allclose(r[1, 1], torch.tensor([0.5, 0.25, 0.25]))
+
+
+def test_rollout_view_needs_every_layer_and_square_maps():
+    toks = from_pieces(["a", "b", "c"])
+    w = torch.softmax(torch.randn(2, 4, 3, 3), -1)
+    v = rollout_view(View("self", "", toks, toks, w, [0, 1]), 2)
+    assert v.weights.shape == (2, 1, 3, 3) and v.name == "rollout"
+    assert rollout_view(View("self", "", toks, toks, w[:1], [1]), 2) is None
+    with pytest.raises(ValueError, match="weights"):
+        rollout(torch.zeros(2, 3, 4))
