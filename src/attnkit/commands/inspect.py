@@ -159,8 +159,10 @@ def _write(con, args, cap, ranking, rows_by_view) -> None:
         paths.append(name)
     rank = None
     if ranking:
+        from ..analysis.words import find_word
+        q = main.q.groups()[find_word(main.q.words, args.from_word, "--from")][0]
         rank = {"from": args.from_word, "to": args.to_word, "versus": args.versus,
-                "view": cap.views.index(main), "rows": ranking[:max(12, args.top)]}
+                "view": cap.views.index(main), "rows": ranking[:max(12, args.top)], "q": q}
     write_page(os.path.join(out, "attention.html"), cap, rows_by_view, rank)
     paths.append("attention.html")
     doc = {"text": cap.text, "model": cap.model, "arch": cap.arch, "via": cap.via,

@@ -57,6 +57,39 @@ def run(args) -> int:
                    tokens=toks.labels, layer_names=names, seconds=secs,
                    target_text=R.describe_target(target, tok))
         R.write_json(os.path.join(args.out, "ablation.json"), res)
-        for p in ("ablation.png", "gradient.png", "ablation.json"):
+        _page(args, res, probe, names, what)
+        for p in ("ablation.png", "gradient.png", "ablation.json", "attention.html"):
             con.print(f"wrote {os.path.join(args.out, p)}")
     return 0
+
+
+def _page(args, res, probe, names, what) -> None:
+    """attention.html: the raw maps, the rollout and the ablation grid (rows: layers,
+    columns: heads), opened on the most important head's map."""
+    import torch
+
+    from ..analysis.capture import View
+    from ..analysis.rollout import rollout_view
+    from ..analysis.sources import open_source
+    from ..analysis.viewer import write_page
+    from ..analysis.words import from_pieces
+    src = open_source(args.model, via="transformers")
+    cap = src.capture(args.text, list(range(src.n_layers)))
+    roll = rollout_view(cap.main, cap.n_layers)
+    L, Hm = len(probe.n_heads), max(probe.n_heads)
+    grid = torch.zeros(1, 1, L, Hm)
+    for r in res["rows"]:
+        grid[0, 0, r["layer"], r["head"]] = max(r["effect"], 0.0)
+    rows = from_pieces([f"layer {n}" for n in names])
+    cols = from_pieces([f"head {h}" for h in range(Hm)])
+    cap.views.append(View("ablation", f"{args.ablate}-ablating one head: {what} of the "
+                          f"{res['target_text']} (rows: layers, columns: heads; negative "
+                          f"changes shown as 0)", rows, cols, grid, [0], False))
+    if roll is not None:
+        cap.views.append(roll)
+    top = res["rows"][0]
+    q = probe.target.position if probe.target.kind == "state" else len(cap.main.q) - 1 \
+        if probe.target.kind == "token" else None
+    write_page(os.path.join(args.out, "attention.html"), cap,
+               open_on={"view": 0, "layer": int(names[top["layer"]]) if
+                        names[top["layer"]].isdigit() else 0, "head": top["head"], "q": q})
