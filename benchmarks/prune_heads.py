@@ -71,23 +71,28 @@ def main(argv=None) -> int:
     ok = [r for r in curve if r["embedding_cosine_min"] >= a.min_cosine]
     best = max(ok, key=lambda r: r["removed"]) if ok else curve[0]
     k = best["removed"]
-    removed: dict = {}
-    for li, h in order[:k]:
-        removed.setdefault(li, []).append(h)
-    with tempfile.TemporaryDirectory() as d:
-        P.save_pruned(model, removed, d)
-        small = P.load_pruned(d)
-        size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)
-                   if f.endswith(".safetensors"))
-    with torch.no_grad(), P.masked(model, removed):
-        ref = [model(**w).last_hidden_state for w in held]
-    with torch.no_grad():
-        diff = max(float((small(**w).last_hidden_state - r).abs().max())
-                   for w, r in zip(held, ref))
+    points = sorted({k, n // 2})                 # the bound, and half the heads for scale
+    smalls, sizes, diffs = {}, {}, {}
+    for kk in points:
+        removed = _removed(order[:kk])
+        with tempfile.TemporaryDirectory() as d:
+            P.save_pruned(model, removed, d)
+            smalls[kk] = P.load_pruned(d)
+            sizes[kk] = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)
+                            if f.endswith(".safetensors"))
+        with torch.no_grad(), P.masked(model, removed):
+            ref = [model(**w).last_hidden_state for w in held]
+        with torch.no_grad():
+            diffs[kk] = max(float((smalls[kk](**w).last_hidden_state - r).abs().max())
+                            for w, r in zip(held, ref))
+    removed = _removed(order[:k])
     batch = {key: torch.cat([w[key] for w in held]) for key in held[0]}
+    fns = {"full": lambda: model(**batch)}
+    fns.update({f"pruned_{kk}": (lambda m: lambda: m(**batch))(smalls[kk]) for kk in points})
     with torch.no_grad():
-        t = interleaved({"full": lambda: model(**batch), "pruned": lambda: small(**batch)},
-                        budget_s=30.0, min_runs=7)
+        t = interleaved(fns, budget_s=40.0, min_runs=7)
+    speed = {kk: ratio(t["full"], t[f"pruned_{kk}"]) for kk in points}
+    diff, small, size = diffs[k], smalls[k], sizes[k]
     doc = {"model": a.model, "seq": a.seq, "calibration_windows": len(calib),
            "heldout_windows": len(held), "min_cosine": a.min_cosine, "order": order,
            "importance_seconds": t_imp, "curve": curve, "removed_at_bound": k,
@@ -95,7 +100,10 @@ def main(argv=None) -> int:
            "pruned_vs_masked_max_abs_diff": diff, "pruned_safetensors_bytes": size,
            "full_params": sum(p.numel() for p in model.parameters()),
            "pruned_params": sum(p.numel() for p in small.parameters()),
-           "timing": t, "speed": ratio(t["full"], t["pruned"]), "threads": a.threads,
+           "timing": t, "speed": speed[k], "speed_points": {str(kk): {
+               "removed": kk, "speed": speed[kk], "max_abs_diff_vs_masked": diffs[kk],
+               "safetensors_bytes": sizes[kk], "fidelity": curve[kk // 2]} for kk in points},
+           "threads": a.threads,
            "batch": list(batch["input_ids"].shape), "torch": torch.__version__,
            "cpu": platform.processor() or platform.machine()}
     os.makedirs(a.out, exist_ok=True)
@@ -106,9 +114,21 @@ def main(argv=None) -> int:
           f"(worst held-out window {best['embedding_cosine_min']:.4f}, mean "
           f"{best['embedding_cosine']:.4f}, token cosine {best['cosine']:.4f}); pruned vs "
           f"masked max |diff| {diff:.1e}; forward {t['full']['median_s'] * 1e3:.0f} ms -> "
-          f"{t['pruned']['median_s'] * 1e3:.0f} ms ({doc['speed']['ratio']:.2f}x, "
+          f"{t[f'pruned_{k}']['median_s'] * 1e3:.0f} ms ({doc['speed']['ratio']:.2f}x, "
           f"{doc['speed']['low']:.2f}-{doc['speed']['high']:.2f})")
+    for kk in points:
+        sp = speed[kk]
+        print(f"  {kk} heads removed: forward {sp['ratio']:.2f}x ({sp['low']:.2f}-"
+              f"{sp['high']:.2f}), pooled cosine {curve[kk // 2]['embedding_cosine']:.4f}, "
+              f"pruned vs masked {diffs[kk]:.1e}, {sizes[kk] / 1e6:.1f} MB")
     return 0
+
+
+def _removed(heads) -> dict:
+    out: dict = {}
+    for li, h in heads:
+        out.setdefault(li, []).append(h)
+    return out
 
 
 def _plot(doc, path):
@@ -126,7 +146,8 @@ def _plot(doc, path):
     ax.axvline(doc["fraction_at_bound"], color="grey", lw=0.8, ls=":")
     ax.set_xlabel("fraction of heads removed (least important first)")
     ax.set_ylabel("cosine to the full model")
-    ax.set_ylim(max(0.0, min(r["cosine"] for r in c) - 0.02), 1.002)
+    ax.set_ylim(max(0.0, min(min(r["cosine"], r["embedding_cosine_min"]) for r in c) - 0.02),
+                1.002)
     ax.set_title(f"{doc['model']}: heads removed vs fidelity on {doc['heldout_windows']} "
                  f"held-out windows of {doc['seq']} tokens", fontsize=9)
     ax.legend(fontsize=8)

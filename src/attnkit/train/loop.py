@@ -302,11 +302,6 @@ class _Bar:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
         self.console = Console(stderr=True)
-        if not self.console.is_terminal:      # a file or a pipe: plain progress lines
-            import time
-            self.lines = {"total": cfg.steps, "next": 0, "t0": time.monotonic(), "last": 0.0,
-                          "label": cfg.label(), "start": start}
-            return
         self.prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                              MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                              TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
@@ -316,20 +311,6 @@ class _Bar:
                                        loss="-", rate="-")
 
     def update(self, step: int, loss: float, rate: str) -> None:
-        st = getattr(self, "lines", None)
-        if st is not None:       # every 10% of the steps, or 30 s, and the last step
-            import time
-            now = time.monotonic()
-            if step >= st["next"] or now - st["last"] >= 30 or step == st["total"]:
-                el = now - st["t0"]
-                done = max(step - st["start"], 1)
-                eta = el / done * (st["total"] - step)
-                print(f"{st['label']}: step {step}/{st['total']} ({step / st['total']:.0%}), "
-                      f"loss {loss:.4f}, {rate}, elapsed {el:.0f} s, eta {eta:.0f} s",
-                      file=self.console.file, flush=True)
-                st["last"] = now
-                st["next"] = step + max(1, st["total"] // 10)
-            return
         if self.prog:
             self.prog.update(self.task, completed=step, loss=f"{loss:.4f}", rate=rate)
 
