@@ -154,3 +154,20 @@ def test_pruned_checkpoint_reloads_and_matches_the_masked_model(tmp_path):
     assert (out_of(model, inputs) - ref)[real].abs().max() > 1e-3
     with pytest.raises(ValueError, match="not served"):
         P.sites(build("llama"))
+
+
+def test_sequence_target_is_the_loss_on_a_span():
+    from attnkit.analysis import causal as C
+    model = build("llama")
+    ids = torch.randint(3, 90, (1, 12), generator=torch.Generator().manual_seed(1))
+    probe = C.Probe(model, {"input_ids": ids}, C.Target("sequence", "loss", span=(5, 11)))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.double()
+    ref = -torch.nn.functional.cross_entropy(logits[0, 5:11], ids[0, 6:12])
+    assert abs(float(probe.clean[0, 0]) - float(ref)) < 1e-9
+    res = C.head_importance(probe, "zero")
+    mod = probe.modules[res["rows"][0]["layer"]]
+    with heads.edit({mod: heads.HeadEdit.zero([res["rows"][0]["head"]], 4)}), torch.no_grad():
+        lg = model(input_ids=ids).logits.double()
+    loss = torch.nn.functional.cross_entropy(lg[0, 5:11], ids[0, 6:12])
+    assert abs(float(loss + ref) - res["rows"][0]["effect"]) < 1e-9

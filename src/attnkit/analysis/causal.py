@@ -32,13 +32,16 @@ __all__ = ["Target", "Probe", "head_importance", "patch_heads", "layer_names", "
 @dataclasses.dataclass
 class Target:
     """What is measured. ``kind``: ``"embedding"`` (mean-pooled final states, encoders),
-    ``"state"`` (the final state at ``position``, encoders) or ``"token"`` (log-probability
-    of ``token_id`` at the last position, decoders; ``foil_id``: minus that of a foil)."""
+    ``"state"`` (the final state at ``position``, encoders), ``"token"`` (log-probability
+    of ``token_id`` at the last position, decoders; ``foil_id``: minus that of a foil) or
+    ``"sequence"`` (mean log-probability of the text's own next tokens at positions
+    ``span = (start, stop)``: minus the loss there, decoders)."""
     kind: str
     label: str
     position: int | None = None
     token_id: int | None = None
     foil_id: int | None = None
+    span: tuple[int, int] | None = None
 
 
 class Probe:
@@ -65,6 +68,12 @@ class Probe:
         t = self.target
         if t.kind == "token":
             return torch.log_softmax(out.logits[:, -1].double(), -1)
+        if t.kind == "sequence":                                             # (B, 1)
+            a, b = t.span
+            lp = torch.log_softmax(out.logits[:, a:b].double(), -1)          # (B, n, V)
+            nxt = self.inputs["input_ids"][:, a + 1:b + 1]
+            nxt = nxt.expand(lp.shape[0], *nxt.shape[1:])
+            return lp.gather(-1, nxt[..., None])[..., 0].mean(-1, keepdim=True)
         hs = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         if t.kind == "state":
             return hs[:, t.position].double()
@@ -103,6 +112,8 @@ class Probe:
     def metric(self, feats: Tensor) -> Tensor:
         """The scalar target per row (decoders: log-prob of the token minus the foil's)."""
         t = self.target
+        if t.kind == "sequence":
+            return feats[:, 0]
         v = feats[:, t.token_id]
         return v - feats[:, t.foil_id] if t.foil_id is not None else v
 
@@ -116,6 +127,8 @@ class Probe:
     def effect(self, feats: Tensor) -> dict:
         """Per row: ``1 - cos`` (encoders) or the drop in the target's log-prob and the KL."""
         c = self.clean
+        if self.target.kind == "sequence":
+            return {"drop": self.metric(c) - self.metric(feats)}
         if self.target.kind == "token":
             kl = (c.exp() * (c - feats)).sum(-1).clamp_min(0)
             return {"drop": (self.metric(c) - self.metric(feats)), "kl": kl}
@@ -154,7 +167,7 @@ def gradient_importance(probe: Probe) -> Tensor:
     backward per feature dimension, batched), whose square over 2 is the Taylor
     estimate of ``1 - cos`` when the head is removed."""
     mods = probe.modules
-    if probe.target.kind == "token":
+    if probe.target.kind in ("token", "sequence"):
         gates = [torch.ones(n, requires_grad=True) for n in probe.n_heads]
         with H.edit({m: H.HeadEdit(scale=g) for m, g in zip(mods, gates)}):
             feats = probe.readout(probe.model(**probe.inputs))
@@ -215,13 +228,13 @@ def patch_heads(probe: Probe, corrupted: dict, per_position: bool = False) -> di
 
 
 def _difference(clean: Probe, corr: Probe) -> float:
-    if clean.target.kind == "token":
+    if clean.target.kind in ("token", "sequence"):
         return float(clean.metric(clean.clean)[0] - clean.metric(corr.clean)[0])
     return float(1 - torch.nn.functional.cosine_similarity(clean.clean, corr.clean)[0])
 
 
 def _share(clean: Probe, corr: Probe, feats: Tensor) -> Tensor:
-    if clean.target.kind == "token":
+    if clean.target.kind in ("token", "sequence"):
         m_c, m_x = clean.metric(clean.clean), clean.metric(corr.clean)
         return (clean.metric(feats) - m_x) / (m_c - m_x)
     d = clean.clean[0] - corr.clean[0]
