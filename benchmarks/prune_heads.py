@@ -12,7 +12,7 @@
    (:func:`attnkit.analysis.prune.save_pruned`), reloaded (:func:`load_pruned`), checked
    equal to the masked model, and timed against the full model (interleaved rounds, one
    thread, a batch of the held-out windows).
-Writes ``pruning.json`` and ``pruning.png`` to ``--out``.
+Writes ``pruning-{zero,mean}.json`` and ``.png`` to ``--out``; times are wall and thread CPU time.
 """
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-heldout", type=int, default=8)
     ap.add_argument("--min-cosine", type=float, default=0.99)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ablate", choices=("zero", "mean"), default="zero",
+                    help="how a removed head is replaced: zero, or its mean output on the "
+                    "calibration windows folded into the output projection's bias")
+    ap.add_argument("--rounds", type=int, default=15, help="timing rounds")
     ap.add_argument("--out", default="docs/heads")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -60,14 +64,15 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     eff = None
     for w in calib:
-        res = C.head_importance(C.Probe(model, w, C.Target("embedding", "pooled")), "zero",
-                                gradient=False)
+        res = C.head_importance(C.Probe(model, w, C.Target("embedding", "pooled")),
+                                a.ablate, gradient=False)
         e = {(r["layer"], r["head"]): r["effect"] for r in res["rows"]}
         eff = e if eff is None else {k: eff[k] + e[k] for k in eff}
     order = sorted(eff, key=lambda k: eff[k])                    # least important first
     t_imp = time.perf_counter() - t0
     n = len(order)
-    curve = P.pruning_curve(model, held, order, list(range(0, n + 1, 2)))
+    means = P.head_means(model, calib) if a.ablate == "mean" else None
+    curve = P.pruning_curve(model, held, order, list(range(0, n + 1, 2)), means)
     ok = [r for r in curve if r["embedding_cosine_min"] >= a.min_cosine]
     best = max(ok, key=lambda r: r["removed"]) if ok else curve[0]
     k = best["removed"]
@@ -76,11 +81,11 @@ def main(argv=None) -> int:
     for kk in points:
         removed = _removed(order[:kk])
         with tempfile.TemporaryDirectory() as d:
-            P.save_pruned(model, removed, d)
+            P.save_pruned(model, removed, d, means)
             smalls[kk] = P.load_pruned(d)
             sizes[kk] = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)
                             if f.endswith(".safetensors"))
-        with torch.no_grad(), P.masked(model, removed):
+        with torch.no_grad(), P.masked(model, removed, means):
             ref = [model(**w).last_hidden_state for w in held]
         with torch.no_grad():
             diffs[kk] = max(float((smalls[kk](**w).last_hidden_state - r).abs().max())
@@ -91,9 +96,12 @@ def main(argv=None) -> int:
     fns.update({f"pruned_{kk}": (lambda m: lambda: m(**batch))(smalls[kk]) for kk in points})
     with torch.no_grad():
         t = interleaved(fns, budget_s=40.0, min_runs=7)
+        cpu = _cpu_times(fns, a.rounds)
     speed = {kk: ratio(t["full"], t[f"pruned_{kk}"]) for kk in points}
+    cpu_speed = {kk: ratio(cpu["full"], cpu[f"pruned_{kk}"]) for kk in points}
     diff, small, size = diffs[k], smalls[k], sizes[k]
-    doc = {"model": a.model, "seq": a.seq, "calibration_windows": len(calib),
+    doc = {"model": a.model, "ablate": a.ablate, "seq": a.seq, "cpu_time": cpu,
+           "cpu_speed": {str(kk): cpu_speed[kk] for kk in points}, "calibration_windows": len(calib),
            "heldout_windows": len(held), "min_cosine": a.min_cosine, "order": order,
            "importance_seconds": t_imp, "curve": curve, "removed_at_bound": k,
            "fraction_at_bound": k / n, "point": best, "pruned_heads": removed,
@@ -107,9 +115,9 @@ def main(argv=None) -> int:
            "batch": list(batch["input_ids"].shape), "torch": torch.__version__,
            "cpu": platform.processor() or platform.machine()}
     os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "pruning.json"), "w") as f:
+    with open(os.path.join(a.out, f"pruning-{a.ablate}.json"), "w") as f:
         json.dump(doc, f, indent=1)
-    _plot(doc, os.path.join(a.out, "pruning.png"))
+    _plot(doc, os.path.join(a.out, f"pruning-{a.ablate}.png"))
     print(f"{k} of {n} heads ({k / n:.0%}) removable at pooled cosine >= {a.min_cosine} "
           f"(worst held-out window {best['embedding_cosine_min']:.4f}, mean "
           f"{best['embedding_cosine']:.4f}, token cosine {best['cosine']:.4f}); pruned vs "
@@ -118,10 +126,28 @@ def main(argv=None) -> int:
           f"{doc['speed']['low']:.2f}-{doc['speed']['high']:.2f})")
     for kk in points:
         sp = speed[kk]
+        cs = cpu_speed[kk]
         print(f"  {kk} heads removed: forward {sp['ratio']:.2f}x ({sp['low']:.2f}-"
-              f"{sp['high']:.2f}), pooled cosine {curve[kk // 2]['embedding_cosine']:.4f}, "
+              f"{sp['high']:.2f}) wall, {cs['ratio']:.2f}x ({cs['low']:.2f}-{cs['high']:.2f}) "
+              f"thread CPU time, pooled cosine {curve[kk // 2]['embedding_cosine']:.4f}, "
               f"pruned vs masked {diffs[kk]:.1e}, {sizes[kk] / 1e6:.1f} MB")
     return 0
+
+
+def _cpu_times(fns: dict, rounds: int) -> dict:
+    """Thread CPU time per call (``time.thread_time``), rotated rounds: on a shared
+    machine it counts this thread's work, not the time other processes held the core."""
+    from attnkit.bench.timing import summary
+    names = list(fns)
+    for f in fns.values():
+        f()
+    ts: dict = {nm: [] for nm in names}
+    for r in range(rounds):
+        for nm in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.thread_time()
+            fns[nm]()
+            ts[nm].append(time.thread_time() - t0)
+    return {nm: summary(v) for nm, v in ts.items()}
 
 
 def _removed(heads) -> dict:
@@ -148,7 +174,7 @@ def _plot(doc, path):
     ax.set_ylabel("cosine to the full model")
     ax.set_ylim(max(0.0, min(min(r["cosine"], r["embedding_cosine_min"]) for r in c) - 0.02),
                 1.002)
-    ax.set_title(f"{doc['model']}: heads removed vs fidelity on {doc['heldout_windows']} "
+    ax.set_title(f"{doc['model']}: heads removed ({doc['ablate']}) vs fidelity on {doc['heldout_windows']} "
                  f"held-out windows of {doc['seq']} tokens", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -154,6 +154,14 @@ def test_pruned_checkpoint_reloads_and_matches_the_masked_model(tmp_path):
     assert (out_of(model, inputs) - ref)[real].abs().max() > 1e-3
     with pytest.raises(ValueError, match="not served"):
         P.sites(build("llama"))
+    # mean removal: the heads' mean output folded into the bias
+    means = P.head_means(model, [{k: v[:1] for k, v in inputs.items()}])
+    with P.masked(model, removed, means):
+        ref_mean = out_of(model, inputs)
+    P.save_pruned(model, removed, tmp_path / "pruned_mean", means)
+    small = P.load_pruned(tmp_path / "pruned_mean")
+    assert (out_of(small, inputs) - ref_mean)[real].abs().max() < TOL
+    assert (ref_mean - ref)[real].abs().max() > 1e-3
 
 
 def test_sequence_target_is_the_loss_on_a_span():

@@ -25,7 +25,8 @@ from torch import nn
 
 from ..integrations.hf import heads as H
 
-__all__ = ["prune", "save_pruned", "load_pruned", "masked", "pruning_curve", "sites"]
+__all__ = ["prune", "save_pruned", "load_pruned", "masked", "pruning_curve", "sites",
+           "head_means"]
 
 
 def sites(model) -> list[tuple[nn.Module, nn.Module]]:
@@ -66,9 +67,10 @@ def _rows(lin: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:
     return new
 
 
-def prune(model, removed: dict) -> dict:
+def prune(model, removed: dict, means: dict | None = None) -> dict:
     """Remove heads ``{layer: [heads]}`` from the projections, in place; returns the
-    heads kept per layer."""
+    heads kept per layer. ``means`` ``{layer: (H, Dv)}``: each removed head's mean output
+    is folded into the output projection's bias (exactly mean ablation)."""
     kept = {}
     for li, layer in enumerate(_layers(model)):
         att, out = layer.attention.self, layer.attention.output.dense
@@ -81,6 +83,15 @@ def prune(model, removed: dict) -> dict:
         for name in ("query", "key", "value"):
             setattr(att, name, _rows(getattr(att, name), idx, 0))
         new_out = _rows(out, idx, 1)
+        if means is not None and gone:
+            mu = means[li]                                                 # (H, Dv)
+            extra = sum(out.weight[:, h * d:(h + 1) * d].detach() @ mu[h].to(out.weight)
+                        for h in gone)
+            if new_out.bias is None:
+                raise ValueError(f"means: layer {li}'s output projection has no bias to fold "
+                                 f"the removed heads' mean into")
+            with torch.no_grad():
+                new_out.bias += extra
         if not _keep(n, gone):                                   # every head removed
             with torch.no_grad():
                 new_out.weight.zero_()
@@ -91,22 +102,39 @@ def prune(model, removed: dict) -> dict:
     return kept
 
 
-def masked(model, removed: dict):
+def masked(model, removed: dict, means: dict | None = None):
     """The context in which ``model`` runs as if the heads were removed (their outputs
-    zeroed in attnkit's attention function)."""
+    zeroed -- or replaced by ``means[layer] (H, Dv)`` -- in attnkit's attention function)."""
     edits = {}
     for li, (att, _) in enumerate(sites(model)):
         gone = removed.get(li, removed.get(str(li), []))
         if gone:
-            edits[att] = H.HeadEdit.zero(gone, att.num_attention_heads)
+            n = att.num_attention_heads
+            edits[att] = H.HeadEdit.zero(gone, n) if means is None else \
+                H.HeadEdit.replace(gone, n, means[li])
     return H.edit(edits)
 
 
-def save_pruned(model, removed: dict, directory) -> Path:
+def head_means(model, windows: list[dict]) -> dict:
+    """``{layer: (H, Dv)}``: every head's output averaged over the windows' positions."""
+    mods = [att for att, _ in sites(model)]
+    tot: dict = {}
+    count = 0
+    for w in windows:
+        with H.record() as rec, torch.no_grad():
+            model(**w)
+        for li, m in enumerate(mods):
+            o = rec.outputs[m][0]                                           # (T, H, Dv)
+            tot[li] = tot.get(li, 0) + o.double().sum(0)
+        count += rec.outputs[mods[0]].shape[1]
+    return {li: (t / count).float() for li, t in tot.items()}
+
+
+def save_pruned(model, removed: dict, directory, means: dict | None = None) -> Path:
     """Prune a copy of ``model`` and save it (safetensors) with ``pruned_heads``."""
     import copy
     m = copy.deepcopy(model)
-    prune(m, removed)
+    prune(m, removed, means)
     d = Path(directory)
     m.save_pretrained(d, safe_serialization=True)
     cfg = json.loads((d / "config.json").read_text())
@@ -141,9 +169,9 @@ def load_pruned(directory, variant: str | None = None):
 
 
 def pruning_curve(model, windows: list[dict], order: list[tuple[int, int]],
-                  counts: list[int]) -> list[dict]:
-    """For each count k: the k first heads of ``order`` removed (masked), bench's
-    encoder fidelity against the full model on ``windows`` (inputs of batch 1)."""
+                  counts: list[int], means: dict | None = None) -> list[dict]:
+    """For each count k: the k first heads of ``order`` removed (masked: zeroed, or
+    ``means``), bench's encoder fidelity against the full model on ``windows``."""
     from ..bench.fidelity import Accumulator
 
     class _Out:
@@ -161,7 +189,7 @@ def pruning_curve(model, windows: list[dict], order: list[tuple[int, int]],
         for li, h in order[:k]:
             removed.setdefault(li, []).append(h)
         acc = Accumulator("encoder", L)
-        with masked(model, removed), torch.no_grad():
+        with masked(model, removed, means), torch.no_grad():
             for w, f in zip(windows, full):
                 acc.add_outputs(f, _Out(model(**w).last_hidden_state, w["attention_mask"]),
                                 w["input_ids"])
