@@ -37,3 +37,29 @@ def test_rollout_view_needs_every_layer_and_square_maps():
     assert rollout_view(View("self", "", toks, toks, w[:1], [1]), 2) is None
     with pytest.raises(ValueError, match="weights"):
         rollout(torch.zeros(2, 3, 4))
+
+
+def _page_data(path):
+    import json
+    import re
+    s = path.read_text()
+    blob = re.search(r'<script type="application/json" id="data">(.*?)</script>', s, re.S)
+    return json.loads(blob.group(1).replace("<\\/", "</"))
+
+
+def test_page_opens_on_the_top_ranked_head_and_its_query(tmp_path):
+    from attnkit.analysis.capture import Capture
+    from attnkit.analysis.viewer import write_page
+    toks = from_pieces(["the", "cat", "sat", "it"])
+    w = torch.softmax(torch.randn(2, 3, 4, 4), -1)
+    v = View("self", "", toks, toks, w, [0, 1])
+    cap = Capture("m", "A", "attnkit", "encoder", "the cat sat it", [v, rollout_view(v, 2)], "x")
+    rank = {"from": "it", "to": "cat", "view": 0, "q": 3,
+            "rows": [{"layer": 1, "head": 2, "weight": 0.5, "others": 0.1, "contrast": 0.4,
+                      "ratio": 5.0, "type": None}]}
+    write_page(str(tmp_path / "a.html"), cap, ranking=rank)
+    d = _page_data(tmp_path / "a.html")
+    assert d["open"] == {"view": 0, "layer": 1, "head": 2, "q": 3}
+    assert [x["name"] for x in d["views"]] == ["self", "rollout"]
+    write_page(str(tmp_path / "b.html"), cap, open_on={"view": 1, "layer": 0, "head": 0})
+    assert _page_data(tmp_path / "b.html")["open"]["view"] == 1
