@@ -62,16 +62,17 @@ def main(argv=None) -> int:
     ws = windows(tok, text, a.seq)
     calib, held = ws[:a.calib], ws[a.calib:a.calib + a.max_heldout]
     t0 = time.perf_counter()
+    means = P.head_means(model, calib) if a.ablate == "mean" else None
+    mlist = None if means is None else [means[li] for li in range(len(means))]
     eff = None
-    for w in calib:
+    for w in calib:                  # mean: the calibration mean the pruned model will use
         res = C.head_importance(C.Probe(model, w, C.Target("embedding", "pooled")),
-                                a.ablate, gradient=False)
+                                a.ablate, gradient=False, means=mlist)
         e = {(r["layer"], r["head"]): r["effect"] for r in res["rows"]}
         eff = e if eff is None else {k: eff[k] + e[k] for k in eff}
     order = sorted(eff, key=lambda k: eff[k])                    # least important first
     t_imp = time.perf_counter() - t0
     n = len(order)
-    means = P.head_means(model, calib) if a.ablate == "mean" else None
     curve = P.pruning_curve(model, held, order, list(range(0, n + 1, 2)), means)
     ok = [r for r in curve if r["embedding_cosine_min"] >= a.min_cosine]
     best = max(ok, key=lambda r: r["removed"]) if ok else curve[0]

@@ -136,10 +136,19 @@ class Probe:
         return {"drop": 1 - cos}
 
 
-def head_importance(probe: Probe, ablate: str = "zero", gradient: bool = True) -> dict:
-    """Ablation effect of every head (module doc); ``rows`` sorted by effect."""
+def head_importance(probe: Probe, ablate: str = "zero", gradient: bool = True,
+                    means: list | None = None) -> dict:
+    """Ablation effect of every head (module doc); ``rows`` sorted by effect. ``mean``
+    replaces a head by its mean over this text's positions, or by ``means[layer] (H, Dv)``
+    when given (e.g. a mean over other texts: what a pruned model would use)."""
     rows = [(li, h, None) for li, n in enumerate(probe.n_heads) for h in range(n)]
-    eff = probe.effect(probe.run(rows, probe.values(ablate)))
+    vals = probe.values(ablate)
+    if means is not None:
+        if ablate != "mean" or len(means) != len(probe.modules):
+            raise ValueError(f"means: expected one (H, Dv) tensor per attention module "
+                             f"({len(probe.modules)}) with ablate='mean'")
+        vals = list(means)
+    eff = probe.effect(probe.run(rows, vals))
     grad = gradient_importance(probe) if gradient else None
     out = []
     for i, (li, h, _) in enumerate(rows):
