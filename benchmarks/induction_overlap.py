@@ -2,11 +2,11 @@
 
     python benchmarks/induction_overlap.py --model DIR [--n 24] [--seqs 4] [--top 5]
 
-Repeated random tokens ``r r`` (``--n`` tokens twice, ``--seqs`` draws):
+Repeated random tokens ``[bos] r r`` (``--n`` tokens twice, ``--seqs`` draws):
 
 * attention: a head's *induction score* is its mean weight from each position i of the
   second copy to i - n + 1 (the token after the previous occurrence of token i);
-* ablation: the rise of the loss on the second copy when the head's output is zeroed
+* ablation: the rise of the loss on the second copy (after its first token) when the head's output is zeroed
   (:func:`attnkit.analysis.causal.head_importance`, target ``sequence``).
 
 Prints both rankings, the overlap of their top ``--top`` and Spearman over all heads;
@@ -23,8 +23,8 @@ import torch
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
-    ap.add_argument("--n", type=int, default=24)
-    ap.add_argument("--seqs", type=int, default=4)
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--seqs", type=int, default=16)
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out")
@@ -43,13 +43,15 @@ def main(argv=None) -> int:
     ind, abl = None, None
     for _ in range(a.seqs):
         r = pool[torch.randint(len(pool), (n,), generator=g)]
-        ids = torch.cat([r, r])[None]                                      # (1, 2n)
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        o = len(bos)
+        ids = torch.cat([torch.tensor(bos, dtype=r.dtype), r, r])[None]    # (1, o + 2n)
         with torch.no_grad():
             att = model(input_ids=ids, output_attentions=True).attentions   # L x (1, H, T, T)
-        i = torch.arange(n, 2 * n)
+        i = torch.arange(o + n, o + 2 * n)
         score = torch.stack([w[0][:, i, i - n + 1].mean(-1) for w in att])  # (L, H)
         probe = C.Probe(model, {"input_ids": ids}, C.Target("sequence", "repeat loss",
-                                                            span=(n, 2 * n - 1)))
+                                                            span=(o + n, o + 2 * n - 1)))
         res = C.head_importance(probe, "zero", gradient=False)
         eff = torch.zeros_like(score)
         for row in res["rows"]:
