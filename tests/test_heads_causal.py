@@ -179,3 +179,23 @@ def test_sequence_target_is_the_loss_on_a_span():
         lg = model(input_ids=ids).logits.double()
     loss = torch.nn.functional.cross_entropy(lg[0, 5:11], ids[0, 6:12])
     assert abs(float(loss + ref) - res["rows"][0]["effect"]) < 1e-9
+
+
+def test_mean_ablation_by_a_given_mean_equals_that_replacement():
+    from attnkit.analysis import causal as C
+    model = build("bert")
+    inputs, _ = batch(BY_NAME["bert"])
+    one = {k: v[:1] for k, v in inputs.items()}
+    probe = C.Probe(model, one, C.Target("embedding", "pooled"))
+    g = torch.Generator().manual_seed(3)
+    means = [torch.randn(n, 8, generator=g) for n in probe.n_heads]      # (H, Dv) each
+    res = C.head_importance(probe, "mean", gradient=False, means=means)
+    r = res["rows"][0]
+    mod = probe.modules[r["layer"]]
+    with heads.edit({mod: heads.HeadEdit.replace([r["head"]], 4, means[r["layer"]])}), \
+            torch.no_grad():
+        f = probe.readout(model(**one))
+    cos = torch.nn.functional.cosine_similarity(f, probe.clean)[0]
+    assert abs(float(1 - cos) - r["effect"]) < 1e-9
+    with pytest.raises(ValueError, match="means"):
+        C.head_importance(probe, "zero", gradient=False, means=means)
