@@ -63,3 +63,19 @@ def test_page_opens_on_the_top_ranked_head_and_its_query(tmp_path):
     assert [x["name"] for x in d["views"]] == ["self", "rollout"]
     write_page(str(tmp_path / "b.html"), cap, open_on={"view": 1, "layer": 0, "head": 0})
     assert _page_data(tmp_path / "b.html")["open"]["view"] == 1
+
+
+def test_flow_by_hand_one_layer_is_the_map_and_two_layers_add_paths():
+    from attnkit.analysis.rollout import flow
+    T = 3
+    a0 = torch.zeros(1, 1, T, T); a0[..., 0] = 1             # everyone reads token 0
+    a1 = torch.zeros(1, 1, T, T); a1[..., -1] = 1            # everyone reads the last token
+    f = flow(torch.cat([a0, a1]))
+    h0 = 0.5 * a0[0, 0] + 0.5 * torch.eye(T)
+    assert torch.allclose(f[0], h0, atol=1e-6)              # one layer: the edge itself
+    # token 1 after both layers from input 0: two paths of 0.5 (via tokens 1 and 2) = 1.0,
+    # where rollout's product gives 0.5
+    assert abs(float(f[1, 1, 0]) - 1.0) < 1e-6
+    assert abs(float(rollout(torch.cat([a0, a1]))[1, 1, 0]) - 0.5) < 1e-6
+    with pytest.raises(ValueError, match="at most"):
+        flow(torch.softmax(torch.randn(1, 1, 65, 65), -1))

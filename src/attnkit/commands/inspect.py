@@ -219,12 +219,16 @@ def run(args) -> int:
     kw = {"dec_layers": dec_layers} if src.via == "transformers" else {}
     cap = src.capture(args.text, layers, generate=generate, target=args.target,
                       image=args.image, **kw)
-    from ..analysis.rollout import rollout_view
-    roll = rollout_view(cap.main, cap.n_layers) if src.kind != "image" else None
+    from ..analysis.rollout import flow_view, rollout_view
+    roll = [f(cap.main, cap.n_layers) for f in (rollout_view, flow_view)] \
+        if src.kind != "image" else []
     rows_by_view = {v.name: classify_heads(v.weights, args.threshold, v.causal, v.layers)
                     for v in cap.views}
-    if roll is not None:                  # beside the raw maps (no head types: one map)
-        cap.views.append(roll)
+    cap.views += [v for v in roll if v is not None]   # beside the raw maps (one map each)
+    if roll and roll[0] is not None and roll[1] is None:
+        from ..analysis.rollout import FLOW_MAX_PROBLEMS
+        cap.notes.append(f"attention flow not shown: {cap.n_layers} layers x {len(cap.main.q)}"
+                         f"^2 tokens is over {FLOW_MAX_PROBLEMS:,} max-flow problems")
     ranking = None
     if args.from_word is not None:
         main = cap.main

@@ -69,13 +69,13 @@ def _page(args, res, probe, names, what) -> None:
     import torch
 
     from ..analysis.capture import View
-    from ..analysis.rollout import rollout_view
+    from ..analysis.rollout import flow_view, rollout_view
     from ..analysis.sources import open_source
     from ..analysis.viewer import write_page
     from ..analysis.words import from_pieces
     src = open_source(args.model, via="transformers")
     cap = src.capture(args.text, list(range(src.n_layers)))
-    roll = rollout_view(cap.main, cap.n_layers)
+    roll = [f(cap.main, cap.n_layers) for f in (rollout_view, flow_view)]
     L, Hm = len(probe.n_heads), max(probe.n_heads)
     grid = torch.zeros(1, 1, L, Hm)
     for r in res["rows"]:
@@ -85,8 +85,7 @@ def _page(args, res, probe, names, what) -> None:
     cap.views.append(View("ablation", f"{args.ablate}-ablating one head: {what} of the "
                           f"{res['target_text']} (rows: layers, columns: heads; negative "
                           f"changes shown as 0)", rows, cols, grid, [0], False))
-    if roll is not None:
-        cap.views.append(roll)
+    cap.views += [v for v in roll if v is not None]
     top = res["rows"][0]
     q = probe.target.position if probe.target.kind == "state" else len(cap.main.q) - 1 \
         if probe.target.kind == "token" else None
