@@ -48,7 +48,10 @@ def test_qwen2_decoder_with_generation(ckpts, tmp_path):
     res, pngs = outputs(out)
     assert res["via"] == "transformers" and res["kind"] == "decoder"
     T = len(res["tokens"])
-    assert [v["shape"] for v in res["views"]] == [[2, 4, T, T], [2, 4, 4, T + 4]]
+    assert [v["shape"] for v in res["views"]] == [[2, 4, T, T], [2, 4, 4, T + 4],
+                                                  [2, 1, T, T], [2, 1, T, T]]
+    assert [v["name"] for v in res["views"][2:]] == ["rollout", "flow"]
+    assert {"rollout_layer1.png", "flow_layer1.png"} <= set(pngs)
     assert all(v["causal"] for v in res["views"]) and len(res["generated"]) == 4
     assert res["words"][:3] == ["The", "cat", "sat"] and "Ġ" not in "".join(res["words"])
     assert res["heads"][0]["next"] is None                    # no next-token type when causal
@@ -65,8 +68,9 @@ def test_t5_encoder_decoder_views(ckpts, tmp_path):
     cli(SEED, "--model", ckpts["t5"], "--target", "Hello world, the cat is here.", "--out", out)
     res, pngs = outputs(out)
     names = [v["name"] for v in res["views"]]
-    assert names == ["encoder", "decoder", "cross"] and res["kind"] == "encoder-decoder"
-    (_, _, te, _), (_, _, td, _), cross = (v["shape"] for v in res["views"])
+    assert names == ["encoder", "decoder", "cross", "rollout", "flow"]   # of the encoder
+    assert res["kind"] == "encoder-decoder"
+    (_, _, te, _), (_, _, td, _), cross = (v["shape"] for v in res["views"][:3])
     assert cross == [2, 4, td, te] and td != te               # rectangular
     assert res["views"][1]["causal"] and not res["views"][2]["causal"]
     assert res["views"][0]["query_labels"][:2] == ["T", "he"] and res["words"][0] == "The"

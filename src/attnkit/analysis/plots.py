@@ -65,10 +65,8 @@ def plot_heads(weights_layer: Tensor, q_labels: list[str], path: str, title: str
         im = ax.imshow(w[h], cmap="viridis", vmin=0, vmax=vmax, aspect="auto",
                        interpolation="nearest")
         ax.set_title((subtitles or {}).get(h, f"head {h}"), fontsize=9)
-        if labelled and max(Tq, Tk) <= (64 if one else 32):
-            _ticks(ax, k_labels, q_labels)
-        elif labelled:
-            ax.tick_params(labelsize=6)
+        if labelled:      # tokens on the axes, every n-th when long (never bare indices)
+            _ticks(ax, k_labels, q_labels, 64 if one else 32)
         else:
             ax.set_xticks([])
             ax.set_yticks([])

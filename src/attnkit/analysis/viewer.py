@@ -98,11 +98,13 @@ def _preview(text: str, n: int = 90) -> str:
 
 
 def write_page(path: str, capture: Capture, heads: dict[str, list[dict]] | None = None,
-               ranking: dict | None = None, max_bytes: int = MAX_BYTES) -> dict:
+               ranking: dict | None = None, max_bytes: int = MAX_BYTES,
+               open_on: dict | None = None) -> dict:
     """Write the viewer for ``capture``; ``heads`` maps a view name to its head-type rows
     (:func:`attnkit.analysis.inspect.classify_heads`), ``ranking`` is ``{"from", "to",
-    "rows"}`` (:func:`rank_heads`). Returns what was embedded per view: (rows, cols,
-    fq, fk)."""
+    "rows"}`` (:func:`rank_heads`). The page opens (without URL parameters) on
+    ``open_on`` ``{"view", "layer", "head", "q"}``, by default the ranking's top head and
+    its query ``ranking["q"]``. Returns what was embedded per view: (rows, cols, fq, fk)."""
     if not isinstance(capture, Capture) or not capture.views:
         raise ValueError(f"capture: expected a Capture with at least one view, got "
                          f"{type(capture).__name__}")
@@ -130,7 +132,12 @@ def write_page(path: str, capture: Capture, heads: dict[str, list[dict]] | None 
     title = f"attnkit inspect · {capture.model}"
     sub = (f"{capture.arch} · {capture.attention} · {capture.kind} · "
            f"{n} tokens" + (f" · {capture.n_layers} layers" if capture.n_layers else ""))
-    data = {"views": views, "image": image, "ranking": ranking, "types": list(HEAD_TYPES)}
+    if open_on is None and ranking and ranking.get("rows"):
+        top = ranking["rows"][0]
+        open_on = {"view": ranking.get("view", 0), "layer": top["layer"], "head": top["head"],
+                   "q": ranking.get("q")}
+    data = {"views": views, "image": image, "ranking": ranking, "types": list(HEAD_TYPES),
+            "open": open_on}
     text = capture.text or ""
     blob = json.dumps(data).replace("</", "<\\/")
     body = f"""<!doctype html><html><head><meta charset="utf-8">

@@ -300,6 +300,11 @@ document.addEventListener('keydown', ev => {
   const p = {}; location.hash.slice(1).split('&').forEach(kv => { const [k, x] = kv.split('='); if (k) p[k] = decodeURIComponent(x || ''); });
   if (p.view) { const i = D.views.findIndex(v => v.name === p.view); if (i >= 0) S.v = i; }
   else if (D.ranking && p.layer !== undefined) S.v = D.ranking.view;
+  const o = D.open;   // no URL parameters: open on the answer (top-ranked head, asked query)
+  if (o && p.view === undefined && p.layer === undefined && p.head === undefined) {
+    S.v = o.view; const w = V(); S.l = Math.max(0, w.layers.indexOf(o.layer)); S.h = o.head;
+    if (o.q !== undefined && o.q !== null && p.q === undefined) S.q = Math.floor(o.q / w.fq);
+  }
   const v = V();
   if (p.layer !== undefined) { const i = v.layers.indexOf(+p.layer); if (i >= 0) S.l = i; }
   if (p.head !== undefined && +p.head < v.H) S.h = +p.head;

@@ -159,8 +159,10 @@ def _write(con, args, cap, ranking, rows_by_view) -> None:
         paths.append(name)
     rank = None
     if ranking:
+        from ..analysis.words import find_word
+        q = main.q.groups()[find_word(main.q.words, args.from_word, "--from")][0]
         rank = {"from": args.from_word, "to": args.to_word, "versus": args.versus,
-                "view": cap.views.index(main), "rows": ranking[:max(12, args.top)]}
+                "view": cap.views.index(main), "rows": ranking[:max(12, args.top)], "q": q}
     write_page(os.path.join(out, "attention.html"), cap, rows_by_view, rank)
     paths.append("attention.html")
     doc = {"text": cap.text, "model": cap.model, "arch": cap.arch, "via": cap.via,
@@ -173,7 +175,7 @@ def _write(con, args, cap, ranking, rows_by_view) -> None:
            "versus": args.versus, "heads": rows_by_view[main.name],
            "views": [{"name": v.name, "about": v.about, "shape": list(v.weights.shape),
                       "layers": v.layers, "causal": v.causal, "query_labels": v.q.labels,
-                      "key_labels": v.k.labels, "heads": rows_by_view[v.name]}
+                      "key_labels": v.k.labels, "heads": rows_by_view.get(v.name)}
                      for v in cap.views]}
     with open(os.path.join(out, "inspect.json"), "w") as f:
         json.dump(doc, f, indent=1, allow_nan=False, default=_jsonable)
@@ -194,6 +196,9 @@ def run(args) -> int:
     from ..analysis.capture import parse_layers
     from ..analysis.inspect import classify_heads, rank_heads
     from ..analysis.sources import open_source
+    if args.ablate:
+        from .inspect_ablate import run as run_ablate
+        return run_ablate(args)
     _cheap_checks(args)
     if args.induction is not None:
         from .induction import run_induction
@@ -217,8 +222,16 @@ def run(args) -> int:
     kw = {"dec_layers": dec_layers} if src.via == "transformers" else {}
     cap = src.capture(args.text, layers, generate=generate, target=args.target,
                       image=args.image, **kw)
+    from ..analysis.rollout import flow_view, rollout_view
+    roll = [f(cap.main, cap.n_layers) for f in (rollout_view, flow_view)] \
+        if src.kind != "image" else []
     rows_by_view = {v.name: classify_heads(v.weights, args.threshold, v.causal, v.layers)
                     for v in cap.views}
+    cap.views += [v for v in roll if v is not None]   # beside the raw maps (one map each)
+    if roll and roll[0] is not None and roll[1] is None:
+        from ..analysis.rollout import FLOW_MAX_PROBLEMS
+        cap.notes.append(f"attention flow not shown: {cap.n_layers} layers x {len(cap.main.q)}"
+                         f"^2 tokens is over {FLOW_MAX_PROBLEMS:,} max-flow problems")
     ranking = None
     if args.from_word is not None:
         main = cap.main
@@ -279,7 +292,11 @@ def add_parser(sub) -> None:
     p.add_argument("--generate", type=int, metavar="N", help="decoders and encoder-decoders: "
                    "generate N tokens greedily and show how they attend")
     p.add_argument("--target", metavar="TEXT", help="encoder-decoders: the decoder's input "
-                   "text (default: 20 generated tokens)")
+                   "text (default: 20 generated tokens); with --ablate: the next token to "
+                   "score (decoders) or the word whose final state is compared (encoders)")
+    p.add_argument("--ablate", choices=("zero", "mean"), help="rank every head by the change "
+                   "in the output when it is zeroed or replaced by its mean (transformers "
+                   "models with attnkit inside; see attnkit patch)")
     p.add_argument("--image", metavar="FILE", help="vision transformers: the image to run")
     p.add_argument("--out", help="directory for PNG heatmaps, attention.html and inspect.json")
     from .induction import add_arguments

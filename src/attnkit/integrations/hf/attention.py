@@ -20,6 +20,7 @@ from ... import masks as M
 from ...functional import attention
 from ...linear import linear_attention
 from ...masks import MaskSpec
+from .heads import edit_heads
 from .names import Implementation, parse_implementation
 
 __all__ = ["attnkit_attention_forward", "weights_for", "WeightRequest", "call_mask", "variant_mask"]
@@ -148,4 +149,4 @@ def attnkit_attention_forward(module, query: Tensor, key: Tensor, value: Tensor,
             w = _head_weights(w, None if req is None else req.heads)
     if asked and not want:  # not chosen by weights_for: keep the layer's slot, no cost
         w = out.new_zeros(out.shape[0], out.shape[1], 0, key.shape[2])
-    return out.transpose(1, 2).contiguous(), w
+    return edit_heads(module, out.transpose(1, 2).contiguous()), w   # (B, Tq, H, Dv)
