@@ -11,6 +11,10 @@ The built-in preferences reproduce this rule:
 3. other masks/biases whose dense form needs <= 256 MiB -> ``sdpa`` (20);
 4. otherwise -> ``tiled`` (10; 5 when only excluded backends would beat it).
 
+Under ``torch.compile`` ``tiled`` (which plans its tiles in Python: a graph break) is
+chosen only when a dense form would exceed the budget; what SDPA cannot serve (softcap,
+sinks) goes to ``reference`` (1), which traces into the graph.
+
 A registered third-party backend takes part by implementing ``auto_preference``.
 
 ``with attnkit.use_backends("tiled", "sdpa"):`` restricts what ``auto`` may choose inside

@@ -72,6 +72,9 @@ class TiledBackend(Backend):
         self.config = config  # None: per call, kernels.tiles.config_for
 
     def auto_preference(self, call: AttentionCall):
+        nbytes = call.dense_bytes()
+        if torch.compiler.is_compiling() and nbytes <= DENSE_MASK_BUDGET:
+            return None  # it plans tiles in Python (a graph break): sdpa/reference trace
         if call.softcap is not None:
             return 30.0, "softcap: SDPA cannot apply it"
         if call.mask is not None:
@@ -80,7 +83,6 @@ class TiledBackend(Backend):
             if density < SPARSE_DENSITY:
                 return 30.0, (f"sparse mask ({_num(density, '.0%')} of tiles non-empty): "
                               "tiled skips the rest")
-        nbytes = call.dense_bytes()
         if (call.mask is not None or call.bias is not None) and nbytes > DENSE_MASK_BUDGET:
             return 10.0, (f"a dense mask would need {_num(nbytes / 2**30, '.2f')} GiB; tiled "
                           "needs O(T*D)")
