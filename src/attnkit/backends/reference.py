@@ -18,6 +18,8 @@ class ReferenceBackend(Backend):
     name = "reference"
     description = "materialises scores and weights (fp32/fp64); the oracle"
 
+    serves_sinks = True
+
     def auto_preference(self, call: AttentionCall):
         """Only under ``torch.compile``, for what ``sdpa`` cannot serve (softcap, sinks)
         and a dense form that fits :data:`~attnkit.backends.sdpa.DENSE_MASK_BUDGET`: the

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 from ..call import AttentionCall
 from ..errors import UnsupportedCall
-from .base import LAZY_BACKENDS, Backend, available_backends, get_backend, loaded_backends
+from .base import (LAZY_BACKENDS, Backend, available_backends, get_backend, loaded_backends,
+                   refusal)
 
 __all__ = ["select_backend", "resolve_backend", "use_backends", "current_policy"]
 
@@ -93,7 +94,7 @@ def select_backend(call: AttentionCall) -> tuple[str, str]:
             if policy.names is None:
                 continue
             pref = (0.0, f"allowed by use_backends{policy.names}")
-        reason = be.unsupported(call)
+        reason = refusal(be, call)
         if reason:
             why_not.append(f"{be.name}: {reason}")
             continue
@@ -119,7 +120,7 @@ def resolve_backend(backend: str, call: AttentionCall) -> Backend:
     if backend == "auto":
         return get_backend(select_backend(call)[0])
     be = get_backend(backend)
-    why = be.unsupported(call)
+    why = refusal(be, call)
     if why:
         raise UnsupportedCall(f"backend {backend!r} cannot serve this call: {why}")
     return be

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..call import AttentionCall
+from ..kernels.merge import with_sinks
 from ..kernels.tiled import tiled_attention
 from ..kernels.tiles import TileConfig, cached_block_map, config_for
 from ..masks import EMPTY
@@ -88,5 +89,8 @@ class TiledBackend(Backend):
                           "needs O(T*D)")
         return 5.0, "online softmax over key tiles, O(T*D) memory"
 
+    serves_sinks = True  # its log-sum-exp is differentiable (kernels.merge.with_sinks)
+
     def forward(self, call: AttentionCall) -> Tensor:
-        return tiled_attention(call, self.config)[0]
+        out, lse = tiled_attention(call, self.config)
+        return out if call.sinks is None else with_sinks(out, lse, call.sinks)
