@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ... import masks as M
 from ...masks import MaskSpec, Window
+from .support import refuse_model
 
 __all__ = ["attnkit_mask", "translate", "mask_mod_reader", "dense_required"]
 
@@ -209,6 +210,8 @@ def attnkit_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_
     transformers' ``sdpa_mask`` builds, which the attention function reads as a mask."""
     mu = _hf()
     fn = mask_function or mu.causal_mask_function
+    if not torch.compiler.is_compiling():   # (a model's first call is never compiled)
+        refuse_model(kwargs.get("config"))
     if dense_required():
         return mu.sdpa_mask(batch_size, q_length, kv_length, q_offset, kv_offset,
                             mask_function=fn, attention_mask=attention_mask, **kwargs)
