@@ -83,7 +83,7 @@ def _decode(model, f, ids, am, steps=3):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["llama", "mistral", "qwen2", "gemma2", "gpt2"])
+@pytest.mark.parametrize("name", ["qwen2", "gemma2"])   # (llama, mistral, gpt2: the same)
 def test_compile_fullgraph_padded_and_static_decoding_without_recompiles(name):
     # dynamo only (CompileCounter: the graph runs eagerly), which is where the failures
     # were: value-dependent branches, get_num_threads, guards on mask ints / code objects

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ... import masks as M
 from ...masks import MaskSpec, Window
-from .support import refuse_model
+from .support import factory_codes, refuse_model
 
 __all__ = ["attnkit_mask", "translate", "mask_mod_reader", "dense_required"]
 
@@ -47,33 +47,13 @@ def _hf():
     return mu
 
 
-def _codes() -> dict:
-    """The code objects of transformers' mask functions (closures share one per factory)."""
-    mu, t = _hf(), torch.zeros(1, 1, dtype=torch.long)
-    f = mu.causal_mask_function
-    return {
-        "causal": mu.causal_mask_function.__code__,
-        "bidirectional": mu.bidirectional_mask_function.__code__,
-        "sliding": mu.sliding_window_overlay(1).__code__,
-        "sliding_bidirectional": mu.sliding_window_bidirectional_overlay(1).__code__,
-        "chunked": mu.chunked_overlay(1, t[0]).__code__,
-        "padding": mu.padding_mask_function(t.bool()).__code__,
-        "packed": mu.packed_sequence_mask_function(t).__code__,
-        "blockwise": mu.blockwise_overlay(t).__code__,
-        "remap": mu.remap_positions_for_packed_sequence(f, t).__code__,
-        "offsets": mu.add_offsets_to_mask_function(f, 0, 0).__code__,
-        "and": mu.and_masks(f).__code__,
-        "or": mu.or_masks(f).__code__,
-    }
-
-
 _CODES: dict | None = None
 
 
 def _kind(fn) -> tuple[str | None, dict]:
     global _CODES
     if _CODES is None:
-        _CODES = {v: k for k, v in _codes().items()}
+        _CODES = {v: k for k, v in factory_codes().items()}
     code = getattr(fn, "__code__", None)
     kind = _CODES.get(code)
     cells = {}

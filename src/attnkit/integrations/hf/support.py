@@ -18,27 +18,49 @@ import functools
 
 from ...errors import UnsupportedCall
 
-__all__ = ["SUPPORTED", "check_transformers", "mask_reader_problem", "model_refusal",
+__all__ = ["SUPPORTED", "FACTORIES", "factory_codes", "check_transformers", "mask_reader_problem", "model_refusal",
            "refuse_model"]
 
 SUPPORTED = ((5, 0), (5, 26))   # [low, high): tested at both ends (5.0.0 and 5.25.0)
 
-# the mask-function factories of masking_utils and the closure variables .masks reads
-_READS = {
-    "sliding_window_overlay": (1,), "sliding_window_bidirectional_overlay": (1,),
-    "padding_mask_function": ("bool",), "packed_sequence_mask_function": ("long",),
-    "chunked_overlay": (1, "long1"), "add_offsets_to_mask_function": ("fn", 0, 0),
-    "and_masks": ("fn",), "or_masks": ("fn",),
+# kind -> (masking_utils factory, example arguments, the closure variables .masks reads,
+# required: a factory some supported releases lack is read only where present)
+FACTORIES = {
+    "sliding": ("sliding_window_overlay", (1,), {"sliding_window"}, True),
+    "sliding_bidirectional": ("sliding_window_bidirectional_overlay", (1,), {"sliding_window"},
+                              False),
+    "chunked": ("chunked_overlay", (1, "long1"), {"chunk_size", "left_padding"}, True),
+    "padding": ("padding_mask_function", ("bool",), {"padding_mask"}, True),
+    "packed": ("packed_sequence_mask_function", ("long",), {"packed_sequence_mask"}, True),
+    "blockwise": ("blockwise_overlay", ("long",), {"block_sequence_ids"}, False),
+    "remap": ("remap_positions_for_packed_sequence", ("fn", "long"),
+              {"mask_function", "position_ids"}, False),
+    "offsets": ("add_offsets_to_mask_function", ("fn", 0, 0),
+                {"mask_function", "q_offset", "kv_offset"}, True),
+    "and": ("and_masks", ("fn",), {"mask_functions"}, True),
+    "or": ("or_masks", ("fn",), {"mask_functions"}, True),
 }
-_NEEDS = {
-    "sliding_window_overlay": {"sliding_window"},
-    "sliding_window_bidirectional_overlay": {"sliding_window"},
-    "padding_mask_function": {"padding_mask"},
-    "packed_sequence_mask_function": {"packed_sequence_mask"},
-    "chunked_overlay": {"chunk_size", "left_padding"},
-    "add_offsets_to_mask_function": {"mask_function", "q_offset", "kv_offset"},
-    "and_masks": {"mask_functions"}, "or_masks": {"mask_functions"},
-}
+
+
+def _examples(mu) -> dict:
+    import torch
+    return {"bool": torch.zeros(1, 1, dtype=torch.bool), "long": torch.zeros(1, 1,
+            dtype=torch.long), "long1": torch.zeros(1, dtype=torch.long),
+            "fn": mu.causal_mask_function}
+
+
+def factory_codes() -> dict:
+    """kind -> the code object of transformers' mask functions of that kind (closures
+    share one per factory), for the factories this release has."""
+    from transformers import masking_utils as mu
+    ex = _examples(mu)
+    codes = {"causal": mu.causal_mask_function.__code__,
+             "bidirectional": mu.bidirectional_mask_function.__code__}
+    for kind, (name, args, _, _) in FACTORIES.items():
+        factory = getattr(mu, name, None)
+        if factory is not None:
+            codes[kind] = factory(*(ex[a] if isinstance(a, str) else a for a in args)).__code__
+    return codes
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -60,17 +82,16 @@ def check_transformers(tf) -> None:
 def mask_reader_problem() -> str | None:
     """None if every closure variable :mod:`.masks` reads exists in this transformers, else
     one line naming what is missing."""
-    import torch
     from transformers import masking_utils as mu
-    args = {"bool": torch.zeros(1, 1, dtype=torch.bool), "long": torch.zeros(1, 1,
-            dtype=torch.long), "long1": torch.zeros(1, dtype=torch.long),
-            "fn": mu.causal_mask_function}
-    for name, spec in _READS.items():
+    ex = _examples(mu)
+    for name, args, needs, required in FACTORIES.values():
         factory = getattr(mu, name, None)
         if factory is None:
-            return f"transformers.masking_utils has no {name}"
-        fn = factory(*(args.get(a, a) if isinstance(a, str) else a for a in spec))
-        missing = _NEEDS[name] - set(getattr(fn, "__code__", None).co_freevars)
+            if required:
+                return f"transformers.masking_utils has no {name}"
+            continue
+        fn = factory(*(ex[a] if isinstance(a, str) else a for a in args))
+        missing = needs - set(fn.__code__.co_freevars)
         if missing:
             return (f"transformers.masking_utils.{name} no longer keeps "
                     f"{', '.join(sorted(missing))} (attnkit reads it to build its mask specs)")
