@@ -31,7 +31,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-hf-range: $(STAMP)   # attnkit.hf's tests on transformers 5.0.0 and 5.16.1 too
+test-hf-range: $(STAMP)   # attnkit.hf's tests on transformers 5.4.0 and 5.16.1 too
 	bash tests/hf_range.sh
 
 bench: $(STAMP)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The transformers tests of attnkit.hf (tests/test_hf_dropin.py, tests/test_hf_integration.py)
-# on the low end of the supported range (pyproject.toml: transformers>=5.0,<5.26; the high
+# on the low end of the supported range (pyproject.toml: transformers>=5.4,<5.26; the high
 # end is the one `make test` installs) and on 5.16.1 (the release transformers' own model
 # tests were taken from). Each release goes into its own --target directory put first on
 # PYTHONPATH: the project's venv is left as it is.
@@ -15,5 +15,5 @@ run() {  # a transformers version, then pins of its dependencies for that releas
     PYTHONPATH="$d:src" $PY -m pytest -q -p no:cacheprovider -m "not slow" \
         tests/test_hf_dropin.py tests/test_hf_integration.py
 }
-run 5.0.0 "kernels>=0.10.2,<0.11"   # (the kernels of later releases break its import)
+run 5.4.0 "kernels>=0.12.0,<0.13"   # (the kernels of later releases break its import)
 run 5.16.1

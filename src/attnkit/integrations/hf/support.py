@@ -21,7 +21,9 @@ from ...errors import UnsupportedCall
 __all__ = ["SUPPORTED", "FACTORIES", "factory_codes", "check_transformers", "mask_reader_problem", "model_refusal",
            "refuse_model"]
 
-SUPPORTED = ((5, 0), (5, 26))   # [low, high): tested at both ends (5.0.0 and 5.25.0)
+# [low, high): tested at both ends (5.4.0 and 5.25.0). Before 5.4 the mask interface
+# received cache_position, not q_length/q_offset.
+SUPPORTED = ((5, 4), (5, 26))
 
 # kind -> (masking_utils factory, example arguments, the closure variables .masks reads,
 # required: a factory some supported releases lack is read only where present)
