@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ... import masks as M
-from ...call import make_call
+from ...call import autocast_inputs, make_call
 from ...functional import attention
 from ...kernels.reference import attend, attention_weights
 from ...linear import linear_attention
@@ -142,14 +142,19 @@ def weights_output(query, key, value, **kw) -> tuple[Tensor, Tensor]:
     """``(out, weights)`` with the output computed from the returned weights (after
     dropout, as eager returns them): ``out = weights @ v``, both in the autograd graph, so
     a gradient reaching the weights (attention x gradient attribution, transformers'
-    ``retain_grad`` test) is eager's. The weights are the reference math's (fp32)."""
-    call = make_call(query, key, value, allow_empty=True, **kw)
+    ``retain_grad`` test) is eager's. The weights are the reference math's (fp32); under
+    autocast the inputs are cast as :func:`attnkit.attention` casts them."""
+    q, k, v, autocast_device = autocast_inputs(query, key, value)
+    call = make_call(q, k, v, allow_empty=True, **kw)
     if call.empty:
         return attention(query, key, value, return_weights=True, **kw)
-    w = attention_weights(call)                                  # (B, H, Tq, Tk), fp32
-    if call.dropout_p > 0:
-        w = torch.nn.functional.dropout(w, call.dropout_p, training=True)
-    out = attend(dataclasses.replace(call, dropout_p=0.0), w)    # (B, H, Tq, Dv)
+    off = (torch.autocast(autocast_device, enabled=False) if autocast_device is not None
+           else contextlib.nullcontext())
+    with off:
+        w = attention_weights(call)                              # (B, H, Tq, Tk), fp32
+        if call.dropout_p > 0:
+            w = torch.nn.functional.dropout(w, call.dropout_p, training=True)
+        out = attend(dataclasses.replace(call, dropout_p=0.0), w)  # (B, H, Tq, Dv)
     return out, w.to(call.dtype)
 
 
