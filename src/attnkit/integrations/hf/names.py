@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 from ...backends import available_backends
 from ...variants import Variant, parse_variant
@@ -32,9 +31,20 @@ class Implementation:
     variant: Variant | None    # None: the model's own attention (dense, exact)
 
 
-@lru_cache(maxsize=None)
+_PARSED: dict[str, Implementation] = {}
+
+
 def parse_implementation(name: str) -> Implementation:
-    """``"attnkit:tiled:window:256"`` -> Implementation; ValueError naming what is wrong."""
+    """``"attnkit:tiled:window:256"`` -> Implementation; ValueError naming what is wrong.
+    Cached in a plain dict, which torch.compile traces (an ``lru_cache`` it warns about)."""
+    hit = _PARSED.get(name) if isinstance(name, str) else None
+    if hit is None:
+        hit = _parse(name)
+        _PARSED[name] = hit
+    return hit
+
+
+def _parse(name: str) -> Implementation:
     if not isinstance(name, str) or name.split(":")[0] != PREFIX:
         raise ValueError(f"attn_implementation: expected 'attnkit[:BACKEND][:VARIANT]', got "
                          f"{name!r}")
