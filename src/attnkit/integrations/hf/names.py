@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ...backends import available_backends
 from ...variants import Variant, parse_variant
 
@@ -36,7 +38,10 @@ _PARSED: dict[str, Implementation] = {}
 
 def parse_implementation(name: str) -> Implementation:
     """``"attnkit:tiled:window:256"`` -> Implementation; ValueError naming what is wrong.
-    Cached in a plain dict, which torch.compile traces (an ``lru_cache`` it warns about)."""
+    Cached; under torch.compile parsed afresh (a pure function: no guard on the cache,
+    which a first call inside the compiled region would fill, forcing a recompile)."""
+    if torch.compiler.is_compiling():
+        return _parse(name)
     hit = _PARSED.get(name) if isinstance(name, str) else None
     if hit is None:
         hit = _parse(name)
