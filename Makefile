@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast test-hf-range bench install clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+test-hf-range: $(STAMP)   # attnkit.hf's tests on transformers 5.4.0 and 5.16.1 too
+	bash tests/hf_range.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py --out bench-out

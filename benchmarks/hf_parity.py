@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import attnkit.hf  # noqa: E402
-from hf_models import CASES, batch, save  # noqa: E402
+from hf_models import CASES, REFUSED, batch, save  # noqa: E402
 
 
 def _load(path, impl):
@@ -58,13 +58,28 @@ def row(case, root: Path) -> dict:
     return {"model": type(ours).__name__, "note": case.note, "out": out, "w": w, "gen": gen}
 
 
+def refused(case, root: Path) -> dict:
+    """A model attnkit refuses: the first forward of a plain from_pretrained raises."""
+    path = save(case, root / case.name)
+    ours = _load(path, attnkit.hf.register())
+    inputs, _ = batch(case)
+    try:
+        ours(**inputs)
+    except attnkit.UnsupportedCall as e:
+        return {"model": type(ours).__name__, "note": case.note, "refused": str(e)}
+    raise AssertionError(f"{case.name}: expected attnkit to refuse it")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         rows = [row(c, Path(d)) for c in CASES]
+        no = [refused(c, Path(d)) for c in REFUSED]
     print("| model | what it exercises | outputs max \\|Δ\\| | weights max \\|Δ\\| | greedy generation |")
     print("|---|---|---:|---:|---|")
     for r in rows:
         print(f"| {r['model']} | {r['note'] or '—'} | {r['out']:.1e} | {r['w']:.1e} | {r['gen']} |")
+    for r in no:
+        print(f"| {r['model']} | {r['note']} | refused | refused | refused |")
 
 
 if __name__ == "__main__":

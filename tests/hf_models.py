@@ -106,6 +106,46 @@ def whisper():
         begin_suppress_tokens=None))
 
 
+def gpt_oss():
+    t = _t()
+    return t.GptOssForCausalLM(t.GptOssConfig(
+        vocab_size=V, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
+        num_experts_per_tok=2, sliding_window=4, max_position_embeddings=64,
+        layer_types=["sliding_attention", "full_attention"], pad_token_id=0))
+
+
+def with_sinks(model):
+    """GPT-OSS initialises its sink logits to zeros: random ones, so that they matter."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(getattr(m, "sinks", None), torch.nn.Parameter):
+                m.sinks.normal_(0.0, 2.0)
+    return model
+
+
+def gemma3():
+    t = _t()
+    return t.Gemma3ForCausalLM(t.Gemma3TextConfig(
+        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+        max_position_embeddings=64, query_pre_attn_scalar=8,
+        layer_types=["sliding_attention", "full_attention"]))
+
+
+def phi3():
+    t = _t()
+    return t.Phi3ForCausalLM(t.Phi3Config(vocab_size=V, hidden_size=32, intermediate_size=64,
+                                          num_hidden_layers=2, num_attention_heads=4,
+                                          num_key_value_heads=2, max_position_embeddings=64,
+                                          pad_token_id=0))
+
+
+def bloom():
+    t = _t()
+    return t.BloomForCausalLM(t.BloomConfig(vocab_size=V, hidden_size=32, n_layer=2, n_head=4))
+
+
 CASES = [Case("bert", bert, "encoder"), Case("roberta", roberta, "encoder"),
          Case("distilbert", distilbert, "encoder"), Case("gpt2", gpt2, "decoder"),
          Case("llama", llama, "decoder", "GQA"), Case("mistral", mistral, "decoder",
@@ -113,7 +153,13 @@ CASES = [Case("bert", bert, "encoder"), Case("roberta", roberta, "encoder"),
          Case("qwen2", qwen2, "decoder", "GQA"),
          Case("gemma2", gemma2, "decoder", "softcap 2, sliding window 4"),
          Case("t5", t5, "seq2seq", "relative position bias"), Case("vit", vit, "image"),
-         Case("whisper", whisper, "audio", "speech encoder-decoder")]
+         Case("whisper", whisper, "audio", "speech encoder-decoder"),
+         Case("gpt_oss", lambda: with_sinks(gpt_oss()), "decoder",
+              "learned sinks (s_aux), sliding window 4, MoE"),
+         Case("gemma3", gemma3, "decoder", "sliding window 4 / full layers"),
+         Case("phi3", phi3, "decoder", "fused qkv, GQA")]
+# models that add to the mask themselves (ALiBi added to a tensor mask): refused by name
+REFUSED = [Case("bloom", bloom, "decoder", "ALiBi added to the mask by the model")]
 
 
 def save(case: Case, path, seed: int = 0) -> str:

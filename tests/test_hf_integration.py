@@ -22,6 +22,15 @@ def checkpoints(tmp_path_factory):
     return {c.name: save(c, root / c.name) for c in CASES}
 
 
+def skip_if_refused(case):
+    """An architecture this transformers release computes in its own code (T5 before
+    5.5...) is refused by attnkit.hf.check: nothing to compare (make test-hf-range)."""
+    from attnkit.integrations.hf.support import model_refusal
+    why = model_refusal(type(case.build()))
+    if why:
+        pytest.skip(f"transformers {transformers.__version__}: {why}")
+
+
 def load(path, impl):
     if impl.startswith("attnkit"):
         return attnkit.hf.from_pretrained(path, impl.removeprefix("attnkit").lstrip(":") or None)
@@ -48,9 +57,11 @@ def max_diff(a, b):
 def test_parity_with_eager(name, checkpoints, monkeypatch):
     from attnkit.integrations.hf import attention as hf_attention
     calls = []
-    orig = hf_attention.attention
-    monkeypatch.setattr(hf_attention, "attention", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    for fn in ("attention", "weights_output"):   # the fast path, the weights path
+        orig = getattr(hf_attention, fn)
+        monkeypatch.setattr(hf_attention, fn, lambda *a, _f=orig, **k: calls.append(1) or _f(*a, **k))
     case = BY_NAME[name]
+    skip_if_refused(case)
     eager, ours = load(checkpoints[name], "eager"), load(checkpoints[name], "attnkit")
     inputs, real = batch(case)
     with torch.no_grad():
@@ -79,6 +90,7 @@ GENERATE = [c.name for c in CASES if c.kind in ("decoder", "seq2seq", "audio")]
 @pytest.mark.parametrize("name", GENERATE)
 def test_greedy_generation_with_cache_is_identical(name, checkpoints):
     case = BY_NAME[name]
+    skip_if_refused(case)
     eager, ours = load(checkpoints[name], "eager"), load(checkpoints[name], "attnkit")
     inputs, _ = batch(case)
     inputs.pop("decoder_input_ids", None)
@@ -146,7 +158,8 @@ def test_weights_for_chosen_layers_and_heads(checkpoints):
         with attnkit.hf.weights_for(layers=[1], heads=[0, 2]):
             some = model(**inputs, output_attentions=True).attentions
     assert len(full) == len(some) == 2 and some[0].shape[2] == 0  # layer 0: not computed
-    assert torch.equal(some[1][:, [0, 2]], full[1][:, [0, 2]])
+    # (layer 0 ran the fast path here, the weights path there: float rounding apart)
+    torch.testing.assert_close(some[1][:, [0, 2]], full[1][:, [0, 2]], atol=1e-6, rtol=0)
     assert (some[1][:, [1, 3]] == 0).all()
 
 

@@ -31,6 +31,7 @@ class AttentionCall:
     scale: float
     softcap: float | None
     dropout_p: float
+    sinks: Tensor | None = None  # (H,) learned sink logits (GPT-OSS): a key column, value 0
 
     @property
     def B(self) -> int:
@@ -74,7 +75,8 @@ class AttentionCall:
 
     @cached_property
     def needs_grad(self) -> bool:
-        ts = [self.q, self.k, self.v] + self.bias_tensors
+        ts = [self.q, self.k, self.v] + self.bias_tensors + (
+            [] if self.sinks is None else [self.sinks])
         return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
 
     @cached_property
@@ -190,8 +192,23 @@ def _positive(name: str, value) -> float:
     return float(value)
 
 
+def _sinks(sinks, H: int, q: Tensor) -> Tensor | None:
+    if sinks is None:
+        return None
+    if not isinstance(sinks, Tensor) or not sinks.dtype.is_floating_point or (
+            tuple(sinks.shape) != (H,)):
+        got = (f"shape {tuple(sinks.shape)} {sinks.dtype}" if isinstance(sinks, Tensor)
+               else type(sinks).__name__)
+        raise ValueError(f"sinks: expected a floating-point tensor of shape (H,) = ({H},) "
+                         f"(one sink logit per query head), got {got}")
+    if sinks.device != q.device:
+        raise ValueError(f"sinks: expected a tensor on {q.device} (q's device), got "
+                         f"{sinks.device}")
+    return sinks
+
+
 def make_call(q, k, v, *, mask=None, bias=None, scale=None, softcap=None,
-              dropout_p=0.0, allow_empty: bool = False) -> AttentionCall:
+              dropout_p=0.0, sinks=None, allow_empty: bool = False) -> AttentionCall:
     """Validate the arguments and build the :class:`AttentionCall` backends receive
     (``allow_empty``: see :func:`validate_qkv`; :func:`attnkit.attention` allows it)."""
     validate_qkv(q, k, v, allow_empty=allow_empty)
@@ -215,4 +232,5 @@ def make_call(q, k, v, *, mask=None, bias=None, scale=None, softcap=None,
     # specs carry small index tensors (lengths, ids) and masks/biases: follow q's device
     spec = spec.to(q.device) if spec is not None else None
     bias_spec = bias_spec.to(q.device) if bias_spec is not None else None
-    return AttentionCall(q, k, v, spec, bias_spec, float(scale), softcap, float(dropout_p))
+    return AttentionCall(q, k, v, spec, bias_spec, float(scale), softcap, float(dropout_p),
+                         _sinks(sinks, H, q))

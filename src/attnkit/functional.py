@@ -21,7 +21,7 @@ __all__ = ["attention", "select_backend", "make_call"]
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, mask=None, bias=None, scale: float | None = None,
               softcap: float | None = None, dropout_p: float = 0.0, backend: str = "auto",
-              return_weights: bool = False):
+              return_weights: bool = False, sinks: Tensor | None = None):
     """Scaled dot-product attention ``softmax(q k^T * scale + bias, mask) v``.
 
     Args:
@@ -41,6 +41,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, mask=None, bias=None, scale: f
             silently. :func:`~attnkit.backends.use_backends` scopes the choice.
         return_weights: also return the weights ``(B, H, Tq, Tk)`` (before dropout),
             recomputed by the reference math when the backend never forms them.
+        sinks: learned per-head sink logits ``(H,)`` (GPT-OSS's ``s_aux``): every row's
+            softmax gets one more column of logit ``sinks[h]`` and value 0 (the weights
+            leave it out, so rows sum to less than 1); differentiable. Served by
+            ``reference`` and ``tiled`` (output times ``sigmoid(lse - sinks[h])``); the
+            other backends refuse it by name.
 
     Fully masked query rows give output 0 (and zero gradients), never NaN.
 
@@ -68,7 +73,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, mask=None, bias=None, scale: f
     """
     q, k, v, autocast_device = autocast_inputs(q, k, v)
     call = make_call(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap,
-                     dropout_p=dropout_p, allow_empty=True)
+                     dropout_p=dropout_p, sinks=sinks, allow_empty=True)
     if call.empty:
         if backend != "auto" or current_policy().override:
             resolve_backend(backend, call)  # a named backend that cannot serve still says so

@@ -174,6 +174,10 @@ def plan(d: Path, cfg: dict, shapes: dict, files: dict, port_archs=()) -> Plan:
                          f"(auto_map); inspect never runs code from a checkpoint "
                          f"(trust_remote_code is off)")
     cls, arch = _model_class(tf, cfg, d, port_archs)
+    from ..integrations.hf.support import model_refusal
+    why = model_refusal(cls)
+    if why:   # Bloom: ALiBi added to the mask by the model, its own attention
+        raise UsageError(f"--model: {d}: {why}")
     try:
         config = tf.AutoConfig.from_pretrained(str(d), local_files_only=True)
     except Exception as e:   # transformers raises ValueError/KeyError/TypeError/OSError

@@ -13,6 +13,8 @@ A backend implements:
 ``forward(call) -> Tensor``             ``(B, H, Tq, Dv)`` in q's dtype, differentiable
 ``forward_with_weights(call)``          optional: ``(out, weights)``; default: forward,
                                         then the weights recomputed by the reference math
+``serves_sinks``                        True if it serves ``call.sinks`` (default False:
+                                        such a call is refused by name)
 ``auto_preference(call)``               optional: ``(priority, reason)`` if ``auto`` may
                                         pick it for ``call`` (highest priority wins), or
                                         None (default: never picked automatically)
@@ -28,7 +30,7 @@ from ..call import AttentionCall
 from ..kernels.reference import attention_weights
 
 __all__ = ["Backend", "register_backend", "unregister_backend", "get_backend",
-           "available_backends", "LAZY_BACKENDS"]
+           "available_backends", "LAZY_BACKENDS", "refusal"]
 
 
 class Backend:
@@ -37,6 +39,7 @@ class Backend:
 
     name: str = ""
     description: str = ""
+    serves_sinks: bool = False
 
     def unsupported(self, call: AttentionCall) -> str | None:
         """None if this backend can serve ``call`` exactly, else the reason it cannot."""
@@ -111,3 +114,12 @@ def available_backends() -> list[str]:
 def loaded_backends() -> list[Backend]:
     """The backends registered so far (those ``auto`` considers), in registration order."""
     return list(_REGISTRY.values())
+
+
+def refusal(be: Backend, call: AttentionCall) -> str | None:
+    """Why ``be`` cannot serve ``call`` (its own ``unsupported``, or sinks it does not
+    serve), or None."""
+    if call.sinks is not None and not be.serves_sinks:
+        return ("no learned sinks (s_aux) here: 'reference' and 'tiled' serve them "
+                "(they need the row log-sum-exp)")
+    return be.unsupported(call)

@@ -11,6 +11,10 @@ The built-in preferences reproduce this rule:
 3. other masks/biases whose dense form needs <= 256 MiB -> ``sdpa`` (20);
 4. otherwise -> ``tiled`` (10; 5 when only excluded backends would beat it).
 
+Under ``torch.compile`` ``tiled`` (which plans its tiles in Python: a graph break) is
+chosen only when a dense form would exceed the budget; what SDPA cannot serve (softcap,
+sinks) goes to ``reference`` (1), which traces into the graph.
+
 A registered third-party backend takes part by implementing ``auto_preference``.
 
 ``with attnkit.use_backends("tiled", "sdpa"):`` restricts what ``auto`` may choose inside
@@ -25,7 +29,8 @@ from dataclasses import dataclass
 
 from ..call import AttentionCall
 from ..errors import UnsupportedCall
-from .base import LAZY_BACKENDS, Backend, available_backends, get_backend, loaded_backends
+from .base import (LAZY_BACKENDS, Backend, available_backends, get_backend, loaded_backends,
+                   refusal)
 
 __all__ = ["select_backend", "resolve_backend", "use_backends", "current_policy"]
 
@@ -89,7 +94,7 @@ def select_backend(call: AttentionCall) -> tuple[str, str]:
             if policy.names is None:
                 continue
             pref = (0.0, f"allowed by use_backends{policy.names}")
-        reason = be.unsupported(call)
+        reason = refusal(be, call)
         if reason:
             why_not.append(f"{be.name}: {reason}")
             continue
@@ -115,7 +120,7 @@ def resolve_backend(backend: str, call: AttentionCall) -> Backend:
     if backend == "auto":
         return get_backend(select_backend(call)[0])
     be = get_backend(backend)
-    why = be.unsupported(call)
+    why = refusal(be, call)
     if why:
         raise UnsupportedCall(f"backend {backend!r} cannot serve this call: {why}")
     return be

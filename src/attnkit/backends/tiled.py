@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..call import AttentionCall
+from ..kernels.merge import with_sinks
 from ..kernels.tiled import tiled_attention
 from ..kernels.tiles import TileConfig, cached_block_map, config_for
 from ..masks import EMPTY
@@ -72,6 +73,9 @@ class TiledBackend(Backend):
         self.config = config  # None: per call, kernels.tiles.config_for
 
     def auto_preference(self, call: AttentionCall):
+        nbytes = call.dense_bytes()
+        if torch.compiler.is_compiling() and nbytes <= DENSE_MASK_BUDGET:
+            return None  # it plans tiles in Python (a graph break): sdpa/reference trace
         if call.softcap is not None:
             return 30.0, "softcap: SDPA cannot apply it"
         if call.mask is not None:
@@ -80,11 +84,13 @@ class TiledBackend(Backend):
             if density < SPARSE_DENSITY:
                 return 30.0, (f"sparse mask ({_num(density, '.0%')} of tiles non-empty): "
                               "tiled skips the rest")
-        nbytes = call.dense_bytes()
         if (call.mask is not None or call.bias is not None) and nbytes > DENSE_MASK_BUDGET:
             return 10.0, (f"a dense mask would need {_num(nbytes / 2**30, '.2f')} GiB; tiled "
                           "needs O(T*D)")
         return 5.0, "online softmax over key tiles, O(T*D) memory"
 
+    serves_sinks = True  # its log-sum-exp is differentiable (kernels.merge.with_sinks)
+
     def forward(self, call: AttentionCall) -> Tensor:
-        return tiled_attention(call, self.config)[0]
+        out, lse = tiled_attention(call, self.config)
+        return out if call.sinks is None else with_sinks(out, lse, call.sinks)

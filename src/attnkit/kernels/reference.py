@@ -2,7 +2,8 @@
 
 Materialises the (B, H, Tq, Tk) scores and weights in float32 (float64 for float64
 inputs), follows the order of operations of :mod:`attnkit.bias`, and gives fully masked
-rows weights of 0 (so output 0, gradients 0).
+rows weights of 0 (so output 0, gradients 0). Sinks (``call.sinks``, GPT-OSS): one more
+column of logit ``sinks[h]`` in every row's softmax, dropped from the weights (value 0).
 """
 from __future__ import annotations
 
@@ -32,10 +33,15 @@ def attention_weights(call: AttentionCall, *, acc: torch.dtype | None = None) ->
         s = s + call.bias.dense(Tq, Tk, device=call.device, dtype=acc)
     if call.mask is not None:
         s = s.masked_fill(~call.dense_mask(), float("-inf"))
-    m = s.amax(-1, keepdim=True)
+    m = s.amax(-1, keepdim=True)                             # (B, H, Tq, 1)
+    sink = None if call.sinks is None else call.sinks.to(acc).view(1, -1, 1, 1)
+    if sink is not None:  # one more key per row with logit sink[h] and value 0
+        m = torch.maximum(m, sink)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
     p = torch.exp(s - m)
     denom = p.sum(-1, keepdim=True)
+    if sink is not None:
+        denom = denom + torch.exp(sink - m)
     return p / torch.where(denom > 0, denom, torch.ones_like(denom))
 
 

@@ -243,19 +243,22 @@ class TiledRun:
         for a, e in c.partial:
             s5[..., a - c.k0:e - c.k0] += self.mask_bias(q0, q1, a, e, s.device, s.dtype)
 
-    def backward(self, dout, q, k, v, out, lse):
-        """``dq, dk, dv`` (input dtypes) and one gradient (or None) per bias tensor."""
+    def backward(self, dout, q, k, v, out, lse, dlse=None):
+        """``dq, dk, dv`` (input dtypes) and one gradient (or None) per bias tensor;
+        ``dlse (B, H, Tq)``: a gradient reaching the log-sum-exp too (sinks use it)."""
         n = self._workers(2.0 * self.flops())
         with single_threaded_caller():
-            return self._backward(dout, q, k, v, out, lse, n)
+            return self._backward(dout, q, k, v, out, lse, n, dlse)
 
-    def _backward(self, dout, q, k, v, out, lse, n_workers):
+    def _backward(self, dout, q, k, v, out, lse, n_workers, dlse=None):
         c, acc = self.call, self.acc
         B, H, Hkv, G, Tq, Tk, D, Dv = c.B, c.H, c.Hkv, c.G, c.Tq, c.Tk, c.D, c.Dv
         BH, dev = B * Hkv, q.device
         k3, v3 = k.to(acc).reshape(BH, Tk, D), v.to(acc).reshape(BH, Tk, Dv)
         q5, do5 = q.view(B, Hkv, G, Tq, D), dout.view(B, Hkv, G, Tq, Dv)
         out5, lse5 = out.view(B, Hkv, G, Tq, Dv), lse.view(B, Hkv, G, Tq, 1)
+        # d lse / d score = weight: a gradient g on the lse moves delta to delta - g
+        dlse5 = None if dlse is None else dlse.to(acc).reshape(B, Hkv, G, Tq, 1)
         qmul = self.qmul
         dq = torch.empty(B, H, Tq, D, dtype=acc, device=dev)  # every tile written
         dq5 = dq.view(B, Hkv, G, Tq, D)
@@ -292,6 +295,8 @@ class TiledRun:
                 dl_t = tile(dl_buf, 1)                                # delta = rowsum(dO * O)
                 torch.sum(do.view(B, Hkv, G, tq, Dv) * out5[:, :, :, q0:q1], -1,
                           keepdim=True, out=dl_t)
+                if dlse5 is not None:
+                    dl_t.sub_(dlse5[:, :, :, q0:q1])
                 dl_t = dl_t.view(BH, n, 1)
                 dq_t = dq_buf[:BH * n * D].view(BH, n, D)
                 for j, ch in enumerate(chunks):
@@ -349,14 +354,16 @@ class _TiledFunction(torch.autograd.Function):
         out, lse = run.forward(q, k, v)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.run = run
-        ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)
         return out.to(q.dtype), lse
 
     @staticmethod
     @first_order_only("the 'tiled' backend")  # double backward: one clear RuntimeError
-    def backward(ctx, dout, _dlse):
+    def backward(ctx, dout, dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv, dbias = ctx.run.backward(dout, q, k, v, out, lse)
+        if dout is None:
+            dout = torch.zeros_like(out)
+        dq, dk, dv, dbias = ctx.run.backward(dout, q, k, v, out, lse, dlse)
         return (dq, dk, dv, None, *dbias)
 
 
@@ -378,6 +385,6 @@ def tiled_backward(call: AttentionCall, dout: Tensor, out: Tensor, lse: Tensor,
 
 def tiled_attention(call: AttentionCall, cfg: TileConfig | None = None) -> tuple[Tensor, Tensor]:
     """Differentiable tiled attention: output (B, H, Tq, Dv) in q's dtype and log-sum-exp
-    (B, H, Tq) (+inf on fully masked rows; not differentiable)."""
+    (B, H, Tq) (+inf on fully masked rows; differentiable elsewhere)."""
     run = TiledRun(call, cfg or config_for(call))
     return _TiledFunction.apply(call.q, call.k, call.v, run, *call.bias_tensors)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from .attention import attnkit_attention_forward, weights_for
 from .masks import attnkit_mask, mask_mod_reader, translate
 from .names import Implementation, implementation_name, parse_implementation
+from .support import check_transformers, mask_reader_problem, model_refusal
 
 __all__ = ["register", "check", "from_pretrained", "use", "weights_for", "implementation_name",
            "parse_implementation", "Implementation", "attnkit_attention_forward",
@@ -33,7 +34,8 @@ def _transformers():
     try:
         import transformers
     except ImportError:
-        raise ImportError("attnkit.hf needs transformers: pip install transformers") from None
+        raise ImportError("attnkit.hf needs transformers: pip install 'attnkit[hf]'") from None
+    check_transformers(transformers)
     return transformers
 
 
@@ -43,6 +45,9 @@ def register(variant: str | None = None) -> str:
     tf = _transformers()
     name = implementation_name(variant)
     if name not in _REGISTERED:
+        problem = mask_reader_problem()
+        if problem:
+            raise ImportError(f"transformers {tf.__version__}: {problem}")
         tf.AttentionInterface.register(name, attnkit_attention_forward)
         tf.masking_utils.AttentionMaskInterface.register(name, attnkit_mask)
         from ...masks import register_mask_mod_reader
@@ -63,11 +68,9 @@ def check(model) -> None:
     tf = _transformers()
     subs = [m for m in model.modules() if isinstance(m, tf.PreTrainedModel)] or [model]
     for m in subs:
-        can = getattr(type(m), "_can_set_attn_implementation", None)
-        if can is not None and not can():
-            raise ValueError(f"model: {type(m).__name__} computes attention in its own code, "
-                             "not through transformers' AttentionInterface, so attnkit cannot "
-                             "serve it (attn_implementation would be ignored)")
+        why = model_refusal(type(m))
+        if why:
+            raise ValueError(f"model: {why}")
         impl = getattr(m.config, "_attn_implementation", None)
         if not (isinstance(impl, str) and impl.split(":")[0] == "attnkit"):
             raise ValueError(f"model: {type(m).__name__} runs attn_implementation={impl!r}, "

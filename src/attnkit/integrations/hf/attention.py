@@ -5,22 +5,30 @@
 Arguments as transformers passes them: ``query (B, H, Tq, D)``, ``key/value (B, Hkv, Tk,
 D/Dv)`` (GQA: never repeated), ``attention_mask`` (the attnkit spec our mask function
 made, or a tensor from a model that builds its own), ``scaling``, ``dropout``, and per
-model ``softcap`` (Gemma-2), ``position_bias`` (T5, added as a bias), ``sliding_window``
-(already in the mask). Returns ``(out (B, Tq, H, Dv), weights (B, H, Tq, Tk) or None)``.
+model ``softcap`` (Gemma-2), ``position_bias`` (T5, added as a bias), ``s_aux`` (GPT-OSS's
+learned sinks), ``sliding_window`` (already in the mask); every other keyword is served
+or refused by name (the table in :mod:`.kwargs`). Returns ``(out (B, Tq, H, Dv), weights
+(B, H, Tq, Tk) or None)``; weights, when asked for, are the ones the output is computed
+from, in the autograd graph (:func:`weights_output`), as in eager.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
 from ... import masks as M
+from ...call import autocast_inputs, make_call
 from ...functional import attention
+from ...kernels.reference import attend, attention_weights
 from ...linear import linear_attention
 from ...masks import MaskSpec
 from .heads import edit_heads
+from .kwargs import check_kwargs
 from .names import Implementation, parse_implementation
 
 __all__ = ["attnkit_attention_forward", "weights_for", "WeightRequest", "call_mask", "variant_mask"]
@@ -105,8 +113,11 @@ def variant_mask(impl: Implementation, module, spec, Tk: int):
     return pattern if spec is None else spec & pattern
 
 
-def _linear(impl, query, key, value, spec, dropout, want, softcap=None, position_bias=None):
+def _linear(impl, query, key, value, spec, dropout, want, softcap=None, position_bias=None,
+            s_aux=None):
     why = ("output_attentions: linear attention never forms attention weights" if want
+           else "s_aux: linear attention has no softmax to add a sink column to"
+           if s_aux is not None
            else "dropout: linear attention has no weights to drop (model.eval())" if dropout
            else "softcap: linear attention has no scores to cap" if softcap
            else "position_bias: linear attention has no scores to add a bias to"
@@ -128,22 +139,46 @@ def _head_weights(w: Tensor, heads) -> Tensor:
     return out
 
 
+def weights_output(query, key, value, **kw) -> tuple[Tensor, Tensor]:
+    """``(out, weights)`` with the output computed from the returned weights (after
+    dropout, as eager returns them): ``out = weights @ v``, both in the autograd graph, so
+    a gradient reaching the weights (attention x gradient attribution, transformers'
+    ``retain_grad`` test) is eager's. The weights are the reference math's (fp32); under
+    autocast the inputs are cast as :func:`attnkit.attention` casts them."""
+    q, k, v, autocast_device = autocast_inputs(query, key, value)
+    call = make_call(q, k, v, allow_empty=True, **kw)
+    if call.empty:
+        return attention(query, key, value, return_weights=True, **kw)
+    off = (torch.autocast(autocast_device, enabled=False) if autocast_device is not None
+           else contextlib.nullcontext())
+    with off:
+        w = attention_weights(call)                              # (B, H, Tq, Tk), fp32
+        if call.dropout_p > 0:
+            w = torch.nn.functional.dropout(w, call.dropout_p, training=True)
+        out = attend(dataclasses.replace(call, dropout_p=0.0), w)  # (B, H, Tq, Dv)
+    return out, w.to(call.dtype)
+
+
 def attnkit_attention_forward(module, query: Tensor, key: Tensor, value: Tensor,
                               attention_mask=None, dropout: float = 0.0, scaling=None,
-                              softcap=None, is_causal=None, position_bias=None, **kwargs):
+                              softcap=None, is_causal=None, position_bias=None, s_aux=None,
+                              **kwargs):
     """transformers' attention interface, served by attnkit (see the module doc)."""
     impl = parse_implementation(module.config._attn_implementation)
+    check_kwargs(impl.name, kwargs)
     asked, want = _wants_weights(module, kwargs)
     spec = call_mask(attention_mask, module, query, key, is_causal)
     if impl.variant is not None and impl.variant.kind == "linear":
         out, w = _linear(impl, query, key, value, spec, dropout, want, softcap,
-                       position_bias), None
+                         position_bias, s_aux), None
     else:
         spec = variant_mask(impl, module, spec, key.shape[2])
-        res = attention(query, key, value, mask=spec, bias=position_bias, scale=scaling,
-                        softcap=softcap, dropout_p=float(dropout or 0.0), backend=impl.backend,
-                        return_weights=want)
-        out, w = res if want else (res, None)
+        kw = dict(mask=spec, bias=position_bias, scale=scaling, softcap=softcap,
+                  dropout_p=float(dropout or 0.0), sinks=s_aux)
+        if want:
+            out, w = weights_output(query, key, value, **kw)
+        else:
+            out, w = attention(query, key, value, backend=impl.backend, **kw), None
         if w is not None:
             req = getattr(_state, "request", None)
             w = _head_weights(w, None if req is None else req.heads)

@@ -28,14 +28,16 @@ tiles are classified by evaluating it, which ``select_backend``'s reason says.
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from torch import Tensor
 
 from ... import masks as M
 from ...masks import MaskSpec, Window
+from .support import factory_codes, refuse_model
 
-__all__ = ["attnkit_mask", "translate", "mask_mod_reader"]
+__all__ = ["attnkit_mask", "translate", "mask_mod_reader", "dense_required"]
 
 INF = math.inf
 
@@ -45,33 +47,13 @@ def _hf():
     return mu
 
 
-def _codes() -> dict:
-    """The code objects of transformers' mask functions (closures share one per factory)."""
-    mu, t = _hf(), torch.zeros(1, 1, dtype=torch.long)
-    f = mu.causal_mask_function
-    return {
-        "causal": mu.causal_mask_function.__code__,
-        "bidirectional": mu.bidirectional_mask_function.__code__,
-        "sliding": mu.sliding_window_overlay(1).__code__,
-        "sliding_bidirectional": mu.sliding_window_bidirectional_overlay(1).__code__,
-        "chunked": mu.chunked_overlay(1, t[0]).__code__,
-        "padding": mu.padding_mask_function(t.bool()).__code__,
-        "packed": mu.packed_sequence_mask_function(t).__code__,
-        "blockwise": mu.blockwise_overlay(t).__code__,
-        "remap": mu.remap_positions_for_packed_sequence(f, t).__code__,
-        "offsets": mu.add_offsets_to_mask_function(f, 0, 0).__code__,
-        "and": mu.and_masks(f).__code__,
-        "or": mu.or_masks(f).__code__,
-    }
-
-
 _CODES: dict | None = None
 
 
 def _kind(fn) -> tuple[str | None, dict]:
     global _CODES
     if _CODES is None:
-        _CODES = {v: k for k, v in _codes().items()}
+        _CODES = {v: k for k, v in factory_codes().items()}
     code = getattr(fn, "__code__", None)
     kind = _CODES.get(code)
     cells = {}
@@ -174,13 +156,45 @@ def _int(x) -> int:
     return int(x.item()) if isinstance(x, Tensor) else int(x)
 
 
+# transformers' functions that build masks ahead of time and pass them back to ``forward``
+# as ``attention_mask`` (``generate`` with a compileable cache; a model may override it)
+PRECOMPUTE = frozenset({"create_masks_for_generate"})
+
+
+def dense_required(max_depth: int = 8) -> bool:
+    """Must the mask interface return a plain 4-D tensor rather than a spec? Yes under
+    ``torch.compile`` (a spec's Python ints and code objects would become guards: one
+    recompilation per decoding offset, and dynamo cannot guard on some of them) and when
+    transformers builds the mask ahead of time (``generate`` with a static cache calls
+    ``create_masks_for_generate``, found among the callers): it passes that mask back to
+    ``forward`` as ``attention_mask``, which transformers accepts only as a 4-D tensor or
+    a BlockMask, and which model code reads (``.ndim``, ``.shape``, slicing)."""
+    if torch.compiler.is_compiling():
+        return True
+    f = sys._getframe(1)
+    for _ in range(max_depth):
+        if f is None:
+            return False
+        if f.f_code.co_name in PRECOMPUTE:
+            return True
+        f = f.f_back
+    return False
+
+
 def attnkit_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset=0,
                  mask_function=None, attention_mask: Tensor | None = None, **kwargs):
     """transformers' ``AttentionMaskInterface`` entry for the ``attnkit`` implementations:
     the model's mask as one attnkit spec (never a dense (Tq, Tk) tensor when the
-    structure is known), which arrives unchanged in the attention function."""
+    structure is known), which arrives unchanged in the attention function -- except
+    where :func:`dense_required`: there the boolean ``(B, 1, Tq, Tk)`` tensor (or None)
+    transformers' ``sdpa_mask`` builds, which the attention function reads as a mask."""
     mu = _hf()
     fn = mask_function or mu.causal_mask_function
+    if not torch.compiler.is_compiling():   # (a model's first call is never compiled)
+        refuse_model(kwargs.get("config"))
+    if dense_required():
+        return mu.sdpa_mask(batch_size, q_length, kv_length, q_offset, kv_offset,
+                            mask_function=fn, attention_mask=attention_mask, **kwargs)
     q_off, kv_off = _int(q_offset), _int(kv_offset)
     spec = translate(fn, batch_size, q_length, kv_length, q_off, kv_off)
     if spec is None:

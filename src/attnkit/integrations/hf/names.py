@@ -15,7 +15,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+
+import torch
 
 from ...backends import available_backends
 from ...variants import Variant, parse_variant
@@ -32,9 +33,23 @@ class Implementation:
     variant: Variant | None    # None: the model's own attention (dense, exact)
 
 
-@lru_cache(maxsize=None)
+_PARSED: dict[str, Implementation] = {}
+
+
 def parse_implementation(name: str) -> Implementation:
-    """``"attnkit:tiled:window:256"`` -> Implementation; ValueError naming what is wrong."""
+    """``"attnkit:tiled:window:256"`` -> Implementation; ValueError naming what is wrong.
+    Cached; under torch.compile parsed afresh (a pure function: no guard on the cache,
+    which a first call inside the compiled region would fill, forcing a recompile)."""
+    if torch.compiler.is_compiling():
+        return _parse(name)
+    hit = _PARSED.get(name) if isinstance(name, str) else None
+    if hit is None:
+        hit = _parse(name)
+        _PARSED[name] = hit
+    return hit
+
+
+def _parse(name: str) -> Implementation:
     if not isinstance(name, str) or name.split(":")[0] != PREFIX:
         raise ValueError(f"attn_implementation: expected 'attnkit[:BACKEND][:VARIANT]', got "
                          f"{name!r}")

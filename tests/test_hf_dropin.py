@@ -1,0 +1,197 @@
+"""attnkit as a drop-in for transformers (issue 24), each against transformers' own eager
+path on tiny random models: static-cache generation (the mask transformers builds ahead of
+time and passes back), ``torch.compile(fullgraph=True)`` without recompiling per decoding
+step, attention weights in the autograd graph, GPT-OSS's learned sinks, every keyword
+served or refused, Bloom refused in every entry point, the supported version range."""
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import attnkit  # noqa: E402
+import attnkit.hf  # noqa: E402
+import hf_models as H  # noqa: E402
+from attnkit.errors import UnsupportedCall  # noqa: E402
+from attnkit.integrations.hf import kwargs as hf_kwargs, support  # noqa: E402
+from attnkit.integrations.hf.attention import attnkit_attention_forward  # noqa: E402
+
+NAME = attnkit.hf.register()
+
+
+def pair(build, other="eager", name=NAME):
+    """(the model on ``other``, the same weights on attnkit), eval mode."""
+    torch.manual_seed(0)
+    base = build().eval()
+    ours = copy.deepcopy(base)
+    base.set_attn_implementation(other)
+    ours.set_attn_implementation(name)
+    return base, ours
+
+
+def padded_batch(T=7):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, H.V, (2, T), generator=g)
+    am = torch.ones_like(ids)
+    am[1, :3] = 0                                   # left padding
+    return ids, am
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "mistral"])
+def test_static_cache_generation_matches_eager(name):
+    # the mask generate() precomputes for a static cache comes back as attention_mask:
+    # transformers and GPT-2's forward read it as a 4-D tensor (was: AttributeError 'ndim')
+    eager, ours = pair(getattr(H, name))
+    ids, am = padded_batch()
+    kw = dict(input_ids=ids, attention_mask=am, max_new_tokens=5, do_sample=False,
+              cache_implementation="static")
+    with torch.no_grad():
+        assert torch.equal(eager.generate(**kw), ours.generate(**kw))
+
+
+def test_the_mask_is_a_spec_outside_precomputation_and_dense_inside():
+    from attnkit.integrations.hf.masks import attnkit_mask
+    from attnkit.masks import MaskSpec
+    from transformers import masking_utils as mu
+    am = torch.tensor([[0, 1, 1, 1]])
+    assert isinstance(attnkit_mask(1, 4, 4, attention_mask=am), MaskSpec)
+
+    def create_masks_for_generate():          # the name transformers' precompute has
+        return attnkit_mask(1, 4, 4, attention_mask=am)
+    dense = create_masks_for_generate()
+    ref = mu.sdpa_mask(1, 4, 4, attention_mask=am.bool(), allow_is_causal_skip=False)
+    assert isinstance(dense, torch.Tensor) and dense.ndim == 4 and torch.equal(dense, ref)
+
+
+def _decode(model, f, ids, am, steps=3):
+    """Prefill + ``steps`` greedy steps through ``f`` with a static cache: logits per step."""
+    cache = transformers.StaticCache(config=model.config, max_cache_len=16)
+    pos = (am.cumsum(-1) - 1).clamp(min=0)
+    out = f(input_ids=ids, attention_mask=am, past_key_values=cache, use_cache=True,
+            position_ids=pos).logits[:, -1]
+    logits = [out]
+    for _ in range(steps):
+        am = torch.cat([am, torch.ones_like(am[:, :1])], 1)
+        pos = pos[:, -1:] + 1
+        out = f(input_ids=out.argmax(-1)[:, None], attention_mask=am, past_key_values=cache,
+                use_cache=True, position_ids=pos).logits[:, -1]
+        logits.append(out)
+    return torch.stack(logits, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["qwen2", "gemma2"])   # (llama, mistral, gpt2: the same)
+def test_compile_fullgraph_padded_and_static_decoding_without_recompiles(name):
+    # dynamo only (CompileCounter: the graph runs eagerly), which is where the failures
+    # were: value-dependent branches, get_num_threads, guards on mask ints / code objects
+    from torch._dynamo.testing import CompileCounter
+    eager, ours = pair(getattr(H, name))
+    ids, am = padded_batch()
+    torch._dynamo.reset()
+    cnt = CompileCounter()
+    f = torch.compile(ours, backend=cnt, fullgraph=True)
+    with torch.no_grad():                 # (the prefill is the padded batch's forward)
+        got = _decode(ours, f, ids, am)
+        assert cnt.frame_count == 2       # the prefill, then one graph for every step
+        torch.testing.assert_close(got, _decode(eager, eager, ids, am), atol=1e-5, rtol=0)
+        _decode(ours, f, ids, am, steps=2)
+    assert cnt.frame_count == 2
+
+
+def test_attention_weights_are_in_the_autograd_graph():
+    # eager's weights receive gradients from the loss; attnkit's did not (recomputed beside)
+    eager, ours = pair(H.llama)
+    ids, am = padded_batch()
+    grads = []
+    for m in (eager, ours):
+        out = m(input_ids=ids, attention_mask=am, output_attentions=True)
+        a = out.attentions[0]
+        a.retain_grad()
+        out.logits[0, -1].sum().backward()
+        grads.append((a.grad, m.model.layers[0].self_attn.q_proj.weight.grad))
+    assert grads[1][0] is not None
+    for x, y in zip(*grads):
+        torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", [None, "tiled", "reference"])
+def test_gpt_oss_sinks_match_eager_with_gradients(variant):
+    # s_aux used to be dropped: logits 0.2-0.37 off while attnkit.hf.check passed
+    build = lambda: H.with_sinks(H.gpt_oss())  # noqa: E731
+    eager, ours = pair(build, name=attnkit.hf.register(variant))
+    ids, am = padded_batch()
+    res = []
+    for m in (eager, ours):
+        logits = m(input_ids=ids, attention_mask=am).logits
+        (logits[am.bool()] ** 2).mean().backward()
+        res.append((logits[am.bool()], m.model.layers[0].self_attn.sinks.grad,
+                    m.model.layers[1].self_attn.sinks.grad))
+    for x, y in zip(*res):
+        assert float((y - x).abs().max()) <= 1e-4 * float(x.abs().max()) + 1e-7
+    plain = copy.deepcopy(ours)              # the sinks matter: without them, other logits
+    for layer in plain.model.layers:
+        layer.self_attn.sinks.data.fill_(-float("inf"))
+    with torch.no_grad():
+        assert (plain(input_ids=ids, attention_mask=am).logits[am.bool()] - res[0][0]).abs(
+        ).max() > 1e-2
+
+
+def test_keywords_are_served_or_refused_by_name():
+    _, ours = pair(H.llama)
+    attn = ours.model.layers[0].self_attn
+    q, k = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 3, 8)
+    out, _ = attnkit_attention_forward(attn, q, k, k, None, scaling=0.3, use_cache=True,
+                                       position_ids=torch.arange(3)[None], indices=None)
+    assert out.shape == (1, 3, 4, 8)
+    for key, words in [("indices", "'indices' is not served"),
+                       ("some_new_keyword", "'some_new_keyword' is not served")]:
+        with pytest.raises(UnsupportedCall, match=words):
+            attnkit_attention_forward(attn, q, k, k, None, **{key: torch.zeros(1)})
+    # the table in the module doc names every keyword the code knows
+    known = hf_kwargs.SERVED | hf_kwargs.BOOKKEEPING | set(hf_kwargs.REFUSED)
+    doc = hf_kwargs.__doc__.replace("cu_seq_lens_q/k", "cu_seq_lens_q cu_seq_lens_k").replace(
+        "max_length_q/k", "max_length_q max_length_k")
+    assert all(f"{k}" in doc for k in known)
+
+
+def test_bloom_is_refused_in_every_entry_point(tmp_path):
+    torch.manual_seed(0)
+    H.bloom().save_pretrained(tmp_path)
+    model = transformers.BloomForCausalLM.from_pretrained(tmp_path, attn_implementation=NAME)
+    with pytest.raises(UnsupportedCall, match="BloomModel computes attention in its own code"):
+        model(input_ids=torch.tensor([[5, 6, 7]]))   # was: TypeError Tensor + Window
+    with pytest.raises(ValueError, match="BloomForCausalLM computes attention in its own"):
+        attnkit.hf.from_pretrained(tmp_path)
+    from tiny_checkpoints import _bytelevel
+    _bytelevel().save_pretrained(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "attnkit.cli", "inspect", "hello there",
+                        "--model", str(tmp_path), "--out", str(tmp_path / "view")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ALiBi" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_supported_transformers_range_and_the_mask_reader_guard(monkeypatch):
+    support.check_transformers(transformers)              # the installed one is in range
+    old = type("tf", (), {"__version__": "4.57.1"})
+    with pytest.raises(ImportError, match=r"supports transformers >=5\.4,<5\.26, got 4\.57\.1"):
+        support.check_transformers(old)
+    assert support.mask_reader_problem() is None
+    from transformers import masking_utils as mu
+
+    def sliding_window_overlay(width):                   # a release that renamed the cell
+        def inner(b, h, q, kv):
+            return kv > q - width
+        return inner
+    monkeypatch.setattr(mu, "sliding_window_overlay", sliding_window_overlay)
+    support.mask_reader_problem.cache_clear()
+    try:
+        assert "sliding_window_overlay no longer keeps sliding_window" in \
+            support.mask_reader_problem()
+    finally:
+        monkeypatch.undo()
+        support.mask_reader_problem.cache_clear()
