@@ -20,6 +20,7 @@ from ... import masks as M
 from ...functional import attention
 from ...linear import linear_attention
 from ...masks import MaskSpec
+from .cache import full_key_length, kept_mask, linear_state_layer
 from .names import Implementation, parse_implementation
 
 __all__ = ["attnkit_attention_forward", "weights_for", "WeightRequest", "call_mask", "variant_mask"]
@@ -116,7 +117,17 @@ def _linear(impl, query, key, value, spec, dropout, want, softcap=None, position
     if why:
         raise ValueError(f"attn_implementation {impl.name!r}: {why}")
     fm = impl.variant.feature_map(query.shape[-1])
-    return linear_attention(query, key, value, fm, causal=spec is not None)
+    layer = linear_state_layer(key)      # a bounded cache: continue from its state
+    if layer is None and key.shape[2] != query.shape[2]:
+        raise ValueError(f"attn_implementation {impl.name!r}: {query.shape[2]} queries on "
+                         f"{key.shape[2]} cached keys; linear attention decodes from its "
+                         "recurrent state (generate's default cache, attnkit.hf.bounded_cache)")
+    if layer is None:
+        return linear_attention(query, key, value, fm, causal=spec is not None)
+    out, state = linear_attention(query, key, value, fm, causal=True, state=layer.state,
+                                  return_state=True)
+    layer.advance(state)
+    return out
 
 
 def _head_weights(w: Tensor, heads) -> Tensor:
@@ -138,7 +149,8 @@ def attnkit_attention_forward(module, query: Tensor, key: Tensor, value: Tensor,
         out, w = _linear(impl, query, key, value, spec, dropout, want, softcap,
                        position_bias), None
     else:
-        spec = variant_mask(impl, module, spec, key.shape[2])
+        spec = variant_mask(impl, module, spec, full_key_length(key))
+        spec = kept_mask(spec, key, query.shape[2], query.device)   # a sinks cache's columns
         res = attention(query, key, value, mask=spec, bias=position_bias, scale=scaling,
                         softcap=softcap, dropout_p=float(dropout or 0.0), backend=impl.backend,
                         return_weights=want)
