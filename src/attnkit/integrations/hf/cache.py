@@ -170,8 +170,8 @@ def kept_mask(spec, keys: Tensor, Tq: int, device) -> "M.MaskSpec | None":
              spec.tile(0, Tq, Tk_full - n_win, Tk_full, Tq=Tq, Tk=Tk_full, device=device)]
     Bm = max(p.shape[0] for p in parts)
     Hm = max(p.shape[1] for p in parts)
-    parts = [p.expand(Bm, Hm, Tq, p.shape[-1]) for p in parts]
-    return M.from_tensor(torch.cat(parts, -1), "attention_mask")  # (Bm, Hm, Tq, G + n_win)
+    keep = torch.cat([p.expand(Bm, Hm, Tq, p.shape[-1]) for p in parts], -1)  # (Bm,Hm,Tq,Tk)
+    return None if bool(keep.all()) else M.from_tensor(keep, "attention_mask")
 
 
 class LinearStateLayer(_tf().DynamicLayer):
