@@ -81,6 +81,19 @@ def test_mistral_window_is_the_tighter_of_model_and_variant():
     assert [layer.sliding_window for layer in cache.layers] == [4] * L
 
 
+@pytest.mark.parametrize("variant", ["window:6", "longformer:6:2"])
+def test_mixed_layer_types_share_one_layout(variant):
+    """Gemma-2: sliding (4) and full layers alternate; one bounded layout serves both."""
+    from hf_models import gemma2
+    torch.manual_seed(3)
+    model = attnkit.hf.use(gemma2().eval(), variant)
+    ids, mask = prompts(2, 9, 10)
+    seq, cache = generate(model, ids, mask, n=14)
+    ref, _ = generate(model, ids, mask, n=14, cache=transformers.DynamicCache())
+    assert torch.equal(seq, ref)
+    assert len({type(layer) for layer in cache.layers}) == 1
+
+
 @pytest.mark.parametrize("variant", ["window:4", "longformer:4:2"])
 def test_beam_search_from_a_bounded_cache(variant):
     model = attnkit.hf.use(decoder("qwen2"), variant)

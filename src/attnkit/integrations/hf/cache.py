@@ -43,9 +43,9 @@ def _tf():
 
 
 def cache_plan(config, implementation: str | None = None) -> list[tuple[str, dict]] | None:
-    """Per decoder layer, the bounded layer kind (``"window"``, ``"sinks"``, ``"linear"``,
-    ``"full"``) and its arguments for ``config``'s attn implementation, or None when the
-    variant reads every key (dense, BigBird...). Raises ValueError for a variant whose
+    """Per decoder layer, the bounded layer kind (``"window"``, ``"sinks"``, ``"linear"``)
+    and its arguments for ``config``'s attn implementation, or None when the
+    variant reads every key (dense, BigBird...) or the model has non-attention layers. Raises ValueError for a variant whose
     bounded cache cannot serve the model (encoder-decoder, sinks larger than the window)."""
     impl = parse_implementation(implementation or config._attn_implementation)
     v = impl.variant
@@ -63,17 +63,18 @@ def cache_plan(config, implementation: str | None = None) -> list[tuple[str, dic
                              "expected G <= W (StreamingLLM keeps a few sinks and a long window)")
     text = config.get_text_config(decoder=True)
     types, kwargs = _tf().get_layer_types_and_kwargs(text)
+    if any(t not in ("full_attention", "sliding_attention", "chunked_attention") for t in types):
+        return None                             # hybrid models (SSM, shared KV): theirs
+    own = (("linear", {}) if v.kind == "linear" else ("window", {"sliding_window": v.args[0] + 1})
+           if v.name == "window" else ("sinks", {"sinks": G, "window": W}))
     plan = []
-    for kind, kw in zip(types, kwargs):
+    for kw in kwargs:
         S = kw.get("sliding_window")            # the model's own window (keys incl. the query)
-        if v.kind == "linear":
-            plan.append(("linear", {}))
-        elif v.name == "window":
-            plan.append(("window", {"sliding_window": min(v.args[0] + 1, S or v.args[0] + 1)}))
-        elif S is not None and S <= W + 1:      # the model's window already hides the sinks
-            plan.append(("window", {"sliding_window": S}))
-        else:
-            plan.append(("sinks", {"sinks": G, "window": W}))
+        tighter = S is not None and own[0] != "linear" and S <= (W + 1 if own[0] == "sinks"
+                                                                 else own[1]["sliding_window"])
+        plan.append(("window", {"sliding_window": S}) if tighter else own)
+    if any(p != plan[0] for p in plan):   # one layout for every layer: transformers sizes
+        plan = [own] * len(plan)          # the masks of all layers from one of them
     return plan
 
 
@@ -84,8 +85,9 @@ def bounded_cache(model_or_config, implementation: str | None = None):
     plan = cache_plan(config, implementation)
     if plan is None:
         name = implementation or config._attn_implementation
-        raise ValueError(f"attn_implementation {name!r}: this variant reads every key; a "
-                         "bounded cache would drop keys it needs (use DynamicCache)")
+        raise ValueError(f"attn_implementation {name!r}: this variant reads every key (or the "
+                         "model has layers other than attention); a bounded cache would drop "
+                         "keys it needs (use DynamicCache)")
     cu = _tf()
     make = {"window": lambda kw: cu.DynamicSlidingWindowLayer(**kw),
             "sinks": lambda kw: SinkWindowLayer(**kw), "linear": lambda kw: LinearStateLayer()}
