@@ -16,6 +16,11 @@ ms/step, tokens/s (B / median), the spread (min..max ms), the cache bytes of all
 and the per-round ratio attnkit/sdpa (median, min..max).
 
     python benchmarks/decode.py --contexts 2048,8192,32768 --batches 1,8 --reps 7
+
+``--op``: one attention call of a decoding step instead (transformers' mask function and
+attention function, ``attnkit`` vs ``sdpa``, GQA 8/2, D 64; 200 calls per round, rounds
+interleaved), the per-layer overhead without the rest of the model; runs against any
+attnkit tree (``PYTHONPATH=OTHER/src`` for a before/after).
 """
 from __future__ import annotations
 
@@ -130,6 +135,54 @@ def run(contexts, batches, impls, reps: int, layers: int):
     return rows
 
 
+def op_ratio(contexts, batches, reps: int):
+    """us per call (mask + attention) of attnkit and transformers' sdpa, and their ratio."""
+    import transformers as t
+    from transformers import masking_utils as mu
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    import attnkit.hf
+
+    class Layer(torch.nn.Module):
+        is_causal, layer_idx, num_key_value_groups = True, 0, 4
+
+        def __init__(self, impl):
+            super().__init__()
+            self.config = t.LlamaConfig(num_attention_heads=8, num_key_value_heads=2)
+            self.config._attn_implementation = impl
+
+    attnkit.hf.register()
+    ak, sd = Layer("attnkit"), Layer("sdpa")
+    rows = []
+    for N in contexts:
+        for B in batches:
+            q, k, v = torch.randn(B, 8, 1, 64), torch.randn(B, 2, N, 64), torch.randn(B, 2, N, 64)
+            am = torch.ones(B, N, dtype=torch.bool)
+
+            def run_ak():
+                m = attnkit.hf.attnkit_mask(B, 1, N, N - 1, 0, mu.causal_mask_function, am)
+                return attnkit.hf.attnkit_attention_forward(ak, q, k, v, m, scaling=0.125)[0]
+
+            def run_sd():
+                m = mu.sdpa_mask(B, 1, N, N - 1, 0, mu.causal_mask_function, am,
+                                 allow_is_causal_skip=True)
+                return sdpa_attention_forward(sd, q, k, v, m, scaling=0.125)[0]
+            assert torch.allclose(run_ak(), run_sd(), atol=1e-6)
+            res = {"attnkit": [], "sdpa": []}
+            for r in range(reps):
+                for name, f in (("attnkit", run_ak), ("sdpa", run_sd))[::1 if r % 2 else -1]:
+                    t0 = time.perf_counter()
+                    for _ in range(200):
+                        f()
+                    res[name].append((time.perf_counter() - t0) / 200 * 1e6)
+            ratios = [a / s for a, s in zip(res["attnkit"], res["sdpa"])]
+            row = {"context": N, "batch": B, "attnkit_us": statistics.median(res["attnkit"]),
+                   "sdpa_us": statistics.median(res["sdpa"]), "ratio": statistics.median(ratios),
+                   "ratio_range": (min(ratios), max(ratios))}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def table(rows) -> str:
     out = ["| context | batch | implementation | ms/step (min..max) | tokens/s | cache bytes | "
            "attnkit/sdpa (per-round min..max) |", "|---:|---:|---|---:|---:|---:|---:|"]
@@ -151,8 +204,13 @@ def main(argv=None):
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--op", action="store_true", help="one attention call, not the model")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.op:
+        op_ratio([int(x) for x in a.contexts.split(",")], [int(x) for x in a.batches.split(",")],
+                 a.reps)
+        return
     rows = run([int(x) for x in a.contexts.split(",")], [int(x) for x in a.batches.split(",")],
                tuple(a.impls.split(",")), a.reps, a.layers)
     print(table(rows))
