@@ -11,6 +11,7 @@ model ``softcap`` (Gemma-2), ``position_bias`` (T5, added as a bias), ``sliding_
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 
 import torch
@@ -101,8 +102,14 @@ def variant_mask(impl: Implementation, module, spec, Tk: int):
     cfg = getattr(module, "config", None)
     n = max(Tk, int(getattr(cfg, "max_position_embeddings", 0) or 0))  # BigBird: fixed n
     causal = bool(getattr(module, "is_causal", False))
-    pattern = v.pattern(n, causal).at(n)
+    pattern = _pattern_spec(v, n, causal)
     return pattern if spec is None else spec & pattern
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern_spec(v, n: int, causal: bool):
+    """A variant's mask for n tokens, built once (n is the model's max positions: fixed)."""
+    return v.pattern(n, causal).at(n)
 
 
 def _linear(impl, query, key, value, spec, dropout, want, softcap=None, position_bias=None):
