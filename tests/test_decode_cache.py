@@ -162,3 +162,29 @@ def test_refusals():
     lin = attnkit.hf.use(decoder("llama"), "linear:elu")
     with pytest.raises(ValueError, match="recurrent state"):   # a full KV cache: refused
         lin.generate(input_ids=ids, max_new_tokens=2, cache=transformers.DynamicCache())
+
+
+@pytest.mark.parametrize("variant", ["window:5", "longformer:5:2", "linear:elu"])
+def test_chunks_after_eviction_match_the_full_cache(variant):
+    """Forward by hand with past keys: several tokens per call once keys were dropped."""
+    model = attnkit.hf.use(decoder("llama"), variant)
+    B = 1 if variant.startswith("linear") else 2
+    ids, mask = prompts(B, 8, 11)
+    more = torch.randint(3, V, (B, 12), generator=torch.Generator().manual_seed(12))
+    caches = [attnkit.hf.bounded_cache(model)]
+    if not variant.startswith("linear"):
+        caches.append(transformers.DynamicCache())
+    outs = []
+    for cache in caches:
+        am, logits = mask, []
+        with torch.no_grad():
+            logits.append(model(input_ids=ids, attention_mask=am, cache=cache).logits)
+            for chunk in more.split(4, 1):
+                am = torch.cat([am, torch.ones_like(chunk)], 1)
+                logits.append(model(input_ids=chunk, attention_mask=am, cache=cache).logits)
+        outs.append(torch.cat(logits, 1))
+    if len(outs) == 1:   # linear: the whole sequence at once, no cache
+        with torch.no_grad():
+            outs.append(model(input_ids=torch.cat([ids, more], 1), use_cache=False).logits)
+    real = torch.cat([mask, torch.ones_like(more)], 1).bool()
+    assert torch.allclose(outs[0][real], outs[1][real], atol=1e-5)
