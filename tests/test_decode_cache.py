@@ -188,3 +188,11 @@ def test_chunks_after_eviction_match_the_full_cache(variant):
             outs.append(model(input_ids=torch.cat([ids, more], 1), use_cache=False).logits)
     real = torch.cat([mask, torch.ones_like(more)], 1).bool()
     assert torch.allclose(outs[0][real], outs[1][real], atol=1e-5)
+
+
+def test_a_static_cache_too_short_for_the_prompt_is_refused():
+    model = attnkit.hf.use(decoder("llama"), "window:4")
+    ids, mask = prompts(1, 12, 13)
+    short = transformers.StaticCache(config=model.config, max_cache_len=8)
+    with pytest.raises(ValueError, match="max_cache_len=8 is too short.*expected >= 21"):
+        generate(model, ids, mask, n=10, cache=short)

@@ -31,7 +31,7 @@ from ... import masks as M
 from .names import parse_implementation
 
 __all__ = ["SinkWindowLayer", "LinearStateLayer", "bounded_cache", "cache_bytes", "install",
-           "cache_plan", "kept_mask", "full_key_length", "linear_state_layer"]
+           "cache_plan", "kept_mask", "full_key_length", "linear_state_layer", "check_static"]
 
 _KEPT = "_attnkit_kept"      # on the keys a SinkWindowLayer returns: (G, Tk of the full cache)
 _STATE = "_attnkit_state"    # on the keys a LinearStateLayer returns: the layer
@@ -243,6 +243,18 @@ def linear_state_layer(keys: Tensor):
     return getattr(keys, _STATE, None)
 
 
+def check_static(cache, needed: int) -> None:
+    """ValueError when a static cache's full-attention layers hold fewer than ``needed``
+    positions (the prompt and the new tokens; transformers fails mid-way with IndexError)."""
+    cu = _tf()
+    inner = getattr(cache, "self_attention_cache", cache)   # an EncoderDecoderCache
+    for layer in getattr(inner, "layers", []):
+        if type(layer) is cu.StaticLayer and layer.max_cache_len < needed:
+            raise ValueError(f"cache: a static cache of max_cache_len={layer.max_cache_len} "
+                             f"is too short for this generation: expected >= {needed} positions "
+                             "(prompt + max_new_tokens - 1)")
+
+
 _INSTALLED = False
 
 
@@ -259,6 +271,8 @@ def install() -> None:
         out = original(self, generation_config, model_kwargs, *args, **kwargs)
         cache = model_kwargs.get("cache")
         impl = getattr(self.config, "_attn_implementation", None)
+        if isinstance(impl, str) and impl.split(":")[0] == "attnkit":
+            check_static(cache, generation_config.max_length - 1)
         if (type(cache) is _tf().DynamicCache and not getattr(cache, "_is_user_defined", False)
                 and not self.config.is_encoder_decoder and not cache.offloading
                 and isinstance(impl, str) and impl.split(":")[0] == "attnkit"
