@@ -196,3 +196,19 @@ def test_a_static_cache_too_short_for_the_prompt_is_refused():
     short = transformers.StaticCache(config=model.config, max_cache_len=8)
     with pytest.raises(ValueError, match="max_cache_len=8 is too short.*expected >= 21"):
         generate(model, ids, mask, n=10, cache=short)
+
+
+def test_attnkit_gpt_generate_keeps_only_the_window():
+    """attnkit's own GPT: generate's cache keeps the last w keys of a window(w) pattern."""
+    from attnkit.models import GPT, GPTConfig
+    from attnkit.modules import SlidingWindowCache
+    from attnkit.sparse import window
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny-llama", n_kv_heads=2)).eval()
+    model.set_attention(pattern=window(5))
+    idx = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(14))
+    fast = model.generate(idx, 14)
+    assert torch.equal(fast, model.generate(idx, 14, use_cache=False))
+    caches = model.new_cache(bounded=True)
+    assert all(isinstance(c, SlidingWindowCache) and c.window == 5 for c in caches)
+    assert all(type(c).__name__ == "KVCache" for c in model.new_cache())   # inspect: all keys
