@@ -48,7 +48,7 @@ def filled_cache(model, impl: str, B: int, N: int):
     """A cache for ``impl`` as if N tokens had been decoded (random keys/values/state)."""
     import transformers as t
     import attnkit.hf
-    from attnkit.integrations.hf.cache import LinearStateLayer
+    from attnkit.integrations.hf.cache_layers import LinearStateLayer
     from attnkit.linear import LinearAttentionState
     cfg = model.config
     Hkv, D = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads

@@ -9,7 +9,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import attnkit.hf  # noqa: E402
-from attnkit.integrations.hf.cache import LinearStateLayer, SinkWindowLayer  # noqa: E402
+from attnkit.integrations.hf.cache_layers import LinearStateLayer, SinkWindowLayer  # noqa: E402
 
 V, L, HKV, D = 97, 2, 2, 8
 

@@ -5,17 +5,15 @@
 :func:`attnkit.hf.register` runs; a cache the caller passes, a static or quantized cache,
 and encoder-decoders keep transformers' own). Per layer:
 
-=========================  ===========================================================
-variant                    cache layer (B, Hkv, ., D): only the KV heads, never repeated
-=========================  ===========================================================
-``window:W``               transformers' ``DynamicSlidingWindowLayer(W + 1)``: the last
-                           W keys (a query at p reads p-W..p)
-``longformer:W:G``         :class:`SinkWindowLayer`: the first G keys (StreamingLLM's
-(causal: G sinks + W)      attention sinks) and the last W
-``linear:F``               :class:`LinearStateLayer`: the recurrent state S (F x Dv), z
-                           (F) per KV head; a decoding step is O(1) in the context
-anything else              transformers' default (every key)
-=========================  ===========================================================
+* ``window:W``: transformers' ``DynamicSlidingWindowLayer(W + 1)``, the last W keys (a
+  query at p reads p-W..p);
+* ``longformer:W:G`` (causal: G sinks + a window of W, StreamingLLM):
+  :class:`.cache_layers.SinkWindowLayer`, the first G keys and the last W;
+* ``linear:F``: :class:`.cache_layers.LinearStateLayer`, the recurrent state S (F x Dv)
+  and z (F) per KV head; a decoding step is O(1) in the context;
+* anything else: transformers' default (every key).
+
+Every layer holds (B, Hkv, ., D): only the KV heads, never repeated per query head.
 
 Positions: HF models cache keys *after* RoPE, so a kept key keeps its original position
 (StreamingLLM re-positions keys inside the cache instead; that needs the keys before
@@ -28,13 +26,12 @@ import torch
 from torch import Tensor
 
 from ... import masks as M
+from .cache_marks import KEPT, STATE
 from .names import parse_implementation
 
-__all__ = ["SinkWindowLayer", "LinearStateLayer", "bounded_cache", "cache_bytes", "install",
+__all__ = ["bounded_cache", "cache_bytes", "install",
            "cache_plan", "kept_mask", "full_key_length", "linear_state_layer", "check_static"]
 
-_KEPT = "_attnkit_kept"      # on the keys a SinkWindowLayer returns: (G, Tk of the full cache)
-_STATE = "_attnkit_state"    # on the keys a LinearStateLayer returns: the layer
 
 
 def _tf():
@@ -88,6 +85,7 @@ def bounded_cache(model_or_config, implementation: str | None = None):
         raise ValueError(f"attn_implementation {name!r}: this variant reads every key (or the "
                          "model has layers other than attention); a bounded cache would drop "
                          "keys it needs (use DynamicCache)")
+    from .cache_layers import LinearStateLayer, SinkWindowLayer
     cu = _tf()
     make = {"window": lambda kw: cu.DynamicSlidingWindowLayer(**kw),
             "sinks": lambda kw: SinkWindowLayer(**kw), "linear": lambda kw: LinearStateLayer()}
@@ -99,6 +97,7 @@ def bounded_cache(model_or_config, implementation: str | None = None):
 
 def cache_bytes(cache) -> list[int]:
     """Bytes held per layer (keys + values, or the linear state)."""
+    from .cache_layers import LinearStateLayer
     out = []
     for layer in cache.layers:
         if isinstance(layer, LinearStateLayer):
@@ -109,61 +108,15 @@ def cache_bytes(cache) -> list[int]:
     return out
 
 
-class SinkWindowLayer(_tf().DynamicLayer):
-    """The first ``sinks`` keys and the last ``window`` keys (each query at p reads the sinks
-    and p-window..p). The mask is built for the full key range (``get_mask_sizes``); the
-    keys returned carry which columns they are (:func:`kept_mask`)."""
-
-    is_croppable = False
-
-    def __init__(self, sinks: int, window: int, **kwargs):
-        super().__init__()
-        self.sinks, self.window, self.cumulative_length = int(sinks), int(window), 0
-
-    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        evicted = self.cumulative_length > (self.keys.shape[-2] if self.keys.dim() == 4 else 0)
-        self.cumulative_length += key_states.shape[-2]
-        keys = torch.cat([self.keys, key_states], dim=-2)      # (B, Hkv, kept + Tq, D)
-        values = torch.cat([self.values, value_states], dim=-2)
-        G, W = self.sinks, self.window
-        if keys.shape[-2] > G + W:
-            self.keys = torch.cat([keys[:, :, :G], keys[:, :, -W:]], dim=-2)
-            self.values = torch.cat([values[:, :, :G], values[:, :, -W:]], dim=-2)
-        else:
-            self.keys, self.values = keys, values
-        if evicted:
-            setattr(keys, _KEPT, (G, self.cumulative_length))
-        return keys, values
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.cumulative_length + query_length, 0
-
-    def get_seq_length(self) -> int:
-        return self.cumulative_length
-
-    def get_max_length(self) -> int:
-        return self.sinks + self.window
-
-    def reset(self) -> None:
-        super().reset()
-        self.cumulative_length = 0
-
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove:
-            raise ValueError("crop: a sinks+window cache has dropped keys and cannot roll back")
-
-
 def full_key_length(keys: Tensor) -> int:
     """Keys in the full cache (before a :class:`SinkWindowLayer` dropped some)."""
-    return getattr(keys, _KEPT, (0, keys.shape[2]))[1]
+    return getattr(keys, KEPT, (0, keys.shape[2]))[1]
 
 
 def kept_mask(spec, keys: Tensor, Tq: int, device) -> "M.MaskSpec | None":
     """``spec`` (made for the full key range) on the columns a :class:`SinkWindowLayer`
     kept: the first G and the last ``Tk - G``; the spec unchanged for any other keys."""
-    kept = getattr(keys, _KEPT, None)
+    kept = getattr(keys, KEPT, None)
     if kept is None or spec is None:
         return spec
     G, Tk_full = kept
@@ -176,71 +129,9 @@ def kept_mask(spec, keys: Tensor, Tq: int, device) -> "M.MaskSpec | None":
     return None if bool(keep.all()) else M.from_tensor(keep, "attention_mask")
 
 
-class LinearStateLayer(_tf().DynamicLayer):
-    """Causal linear attention's recurrent state (:class:`attnkit.linear.LinearAttentionState`:
-    S (B, Hkv, F, Dv), z (B, Hkv, F)) instead of keys: ``update`` hands the new keys to the
-    attention function, which continues from the state and stores the next one."""
-
-    is_croppable = False
-
-    def __init__(self, **kwargs):
-        super().__init__()
-        self.state, self.cumulative_length, self.pending = None, 0, False
-
-    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
-        self.device, self.is_initialized = key_states.device, True
-
-    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs):
-        if self.pending:
-            raise RuntimeError("linear attention cache: the attention function never read the "
-                               "last keys (the model changes them between its cache and its "
-                               "attention call); a recurrent state cannot serve this model")
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        self.cumulative_length += key_states.shape[-2]
-        self.pending = True
-        setattr(key_states, _STATE, self)
-        return key_states, value_states
-
-    def advance(self, state) -> None:
-        """Called by the attention function with the state after the new keys."""
-        self.state, self.pending = state, False
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.cumulative_length + query_length, 0
-
-    def get_seq_length(self) -> int:
-        return self.cumulative_length
-
-    def get_max_length(self) -> int:
-        return -1
-
-    def _map(self, fn) -> None:
-        if self.state is not None:
-            st = self.state
-            self.state = type(st)(fn(st.S), fn(st.z), fn(st.m), st.feature_map, st.eps, st.t)
-
-    def reorder_cache(self, beam_idx: Tensor) -> None:
-        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def batch_select_indices(self, indices: Tensor) -> None:
-        self._map(lambda t: t[indices, ...])
-
-    def reset(self) -> None:
-        self.state, self.cumulative_length, self.pending = None, 0, False
-        self.is_initialized = False
-
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove:
-            raise ValueError("crop: a recurrent linear-attention state cannot roll back")
-
-
 def linear_state_layer(keys: Tensor):
     """The :class:`LinearStateLayer` that returned these keys, or None."""
-    return getattr(keys, _STATE, None)
+    return getattr(keys, STATE, None)
 
 
 def check_static(cache, needed: int) -> None:
