@@ -166,6 +166,9 @@ def test_tile_sizes_per_call():
     q = torch.zeros(1, 1, 64, 8)
     call = lambda m: make_call(q, q, q, mask=m)  # noqa: E731
     assert config_for(call(M.causal() & M.window(256))).block_q == T.BAND_BLOCK_Q
-    assert config_for(call(M.window(512, 512))).block_q == T.BAND_BLOCK_Q
+    q2k = torch.zeros(1, 1, 2048, 8)   # (a band wider than the call is no mask at all)
+    assert config_for(make_call(q2k, q2k, q2k, mask=M.window(512, 512))).block_q == \
+        T.BAND_BLOCK_Q
+    assert call(M.window(512, 512)).mask is None
     assert config_for(call(M.causal() & M.window(2000))) == TileConfig()
     assert config_for(call(M.causal())) == TileConfig() == config_for(call(None))

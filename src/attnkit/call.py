@@ -223,8 +223,10 @@ def make_call(q, k, v, *, mask=None, bias=None, scale=None, softcap=None,
     spec = as_mask(mask)
     spec = None if spec is None else spec.resolve(Tq, Tk)    # length-dependent patterns
     spec, additive = split_additive(spec)
-    if spec is not None and spec.band() == (-math.inf, math.inf):
-        spec = None                                          # full(): the unmasked fast paths
+    band = None if spec is None else spec.band()
+    if band is not None and band[0] <= 1 - Tq and band[1] >= Tk - 1:
+        spec = None     # full(), or a band holding every distance of this call (a decoding
+        #                 step under causal()): the unmasked fast paths
     bias_spec = as_bias(list(additive) + [bias] if additive else bias)
     for obj in (spec, bias_spec):
         if obj is not None:

@@ -128,11 +128,19 @@ class GPT(TextModel):
                       pattern=UNSET if pattern is UNSET else self._pattern(pattern))
         return self
 
-    def new_cache(self) -> list[KVCache]:
-        """One cache per layer; sliding-window models get a :class:`SlidingWindowCache`."""
-        if self.cfg.window is None:
-            return [KVCache() for _ in self.layers]
-        return [SlidingWindowCache(max(1, self.cfg.window - 1)) for _ in self.layers]
+    def new_cache(self, bounded: bool = False) -> list[KVCache]:
+        """One cache per layer; sliding-window models get a :class:`SlidingWindowCache`.
+        ``bounded`` (what :meth:`generate` uses): a layer whose pattern reads at most w keys
+        back (``set_attention(pattern=window(w))``...) keeps only the last w; each call
+        checks that no dropped key is read (``MultiHeadAttention._check_window``)."""
+        out = []
+        for layer in self.layers:
+            reach = [self.cfg.window - 1] if self.cfg.window is not None else []
+            if bounded and layer.attn.pattern is not None and layer.attn.linear is None:
+                hi = layer.attn.pattern.resolve(1, self.max_tokens).distance_bounds()[1]
+                reach += [hi] if hi != float("inf") else []
+            out.append(SlidingWindowCache(max(1, int(min(reach)))) if reach else KVCache())
+        return out
 
     def forward(self, idx: Tensor, attention_mask: Tensor | None = None,
                 cache: list[KVCache] | None = None, return_weights=False,
@@ -202,7 +210,7 @@ class GPT(TextModel):
         was_training = self.training
         self.eval()
         try:
-            cache = self.new_cache() if use_cache else None
+            cache = self.new_cache(bounded=True) if use_cache else None
             done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
             inp = idx
             for _ in range(max_new_tokens):

@@ -14,18 +14,20 @@
 function: :mod:`.attention`) and ``AttentionMaskInterface`` (the mask function:
 :mod:`.masks`, which hands the model's mask over as an attnkit spec). Names:
 :mod:`.names`. :func:`check` refuses a model whose attention does not go through the
-interface (it would silently keep its own attention).
+interface (it would silently keep its own attention). :mod:`.cache`: the KV caches that
+hold only what a variant reads (``generate`` uses them by default).
 """
 from __future__ import annotations
 
 from .attention import attnkit_attention_forward, weights_for
+from .cache import bounded_cache, cache_bytes
 from .masks import attnkit_mask, mask_mod_reader, translate
 from .names import Implementation, implementation_name, parse_implementation
 from .support import check_transformers, mask_reader_problem, model_refusal
 
 __all__ = ["register", "check", "from_pretrained", "use", "weights_for", "implementation_name",
            "parse_implementation", "Implementation", "attnkit_attention_forward",
-           "attnkit_mask", "translate", "registered"]
+           "attnkit_mask", "translate", "registered", "bounded_cache", "cache_bytes"]
 
 _REGISTERED: set[str] = set()
 
@@ -52,6 +54,8 @@ def register(variant: str | None = None) -> str:
         tf.masking_utils.AttentionMaskInterface.register(name, attnkit_mask)
         from ...masks import register_mask_mod_reader
         register_mask_mod_reader(mask_mod_reader)  # masks.from_mask_mod knows HF's functions
+        from .cache import install
+        install()                  # generate: bounded caches for window/sinks/linear variants
         _REGISTERED.add(name)
     return name
 

@@ -14,6 +14,7 @@ from, in the autograd graph (:func:`weights_output`), as in eager.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 
 import dataclasses
@@ -27,6 +28,7 @@ from ...functional import attention
 from ...kernels.reference import attend, attention_weights
 from ...linear import linear_attention
 from ...masks import MaskSpec
+from .cache import full_key_length, kept_mask, linear_state_layer
 from .heads import edit_heads
 from .kwargs import check_kwargs
 from .names import Implementation, parse_implementation
@@ -109,8 +111,14 @@ def variant_mask(impl: Implementation, module, spec, Tk: int):
     cfg = getattr(module, "config", None)
     n = max(Tk, int(getattr(cfg, "max_position_embeddings", 0) or 0))  # BigBird: fixed n
     causal = bool(getattr(module, "is_causal", False))
-    pattern = v.pattern(n, causal).at(n)
+    pattern = _pattern_spec(v, n, causal)
     return pattern if spec is None else spec & pattern
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern_spec(v, n: int, causal: bool):
+    """A variant's mask for n tokens, built once (n is the model's max positions: fixed)."""
+    return v.pattern(n, causal).at(n)
 
 
 def _linear(impl, query, key, value, spec, dropout, want, softcap=None, position_bias=None,
@@ -128,7 +136,17 @@ def _linear(impl, query, key, value, spec, dropout, want, softcap=None, position
     if why:
         raise ValueError(f"attn_implementation {impl.name!r}: {why}")
     fm = impl.variant.feature_map(query.shape[-1])
-    return linear_attention(query, key, value, fm, causal=spec is not None)
+    layer = linear_state_layer(key)      # a bounded cache: continue from its state
+    if layer is None and key.shape[2] != query.shape[2]:
+        raise ValueError(f"attn_implementation {impl.name!r}: {query.shape[2]} queries on "
+                         f"{key.shape[2]} cached keys; linear attention decodes from its "
+                         "recurrent state (generate's default cache, attnkit.hf.bounded_cache)")
+    if layer is None:
+        return linear_attention(query, key, value, fm, causal=spec is not None)
+    out, state = linear_attention(query, key, value, fm, causal=True, state=layer.state,
+                                  return_state=True)
+    layer.advance(state)
+    return out
 
 
 def _head_weights(w: Tensor, heads) -> Tensor:
@@ -172,7 +190,8 @@ def attnkit_attention_forward(module, query: Tensor, key: Tensor, value: Tensor,
         out, w = _linear(impl, query, key, value, spec, dropout, want, softcap,
                          position_bias, s_aux), None
     else:
-        spec = variant_mask(impl, module, spec, key.shape[2])
+        spec = variant_mask(impl, module, spec, full_key_length(key))
+        spec = kept_mask(spec, key, query.shape[2], query.device)   # a sinks cache's columns
         kw = dict(mask=spec, bias=position_bias, scale=scaling, softcap=softcap,
                   dropout_p=float(dropout or 0.0), sinks=s_aux)
         if want:

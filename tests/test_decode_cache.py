@@ -1,0 +1,214 @@
+"""Bounded caches inside transformers' ``generate`` (``attnkit.hf.cache``): a window, sinks +
+window and linear variant decode from a cache that keeps only what the variant reads, with
+exactly the tokens of the same variant over a full cache (or, for linear attention, of a
+recomputation over the whole sequence); GQA caches hold only the KV heads; bad input is
+refused by name. Tiny random Llama / Mistral / Qwen2 decoders with GQA (4 heads, 2 KV)."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import attnkit.hf  # noqa: E402
+from attnkit.integrations.hf.cache_layers import LinearStateLayer, SinkWindowLayer  # noqa: E402
+
+V, L, HKV, D = 97, 2, 2, 8
+
+
+def decoder(arch: str, sliding_window=None):
+    t = transformers
+    kw = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=L,
+              num_attention_heads=4, num_key_value_heads=HKV, max_position_embeddings=128)
+    cls, cfg = {"llama": (t.LlamaForCausalLM, t.LlamaConfig),
+                "mistral": (t.MistralForCausalLM, t.MistralConfig),
+                "qwen2": (t.Qwen2ForCausalLM, t.Qwen2Config)}[arch]
+    if arch == "mistral":
+        kw["sliding_window"] = sliding_window
+    torch.manual_seed({"llama": 0, "mistral": 1, "qwen2": 2}[arch])
+    return cls(cfg(**kw)).eval()
+
+
+def prompts(B: int, T: int, seed: int):
+    """B prompts of T tokens, row b left-padded by 2b tokens."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, V, (B, T), generator=g)
+    mask = torch.ones_like(ids)
+    for b in range(B):
+        mask[b, :2 * b] = 0
+        ids[b, :2 * b] = 0
+    return ids, mask
+
+
+def generate(model, ids, mask, n=20, **kw):
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                         pad_token_id=0, return_dict_in_generate=True, **kw)
+    return out.sequences, out.cache
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("variant", ["window:6", "longformer:6:2"])
+def test_bounded_cache_greedy_equals_full_cache(arch, variant):
+    model = attnkit.hf.use(decoder(arch, sliding_window=64), variant)
+    for B, T, seed in [(1, 9, 0), (3, 12, 1), (2, 5, 2)]:
+        ids, mask = prompts(B, T, seed)
+        seq, cache = generate(model, ids, mask)
+        ref, full = generate(model, ids, mask, cache=transformers.DynamicCache())
+        assert torch.equal(seq, ref), (arch, variant, B, T)
+        kind = SinkWindowLayer if variant.startswith("longformer") else \
+            transformers.cache_utils.DynamicSlidingWindowLayer
+        assert all(type(layer) is kind for layer in cache.layers)
+        kept = 6 + (2 if kind is SinkWindowLayer else 0)   # W keys (+ G sinks)
+        per_layer = 2 * B * HKV * kept * D * 4              # keys + values, fp32, KV heads
+        assert attnkit.hf.cache_bytes(cache) == [per_layer] * L
+        assert attnkit.hf.cache_bytes(full) == [2 * B * HKV * (seq.shape[1] - 1) * D * 4] * L
+
+
+def test_sinks_keep_the_first_keys_and_the_last_window():
+    model = attnkit.hf.use(decoder("llama"), "longformer:5:3")
+    ids, mask = prompts(2, 7, 3)
+    _, cache = generate(model, ids, mask, n=15)
+    _, full = generate(model, ids, mask, n=15, cache=transformers.DynamicCache())
+    for b, f in zip(cache.layers, full.layers):   # the same keys: original positions (RoPE)
+        assert torch.allclose(b.keys, torch.cat([f.keys[:, :, :3], f.keys[:, :, -5:]], 2), atol=1e-6)
+        assert torch.allclose(b.values, torch.cat([f.values[:, :, :3], f.values[:, :, -5:]], 2), atol=1e-6)
+
+
+def test_mistral_window_is_the_tighter_of_model_and_variant():
+    model = attnkit.hf.use(decoder("mistral", sliding_window=4), "window:8")
+    ids, mask = prompts(2, 9, 4)
+    seq, cache = generate(model, ids, mask)
+    ref, _ = generate(model, ids, mask, cache=transformers.DynamicCache())
+    assert torch.equal(seq, ref)
+    assert [layer.sliding_window for layer in cache.layers] == [4] * L
+
+
+@pytest.mark.parametrize("variant", ["window:6", "longformer:6:2"])
+def test_mixed_layer_types_share_one_layout(variant):
+    """Gemma-2: sliding (4) and full layers alternate; one bounded layout serves both."""
+    from hf_models import gemma2
+    torch.manual_seed(3)
+    model = attnkit.hf.use(gemma2().eval(), variant)
+    ids, mask = prompts(2, 9, 10)
+    seq, cache = generate(model, ids, mask, n=14)
+    ref, _ = generate(model, ids, mask, n=14, cache=transformers.DynamicCache())
+    assert torch.equal(seq, ref)
+    assert len({type(layer) for layer in cache.layers}) == 1
+
+
+@pytest.mark.parametrize("variant", ["window:4", "longformer:4:2"])
+def test_beam_search_from_a_bounded_cache(variant):
+    model = attnkit.hf.use(decoder("qwen2"), variant)
+    ids, mask = prompts(2, 8, 5)
+    seq, cache = generate(model, ids, mask, n=12, num_beams=3)
+    ref, _ = generate(model, ids, mask, n=12, num_beams=3, cache=transformers.DynamicCache())
+    assert torch.equal(seq, ref)
+    assert type(cache.layers[0]) is not transformers.cache_utils.DynamicLayer
+
+
+def recompute_greedy(model, ids, n):
+    for _ in range(n):
+        with torch.no_grad():
+            logits = model(input_ids=ids, use_cache=False).logits[:, -1]
+        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)
+    return ids, logits
+
+
+@pytest.mark.parametrize("arch,fm", [("llama", "elu"), ("qwen2", "favor:16"), ("mistral", "relu")])
+def test_linear_state_decoding_equals_recomputation(arch, fm):
+    model = attnkit.hf.use(decoder(arch), f"linear:{fm}")
+    ids = torch.randint(3, V, (2, 11), generator=torch.Generator().manual_seed(6))
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=16,
+                         do_sample=False, pad_token_id=0, return_dict_in_generate=True,
+                         output_scores=True)
+    ref, logits = recompute_greedy(model, ids, 16)
+    assert torch.equal(out.sequences, ref)
+    assert torch.allclose(out.scores[-1], logits, atol=1e-5)
+    assert all(isinstance(layer, LinearStateLayer) for layer in out.cache.layers)
+    F = 16 if fm.startswith("favor") else D
+    state = 2 * HKV * (F * D + F + 1) * 4     # S, z, m per KV head, fp32
+    assert attnkit.hf.cache_bytes(out.cache) == [state] * L   # whatever the context
+
+
+def test_linear_beam_search_runs_and_matches_per_step_reordering():
+    model = attnkit.hf.use(decoder("llama"), "linear:elu")
+    ids = torch.randint(3, V, (1, 6), generator=torch.Generator().manual_seed(7))
+    seq = model.generate(input_ids=ids, max_new_tokens=8, num_beams=3, do_sample=False,
+                         pad_token_id=0)
+    assert seq.shape == (1, 14)
+    with torch.no_grad():   # the chosen beam's score, recomputed over the whole sequence
+        logp = model(input_ids=seq, use_cache=False).logits.log_softmax(-1)
+    assert torch.isfinite(logp).all()
+
+
+def test_dense_and_other_variants_keep_transformers_cache():
+    model = attnkit.hf.use(decoder("llama"), "bigbird:4")
+    ids, mask = prompts(2, 6, 8)
+    _, cache = generate(model, ids, mask, n=3)
+    assert all(type(layer) is transformers.cache_utils.DynamicLayer for layer in cache.layers)
+    with pytest.raises(ValueError, match="reads every key"):
+        attnkit.hf.bounded_cache(model)
+
+
+def test_refusals():
+    model = attnkit.hf.use(decoder("llama"), "longformer:2:4")
+    ids, mask = prompts(1, 6, 9)
+    with pytest.raises(ValueError, match="sinks G=4 larger than the window W=2"):
+        generate(model, ids, mask, n=2)
+    t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+        decoder_start_token_id=0, relative_attention_num_buckets=8)).eval()
+    attnkit.hf.use(t5, "window:4")
+    with pytest.raises(ValueError, match="encoder-decoder.*cross-attention"):
+        attnkit.hf.bounded_cache(t5)
+    lin = attnkit.hf.use(decoder("llama"), "linear:elu")
+    with pytest.raises(ValueError, match="recurrent state"):   # a full KV cache: refused
+        lin.generate(input_ids=ids, max_new_tokens=2, cache=transformers.DynamicCache())
+
+
+@pytest.mark.parametrize("variant", ["window:5", "longformer:5:2", "linear:elu"])
+def test_chunks_after_eviction_match_the_full_cache(variant):
+    """Forward by hand with past keys: several tokens per call once keys were dropped."""
+    model = attnkit.hf.use(decoder("llama"), variant)
+    B = 1 if variant.startswith("linear") else 2
+    ids, mask = prompts(B, 8, 11)
+    more = torch.randint(3, V, (B, 12), generator=torch.Generator().manual_seed(12))
+    caches = [attnkit.hf.bounded_cache(model)]
+    if not variant.startswith("linear"):
+        caches.append(transformers.DynamicCache())
+    outs = []
+    for cache in caches:
+        am, logits = mask, []
+        with torch.no_grad():
+            logits.append(model(input_ids=ids, attention_mask=am, cache=cache).logits)
+            for chunk in more.split(4, 1):
+                am = torch.cat([am, torch.ones_like(chunk)], 1)
+                logits.append(model(input_ids=chunk, attention_mask=am, cache=cache).logits)
+        outs.append(torch.cat(logits, 1))
+    if len(outs) == 1:   # linear: the whole sequence at once, no cache
+        with torch.no_grad():
+            outs.append(model(input_ids=torch.cat([ids, more], 1), use_cache=False).logits)
+    real = torch.cat([mask, torch.ones_like(more)], 1).bool()
+    assert torch.allclose(outs[0][real], outs[1][real], atol=1e-5)
+
+
+def test_a_static_cache_too_short_for_the_prompt_is_refused():
+    model = attnkit.hf.use(decoder("llama"), "window:4")
+    ids, mask = prompts(1, 12, 13)
+    short = transformers.StaticCache(config=model.config, max_cache_len=8)
+    with pytest.raises(ValueError, match="max_cache_len=8 is too short.*expected >= 21"):
+        generate(model, ids, mask, n=10, cache=short)
+
+
+def test_attnkit_gpt_generate_keeps_only_the_window():
+    """attnkit's own GPT: generate's cache keeps the last w keys of a window(w) pattern."""
+    from attnkit.models import GPT, GPTConfig
+    from attnkit.modules import SlidingWindowCache
+    from attnkit.sparse import window
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny-llama", n_kv_heads=2)).eval()
+    model.set_attention(pattern=window(5))
+    idx = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(14))
+    fast = model.generate(idx, 14)
+    assert torch.equal(fast, model.generate(idx, 14, use_cache=False))
+    caches = model.new_cache(bounded=True)
+    assert all(isinstance(c, SlidingWindowCache) and c.window == 5 for c in caches)
+    assert all(type(c).__name__ == "KVCache" for c in model.new_cache())   # inspect: all keys
