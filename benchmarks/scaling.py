@@ -34,7 +34,7 @@ import time
 
 B, H, D = 1, 4, 64
 
-# name: (variant (attnkit.variants grammar), causal, description, target exponent)
+# name: (variant (attnkit.engine.variants grammar), causal, description, target exponent)
 VARIANTS = {
     "dense": ("dense", False, "softmax, no mask, torch SDPA", "~2.0"),
     "dense-causal": ("dense", True, "softmax, causal, torch SDPA", "~2.0"),
@@ -54,7 +54,7 @@ VARIANTS = {
 
 def build(name: str, n: int):
     """fn(q, k, v) -> out for variant ``name`` at length n, and its pair count (or None)."""
-    from attnkit.variants import parse_variant
+    from attnkit.engine.variants import parse_variant
     if name not in VARIANTS:
         raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {name!r}")
     text, causal = VARIANTS[name][:2]

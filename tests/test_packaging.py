@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from attnkit.loading import NAMED_MODELS
-from attnkit.requirements import PACKAGES
+from attnkit.commands.requirements import PACKAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "attnkit"
@@ -69,7 +69,7 @@ def test_every_import_is_a_declared_dependency():
     assert {"torch", "matplotlib", "safetensors"} <= set(imports)  # the scan sees them
     for module, files in imports.items():
         assert module in PACKAGES, (f"{module} (imported by {files[0]}) has no entry in "
-                                    "attnkit.requirements.PACKAGES")
+                                    "attnkit.commands.requirements.PACKAGES")
         dist = _canon(PACKAGES[module][0])
         assert dist in declared, f"{dist} (imported by {files}) is not in pyproject dependencies"
     for name, (module, _) in NAMED_MODELS.items():

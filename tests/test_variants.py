@@ -4,7 +4,7 @@ import torch
 
 import attnkit
 from attnkit.bench.runner import fit_exponent, parse_seqs, parse_size, recommend
-from attnkit.variants import parse_variant, parse_variants
+from attnkit.engine.variants import parse_variant, parse_variants
 
 SOFTMAX = ["dense", "window:16", "strided", "strided:7", "fixed:8:2", "dilated:4:3",
            "longformer:8:2", "bigbird:32", "logsparse"]

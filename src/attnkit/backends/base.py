@@ -3,7 +3,7 @@
 Every backend receives one validated :class:`~attnkit.call.AttentionCall` and either
 serves it exactly or says why it cannot (``unsupported`` returns a reason). ``attention``
 never switches algorithm silently: a backend asked for by name that cannot serve a call
-raises :class:`~attnkit.errors.UnsupportedCall` with that reason.
+raises :class:`~attnkit.core.errors.UnsupportedCall` with that reason.
 
 A backend implements:
 

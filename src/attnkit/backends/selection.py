@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass
 
 from ..call import AttentionCall
-from ..errors import UnsupportedCall
+from ..core.errors import UnsupportedCall
 from .base import LAZY_BACKENDS, Backend, available_backends, get_backend, loaded_backends
 
 __all__ = ["select_backend", "resolve_backend", "use_backends", "current_policy"]

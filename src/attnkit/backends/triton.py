@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..call import AttentionCall
-from ..errors import UnsupportedCall
+from ..core.errors import UnsupportedCall
 from .base import Backend, register_backend
 from .sdpa import DENSE_MASK_BUDGET as SDPA_MASK_BUDGET
 from .tiled import SPARSE_DENSITY, mask_density

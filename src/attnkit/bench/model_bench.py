@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..variants import Variant, parse_variant
+from ..engine.variants import Variant, parse_variant
 from .fidelity import Accumulator, passes
 from .heads import HeadStats
 from .measure import PeakMemory

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..variants import parse_variant
+from ..engine.variants import parse_variant
 from .measure import PeakMemory, run_isolated
 from .points import DTYPES
 from .timing import fit_exponent as _fit_runs
@@ -96,7 +96,7 @@ def variant_point(*, variant: str, n: int, batch: int, heads: int, kv_heads: int
         t = timed_stable(step, min_runs=repeats, budget_s=budget_s, warmup=0, sync=sync)
     res = {**t, "peak_bytes": pm.peak_bytes, "pairs": var.pairs(n, causal)}
     if n <= error_max_n:
-        from ..functional import attention
+        from ..engine.functional import attention
         from .. import masks as M
         with torch.no_grad():
             q64, k64, v64 = (x.detach().double() for x in (q, k, v))

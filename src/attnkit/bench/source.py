@@ -27,7 +27,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ..variants import Variant, parse_variant
+from ..engine.variants import Variant, parse_variant
 from .protocol import ModelSource, Outputs, text_windows
 
 __all__ = ["Outputs", "ModelSource", "AttnkitSource", "apply_variant", "open_source",
@@ -87,7 +87,7 @@ class AttnkitSource:
 
     def check(self, variant, n: int) -> None:
         """Apply ``variant`` and run a short input: the model's own refusal, as ValueError."""
-        from ..errors import UnsupportedCall
+        from ..core.errors import UnsupportedCall
         t = min(n, 16)
         ids = torch.full((1, t), self.model.pad_token_id + 1, dtype=torch.long,
                          device=self.device)
@@ -147,7 +147,7 @@ class AttnkitSource:
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """The attention operation of ``layer`` as its module runs it (the same call
         :class:`~attnkit.MultiHeadAttention` makes after projecting)."""
-        from ..functional import attention
+        from ..engine.functional import attention
         from ..linear import linear_attention
         m = self.mods[layer]
         if m.linear is not None:
@@ -155,7 +155,7 @@ class AttnkitSource:
         return attention(q, k, v, mask=m.pattern, bias=m.alibi, backend=m.backend)
 
     def served_by(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> str:
-        from ..functional import make_call, select_backend
+        from ..engine.functional import make_call, select_backend
         m = self.mods[layer]
         if m.linear is not None:
             return "linear_attention (O(T) in PyTorch ops)"
@@ -191,7 +191,7 @@ def open_source(name_or_dir: str, device: str = "cpu", via: str = "auto"):
     import re
 
     from ..analysis.sources import open_source as choose
-    from ..errors import UsageError
+    from ..core.errors import UsageError
     if via not in ("auto", "attnkit", "transformers"):
         raise ValueError(f"via: expected 'auto', 'attnkit' or 'transformers', got {via!r}")
     try:

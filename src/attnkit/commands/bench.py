@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 
 # option -> (default with random inputs, default with --model); None = no default
 MODE_DEFAULTS = {
@@ -88,7 +88,7 @@ def _check_common(args) -> None:
 
 
 def _variants(text: str, *, allow_ssm: bool = False) -> list[str]:
-    from ..variants import parse_variants
+    from ..engine.variants import parse_variants
     try:
         vs = parse_variants(text)
     except ValueError as e:

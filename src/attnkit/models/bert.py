@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import masks
-from .._checks import renamed_flag
+from ..core.checks import renamed_flag
 from ..modules import Block, LayerConfig, LearnedPositions
 from ..modules.attention import UNSET
 from .common import TextModel, init_weights, preset_config, set_attention, wants_weights

@@ -85,13 +85,13 @@ def wants_weights(return_weights, layer: int) -> bool:
     return layer in return_weights
 
 def apply_variant(model, variant, n: int, *, causal: bool, layers: list[int] | None = None) -> None:
-    """Swap an attention variant (a :class:`~attnkit.variants.Variant` or its name) into an
+    """Swap an attention variant (a :class:`~attnkit.engine.variants.Variant` or its name) into an
     attnkit model built for sequences of ``n`` tokens: every attention layer, or only
     ``layers`` (indices into its MultiHeadAttention modules; the others dense). ``dense``
     restores the model's own attention; a causal model keeps its causal mask (AND-ed with
     the pattern by ``model.set_attention``). The one place where a variant name becomes
     attnkit model settings (bench and train call it)."""
-    from ..variants import Variant, parse_variant
+    from ..engine.variants import Variant, parse_variant
     var = variant if isinstance(variant, Variant) else parse_variant(variant)
     if var.kind == "ssm":
         raise ValueError(f"variant {var.text!r} is a model (attnkit.models.SSM), not an "

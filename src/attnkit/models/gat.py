@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_int as _check_int
+from ..core.checks import check_int as _check_int
 __all__ = ["GATLayer", "GAT", "GATConfig", "GATAttention", "scatter_softmax", "check_graph",
            "add_missing_self_loops", "replace_self_loops"]
 

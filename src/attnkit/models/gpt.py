@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import masks
-from .._checks import renamed_flag
+from ..core.checks import renamed_flag
 from ..modules import (Block, KVCache, LayerConfig, LearnedPositions, SinusoidalPositions,
                        SlidingWindowCache, make_norm)
 from ..modules.attention import UNSET

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .._checks import renamed_flag
+from ..core.checks import renamed_flag
 from ..modules import Block, LayerConfig
 from ..modules.attention import UNSET
 from .common import init_weights, preset_config, set_attention

@@ -22,10 +22,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import renamed_flag
+from ..core.checks import renamed_flag
 from ..backends import available_backends
-from ..bias import alibi
-from ..functional import attention
+from ..call.bias import alibi
+from ..engine.functional import attention
 from ..linear import linear_attention, make_feature_map
 from ..masks import MaskSpec, as_mask, causal, key_padding
 from .cache import KVCache

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import renamed_flag
+from ..core.checks import renamed_flag
 from .attention import MultiHeadAttention
 from .cache import KVCache
 from .positional import RotaryEmbedding

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..models import GAT, GATConfig, GPT, GPTConfig, SSM, SSMConfig, Transformer, \
     TransformerConfig, ViT, ViTConfig
 from ..tasks import IGNORE
-from ..variants import parse_variant
+from ..engine.variants import parse_variant
 from .config import TrainConfig
 from .recipe import apply_recipe
 

@@ -10,7 +10,7 @@ import torch
 
 from ..tasks import make_task, task_names
 from ..tasks.base import parse_task_args
-from ..variants import parse_variant
+from ..engine.variants import parse_variant
 from .recipe import DEFAULT_EMBED_STD, INITS, LEGACY, SCHEDULES
 
 __all__ = ["TrainConfig", "parse_task_spec", "run_slug", "MODELS", "MAIN_METRIC"]
@@ -45,7 +45,7 @@ def parse_task_spec(text: str) -> tuple[str, dict]:
 class TrainConfig:
     task: str = "mqar"               # a task spec: name[:key=value...]
     model: str | None = None         # gpt | ssm | transformer | vit | gat (default: by task)
-    attention: str = "dense"         # a variant (attnkit.variants): dense, window:64, linear:elu, ...
+    attention: str = "dense"         # a variant (attnkit.engine.variants): dense, window:64, linear:elu, ...
     width: int = 64                  # d_model
     layers: int = 2
     heads: int | None = None         # default 2 (GAT: 8)

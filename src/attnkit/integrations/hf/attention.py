@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ... import masks as M
-from ...functional import attention
+from ...engine.functional import attention
 from ...linear import linear_attention
 from ...masks import MaskSpec
 from .names import Implementation, parse_implementation

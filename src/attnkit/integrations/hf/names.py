@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ...backends import available_backends
-from ...variants import Variant, parse_variant
+from ...engine.variants import Variant, parse_variant
 
 __all__ = ["Implementation", "parse_implementation", "implementation_name", "PREFIX"]
 

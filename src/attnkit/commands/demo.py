@@ -21,11 +21,11 @@ import sys
 from rich.console import Console
 
 from . import tour
-from .errors import UsageError
+from ..core.errors import UsageError
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m attnkit.demo", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m attnkit.commands.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     tour.add_arguments(ap)
     ap.add_argument("--report", default="attnkit-report", help="where inspect/bench/train write")
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     try:
         rc = tour.run(a, con)
     except UsageError as e:
-        print(f"python -m attnkit.demo: error: {e}", file=sys.stderr)
+        print(f"python -m attnkit.commands.demo: error: {e}", file=sys.stderr)
         return 2
     if rc or a.no_report:
         return rc

@@ -1,7 +1,7 @@
 """``sparse_attention``: a pattern's components run and merged by log-sum-exp, so time and
 memory follow the pattern's pair count, not n^2.
 
-Each component is a piece (:mod:`.pattern`): a :class:`TiledPiece` runs the tiled kernel
+Each component is a piece (:mod:`attnkit.sparse.pattern`): a :class:`TiledPiece` runs the tiled kernel
 on gathered/permuted rows and keys, an :class:`OffsetPiece` the diagonal kernel. The
 partial results merge with :func:`attnkit.kernels.merge_partial` (the merge ring attention
 uses); the backward gives each piece the merged output and log-sum-exp, so each
@@ -19,7 +19,7 @@ from ..kernels import (TileConfig, TiledRun, acc_dtype, diagonal_backward, diago
                        merge_partial, tiled_attention)
 from ..kernels.autograd import first_order_only
 from ..masks import MaskSpec, as_mask
-from .pattern import OffsetPiece, Pattern, TiledPiece
+from ..sparse.pattern import OffsetPiece, Pattern, TiledPiece
 
 __all__ = ["sparse_attention", "SparseFunction"]
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .bias import BiasSpec, as_bias
-from .masks import MaskSpec, as_mask, split_additive
+from ..masks import MaskSpec, as_mask, split_additive
 
 __all__ = ["AttentionCall", "make_call", "validate_qkv", "autocast_inputs"]
 

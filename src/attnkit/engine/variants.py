@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from . import masks as M
-from .sparse.registry import PATTERNS, build_pattern
+from .. import masks as M
+from ..sparse.registry import PATTERNS, build_pattern
 
 __all__ = ["Variant", "parse_variant", "parse_variants", "VARIANT_NAMES"]
 
@@ -59,7 +59,7 @@ class Variant:
             raise ValueError(f"variant {self.text!r} is not linear attention (linear:F)")
         if self.args[0] != "favor":
             return self.args[0]
-        from .linear import FavorPlus
+        from ..linear import FavorPlus
         return FavorPlus(dim, self.args[1] if len(self.args) > 1 else 2 * dim, seed=0)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool) -> Tensor:
@@ -69,7 +69,7 @@ class Variant:
             raise ValueError("variant 'ssm' is a model (attnkit.models.SSM), not an attention "
                              "operation; use it with `attnkit train --attention ssm`")
         if self.kind == "linear":
-            from .linear import linear_attention
+            from ..linear import linear_attention
             return linear_attention(q, k, v, self.feature_map(q.shape[-1]), causal=causal)
         spec = self.pattern(q.shape[2], causal)
         if self.kind == "softmax":

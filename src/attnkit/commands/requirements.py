@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from .errors import UsageError
+from ..core.errors import UsageError
 
 __all__ = ["PACKAGES", "install_hint", "missing_message", "require", "check_command"]
 

@@ -12,9 +12,9 @@ import contextlib
 import torch
 from torch import Tensor
 
-from .backends.selection import current_policy, resolve_backend, select_backend
-from .call import AttentionCall, autocast_inputs, make_call
-from .kernels.reference import attention_weights
+from ..backends.selection import current_policy, resolve_backend, select_backend
+from ..call import AttentionCall, autocast_inputs, make_call
+from ..kernels.reference import attention_weights
 
 __all__ = ["attention", "select_backend", "make_call"]
 
@@ -37,7 +37,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, mask=None, bias=None, scale: f
         dropout_p: dropout on the weights (training).
         backend: ``"auto"`` or a registered name (``reference``, ``sdpa``, ``flex``,
             ``tiled``, ...). A named backend that cannot serve the call raises
-            :class:`~attnkit.errors.UnsupportedCall` -- attnkit never switches algorithm
+            :class:`~attnkit.core.errors.UnsupportedCall` -- attnkit never switches algorithm
             silently. :func:`~attnkit.backends.use_backends` scopes the choice.
         return_weights: also return the weights ``(B, H, Tq, Tk)`` (before dropout),
             recomputed by the reference math when the backend never forms them.

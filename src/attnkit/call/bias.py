@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from .masks.tensor import check_additive
+from ..masks.tensor import check_additive
 
 __all__ = ["BiasSpec", "ALiBi", "TensorBias", "SumBias", "alibi", "alibi_slopes", "tensor_bias",
            "as_bias"]
