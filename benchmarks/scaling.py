@@ -1,7 +1,7 @@
 """Scaling of attention variants with sequence length: time, peak memory, exponents.
 
 For N = --min-n, 2*min-n, ..., --max-n and every variant (dense SDPA, sparse patterns via
-attnkit.patterns.sparse_attention, linear attention), each point runs in its own
+attnkit.sparse_attention, linear attention), each point runs in its own
 subprocess: inputs (B, H, N, D) float32 are allocated, then one warm-up call and
 >= --repeats timed calls (more while under 0.3 s in total); the time is their median.
 Peak memory: on CPU the growth of ru_maxrss after the inputs were allocated (the

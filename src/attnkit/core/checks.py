@@ -11,13 +11,3 @@ def check_int(name: str, value, minimum: int = 1) -> int:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
     return value
 
-
-def renamed_flag(new_value, old_value, old: str, new: str):
-    """A keyword renamed in the redesign (``need_weights`` -> ``return_weights``): the old
-    one still works, with a DeprecationWarning naming the new one."""
-    if old_value is None:
-        return new_value
-    import warnings
-    warnings.warn(f"{old}= is now {new}= (one name for one flag)", DeprecationWarning,
-                  stacklevel=3)
-    return old_value

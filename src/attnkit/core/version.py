@@ -1,2 +1,3 @@
-"""The package version (one place: pyproject.toml reads the same number)."""
+"""The package version. ``pyproject.toml`` writes the same number as a literal of its own;
+``tests/test_packaging.py`` checks that the two agree."""
 __version__ = "0.1.0"

@@ -27,8 +27,6 @@ Strided, fixed and log-sparse are causal (as in their papers); window and dilate
 ``causal=`` (default True); longformer and bigbird ``causal=`` (default False, as in their
 papers). The variant names used by ``attnkit bench``/``train`` are in :mod:`.registry`.
 """
-import warnings as _warnings
-
 from .bigbird import BigBirdPattern, bigbird
 from .dilated import DilatedPattern, dilated
 from .fixed import FixedPattern, fixed
@@ -45,9 +43,3 @@ __all__ = ["Pattern", "window", "strided", "fixed", "dilated", "longformer", "bi
            "LongformerPattern", "BigBirdPattern", "LogSparsePattern", "TiledPiece",
            "OffsetPiece"]
 
-
-def local(w: int, *, causal: bool = True) -> Pattern:
-    """Deprecated name of :func:`window` (one name for the sliding window)."""
-    _warnings.warn("attnkit.sparse.local / attnkit.patterns.local is now "
-                   "attnkit.sparse.window", DeprecationWarning, stacklevel=2)
-    return window(w, causal=causal)
