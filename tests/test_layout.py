@@ -19,7 +19,7 @@ def _layers() -> tuple[str, ...]:
 
 
 LAYERS = _layers()
-ENTRY_POINTS = {"attnkit", "attnkit.__main__", "attnkit.cli", "attnkit.hf", "attnkit.patterns"}
+ENTRY_POINTS = {"attnkit", "attnkit.__main__", "attnkit.cli", "attnkit.hf"}
 
 
 def _module_name(path: Path) -> str:
@@ -132,3 +132,16 @@ def test_files_fit_in_one_sitting():
     long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 400}
     assert not long, f"files over 400 lines: {long}"
+
+
+def test_architecture_doc_names_only_real_files():
+    """Every path docs/architecture.md names in backticks exists (relative to src/attnkit/,
+    or to the repository for tests/, benchmarks/, docs/, scripts/)."""
+    import re
+    root = SRC.parents[1]
+    doc = (root / "docs" / "architecture.md").read_text()
+    paths = {t for t in re.findall(r"`([\w./-]+)`", doc) if "/" in t or t.endswith(".py")}
+    assert len(paths) > 30, sorted(paths)                   # the doc does name its files
+    top = ("src/", "tests/", "benchmarks/", "docs/", "scripts/")
+    missing = sorted(p for p in paths if not ((root if p.startswith(top) else SRC) / p).exists())
+    assert not missing, f"docs/architecture.md names files that do not exist: {missing}"
