@@ -80,8 +80,10 @@ def _relative(target: str, package: str) -> str:
 OLD_OF = {new: old for old, new in MOVES.items()}
 
 
-def rewrite_imports(path: Path, name: str, known_old: set[str], problems: list) -> str:
-    """Rewrite the file's imports; ``name`` is its (new) module name."""
+def rewrite_imports(path: Path, name: str, known_old: set[str], problems: list,
+                    known_new: set[str] = frozenset()) -> str:
+    """Rewrite the file's imports; ``name`` is its (new) module name. An import that already
+    resolves from the file's new place is kept (a merge may mix old and new lines)."""
     text = path.read_text()
     lines = text.splitlines(keepends=True)
     old_name = OLD_OF.get(name, name)
@@ -93,9 +95,18 @@ def rewrite_imports(path: Path, name: str, known_old: set[str], problems: list) 
         if not isinstance(node, ast.ImportFrom):
             continue
         if node.level:
+            here = new_pkg.split(".")
+            tail = [node.module] if node.module else []
+            here = ".".join(here[:len(here) - node.level + 1] + tail)
             base = old_pkg.split(".")
-            base = ".".join(base[:len(base) - node.level + 1] + ([node.module] if node.module else []))
+            base = ".".join(base[:len(base) - node.level + 1] + tail)
+            moved = any(f"{base}.{a.name}" in MOVES and f"{here}.{a.name}" not in known_new
+                        for a in node.names)
+            if here in known_new and not moved:
+                continue                            # already written for the new layout
         elif (node.module or "").split(".")[0] == "attnkit":
+            if node.module in known_new:
+                continue
             base = node.module
         else:
             continue
@@ -134,8 +145,9 @@ def main() -> int:
     known_old = {OLD_OF.get(m, m) for m in _modules()} | set(MOVES)
     move_files()
     problems: list[str] = []
+    known_new = set(_modules())
     for name, path in _modules().items():
-        new = rewrite_imports(path, name, known_old, problems)
+        new = rewrite_imports(path, name, known_old, problems, known_new)
         new = rename_dotted(new)
         if new != path.read_text():
             path.write_text(new)
