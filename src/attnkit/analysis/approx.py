@@ -88,7 +88,7 @@ def default_variants(n: int, *, dim: int = 32) -> list[Approximation]:
     out = []
     for text, causal in settings:
         v = parse_variant(text)
-        if v.kind == "linear":
+        if v.is_linear:
             fm = v.feature_map(dim)
             name = f"linear {fm}" + (", causal" if causal else "")
             density = None

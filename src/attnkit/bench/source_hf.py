@@ -26,14 +26,13 @@ function the model calls, so it is the model's attention operation, no projectio
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import threading
 
 import torch
 from torch import Tensor
 
-from ..engine.variants import Variant, parse_variant
+from ..engine.variants import parse_variant
 from .protocol import Outputs, text_windows
 
 __all__ = ["HFSource", "LAYERWISE", "ATTR", "layerwise_attention", "register_layerwise"]
@@ -242,11 +241,9 @@ class HFSource:
         those modules' :data:`ATTR` set to it (the others ``attnkit``, dense)."""
         from ..integrations import hf as hf_api
         var = parse_variant(variant) if isinstance(variant, str) else variant
-        if var.kind == "ssm":
-            raise ValueError(f"variant {var.text!r} is a model (attnkit.models.SSM), not an "
-                             f"attention operation a model can swap in")
-        name = hf_api.register(None if var.name == "dense" else var.text)
-        every = layers is None or var.name == "dense"
+        var.attention_only("variant")
+        name = hf_api.register(None if var.is_dense else var.text)
+        every = layers is None or var.is_dense
         chosen = set(range(self.n_layers) if every else layers)
         for i, m in enumerate(self.mods):
             setattr(m, ATTR, name if i in chosen else hf_api.register())
@@ -260,7 +257,7 @@ class HFSource:
         from ..core.errors import UnsupportedCall
         var = parse_variant(variant) if isinstance(variant, str) else variant
         ids = self._probe(max(2, min(n, 16)))
-        if var.kind == "linear":
+        if var.is_linear:
             self.apply("dense", n)
             for i, c in enumerate(self._record(ids)):
                 why = ("adds a position bias to its scores, which linear attention (no "
@@ -365,7 +362,7 @@ class HFSource:
         c = self._call(layer, q, k)
         impl, spec = self._spec(c.module, call_mask(c.mask, c.module, q, k,
                                                     c.args.get("is_causal")), k.shape[2])
-        if impl.variant is not None and impl.variant.kind == "linear":
+        if impl.variant is not None and impl.variant.is_linear:
             return "linear_attention (O(T) in PyTorch ops)"
         if impl.backend != "auto":
             return impl.backend
@@ -378,7 +375,7 @@ class HFSource:
         """The applied variant's allowed pairs in ``layer`` ``(Hm, n, n)`` as the
         integration builds them (None: dense or linear)."""
         impl, spec = self._spec(self.mods[layer], None, n)
-        if impl.variant is None or impl.variant.kind != "sparse" or spec is None:
+        if impl.variant is None or not impl.variant.is_sparse or spec is None:
             return None
         return spec.dense(n, n, device=self.device)[0]
 

@@ -93,11 +93,11 @@ def _variants(text: str, *, allow_ssm: bool = False) -> list[str]:
         vs = parse_variants(text)
     except ValueError as e:
         raise UsageError(f"--variants: {e}") from None
-    for v in vs:
-        if v.kind == "ssm" and not allow_ssm:
-            raise UsageError(f"--variants: {v.text!r} is a model (attnkit.models.SSM), not an "
-                             f"attention operation bench can swap in or time; compare it with "
-                             f"`attnkit train --sweep --variants ...,ssm`")
+    for v in vs if not allow_ssm else ():
+        try:
+            v.attention_only("--variants")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     return [v.text for v in vs]
 
 

@@ -37,25 +37,56 @@ _FEATURES = ("elu", "relu", "favor")
 
 @dataclass(frozen=True)
 class Variant:
-    """A parsed variant. ``kind``: softmax | sparse | linear | ssm."""
+    """A parsed variant. ``kind``: softmax | sparse | linear | ssm; callers ask the
+    properties below (and :meth:`attention_only`) rather than compare ``kind``."""
     text: str
     name: str
     args: tuple
     kind: str
 
+    @property
+    def is_dense(self) -> bool:
+        """Full softmax attention (the model as trained)."""
+        return self.name == "dense"
+
+    @property
+    def is_sparse(self) -> bool:
+        """A named sparse pattern (softmax over the pattern's pairs)."""
+        return self.kind == "sparse"
+
+    @property
+    def is_linear(self) -> bool:
+        """Linear attention (a feature map, no scores)."""
+        return self.kind == "linear"
+
+    @property
+    def is_model(self) -> bool:
+        """A whole model (the SSM), not an attention operation."""
+        return self.kind == "ssm"
+
+    def attention_only(self, where: str) -> "Variant":
+        """``self``, or the one refusal of a model variant (``ssm``) where an attention
+        operation is needed; ``where`` names the argument (``--variants``, ...)."""
+        if self.is_model:
+            raise ValueError(f"{where}: variant {self.text!r} is a model (attnkit.models.SSM), "
+                             "not an attention operation; use it with `attnkit train "
+                             "--attention ssm` (or compare it: `attnkit train --sweep "
+                             "--variants ...,ssm`)")
+        return self
+
     def pattern(self, n: int, causal: bool):
         """The mask of a softmax/sparse variant for n tokens: None (dense, bidirectional),
         ``causal()``, or an :class:`attnkit.sparse.Pattern`."""
-        if self.kind not in ("softmax", "sparse"):
+        if self.is_linear or self.is_model:
             raise ValueError(f"variant {self.text!r} is not a softmax attention pattern")
-        if self.name == "dense":
+        if self.is_dense:
             return M.causal() if causal else None
         return build_pattern(self.name, self.args, n, causal)
 
     def feature_map(self, dim: int):
         """The feature map of a linear variant for head dim ``dim``: ``"elu"``, ``"relu"``
         or ``FavorPlus(dim, M, seed=0)`` (M defaults to 2 * dim)."""
-        if self.kind != "linear":
+        if not self.is_linear:
             raise ValueError(f"variant {self.text!r} is not linear attention (linear:F)")
         if self.args[0] != "favor":
             return self.args[0]
@@ -65,23 +96,21 @@ class Variant:
     def attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool) -> Tensor:
         """Self-attention of this variant on (B, H, n, D) inputs -> (B, H, n, Dv)."""
         from .functional import attention
-        if self.kind == "ssm":
-            raise ValueError("variant 'ssm' is a model (attnkit.models.SSM), not an attention "
-                             "operation; use it with `attnkit train --attention ssm`")
-        if self.kind == "linear":
+        self.attention_only("variant")
+        if self.is_linear:
             from ..linear import linear_attention
             return linear_attention(q, k, v, self.feature_map(q.shape[-1]), causal=causal)
         spec = self.pattern(q.shape[2], causal)
-        if self.kind == "softmax":
+        if not self.is_sparse:
             return attention(q, k, v, mask=spec, backend="sdpa")
         from .sparse import sparse_attention
         return sparse_attention(q, k, v, spec)
 
     def pairs(self, n: int, causal: bool) -> int | None:
         """Attended (query, key) pairs for n tokens; None for linear/ssm."""
-        if self.kind in ("linear", "ssm"):
+        if self.is_linear or self.is_model:
             return None
-        if self.name == "dense":
+        if self.is_dense:
             return n * (n + 1) // 2 if causal else n * n
         return self.pattern(n, causal).pairs(n)
 

@@ -93,15 +93,12 @@ def apply_variant(model, variant, n: int, *, causal: bool, layers: list[int] | N
     attnkit model settings (bench and train call it)."""
     from ..engine.variants import Variant, parse_variant
     var = variant if isinstance(variant, Variant) else parse_variant(variant)
-    if var.kind == "ssm":
-        raise ValueError(f"variant {var.text!r} is a model (attnkit.models.SSM), not an "
-                         "attention operation a model can swap in; use it with "
-                         "`attnkit train --attention ssm`")
+    var.attention_only("variant")
     mods = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
-    if var.kind == "linear":
+    if var.is_linear:
         pattern, linear = None, var.feature_map(mods[0].head_dim)
     else:
-        spec = None if var.name == "dense" else var.pattern(n, causal)
+        spec = None if var.is_dense else var.pattern(n, causal)
         pattern, linear = (None if spec is None else spec.at(n)), None
     model.set_attention(pattern=pattern, linear=linear)
     if layers is None or var.name == "dense":

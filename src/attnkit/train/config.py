@@ -94,13 +94,13 @@ class TrainConfig:
             raise ValueError(f"model: task {name!r} is a {kind} task, served by "
                              f"{' or '.join(fits)}; got {self.model!r}")
         v = parse_variant(self.attention)
-        if v.kind == "ssm":                       # `--attention ssm` names the SSM model
+        if v.is_model:                            # `--attention ssm` names the SSM model
             if kind != "lm":
                 raise ValueError(f"attention: 'ssm' is a language model; task {name!r} is {kind}")
             self.model = "ssm"
         elif self.model == "ssm" and v.name != "dense":
             raise ValueError(f"attention: the ssm model has no attention; got {self.attention!r}")
-        if self.model == "transformer" and v.kind == "linear":
+        if self.model == "transformer" and v.is_linear:
             raise ValueError(f"attention: {self.attention!r} takes no padding mask, and "
                              f"{name!r} sources are padded; use a softmax variant")
         if self.model == "gat" and v.name != "dense":

@@ -49,10 +49,8 @@ def parse_implementation(name: str) -> Implementation:
         except ValueError as e:
             raise ValueError(f"attn_implementation {name!r}: {e} (or a backend: "
                              f"{', '.join(available_backends())})") from None
-        if variant.kind == "ssm":
-            raise ValueError(f"attn_implementation {name!r}: 'ssm' is a model, not an "
-                             "attention layer a transformers model can swap in")
-        if variant.name == "dense":
+        variant.attention_only(f"attn_implementation {name!r}")
+        if variant.is_dense:
             variant = None
     return Implementation(name, backend, variant)
 
