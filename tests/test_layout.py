@@ -136,12 +136,12 @@ def test_files_fit_in_one_sitting():
 
 def test_architecture_doc_names_only_real_files():
     """Every path docs/architecture.md names in backticks exists (relative to src/attnkit/,
-    or to the repository for tests/, benchmarks/, docs/, scripts/)."""
+    or to the repository for tests/, benchmarks/, docs/)."""
     import re
     root = SRC.parents[1]
     doc = (root / "docs" / "architecture.md").read_text()
     paths = {t for t in re.findall(r"`([\w./-]+)`", doc) if "/" in t or t.endswith(".py")}
     assert len(paths) > 30, sorted(paths)                   # the doc does name its files
-    top = ("src/", "tests/", "benchmarks/", "docs/", "scripts/")
+    top = ("src/", "tests/", "benchmarks/", "docs/")
     missing = sorted(p for p in paths if not ((root if p.startswith(top) else SRC) / p).exists())
     assert not missing, f"docs/architecture.md names files that do not exist: {missing}"
