@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m attnkit.demo
+	$(BIN)/python -m attnkit.commands.demo
 
 test: $(STAMP)
 	bash tests/install_chromium.sh   # Debian's chromium for the viewer test (skipped if it cannot)

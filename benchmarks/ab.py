@@ -38,7 +38,7 @@ def _worker(threads: int) -> None:  # runs inside the tree under test
         if kind == "attn":
             from attnkit.backends import get_backend
             from attnkit.bench.points import workload_mask
-            from attnkit.functional import make_call
+            from attnkit import make_call          # public: the same in every tree
             backend, mode, n = rest[0], rest[1], int(rest[2])
             shape = (1, 8, n, 64)
             mask = workload_mask(mode)

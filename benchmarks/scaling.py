@@ -1,7 +1,7 @@
 """Scaling of attention variants with sequence length: time, peak memory, exponents.
 
 For N = --min-n, 2*min-n, ..., --max-n and every variant (dense SDPA, sparse patterns via
-attnkit.patterns.sparse_attention, linear attention), each point runs in its own
+attnkit.sparse_attention, linear attention), each point runs in its own
 subprocess: inputs (B, H, N, D) float32 are allocated, then one warm-up call and
 >= --repeats timed calls (more while under 0.3 s in total); the time is their median.
 Peak memory: on CPU the growth of ru_maxrss after the inputs were allocated (the
@@ -34,7 +34,7 @@ import time
 
 B, H, D = 1, 4, 64
 
-# name: (variant (attnkit.variants grammar), causal, description, target exponent)
+# name: (variant (attnkit.engine.variants grammar), causal, description, target exponent)
 VARIANTS = {
     "dense": ("dense", False, "softmax, no mask, torch SDPA", "~2.0"),
     "dense-causal": ("dense", True, "softmax, causal, torch SDPA", "~2.0"),
@@ -54,7 +54,7 @@ VARIANTS = {
 
 def build(name: str, n: int):
     """fn(q, k, v) -> out for variant ``name`` at length n, and its pair count (or None)."""
-    from attnkit.variants import parse_variant
+    from attnkit.engine.variants import parse_variant
     if name not in VARIANTS:
         raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {name!r}")
     text, causal = VARIANTS[name][:2]

@@ -270,7 +270,7 @@ def random_bias(r: random.Random, g: Geometry) -> BiasRecipe | None:
     if kind == "tensor":
         return BiasRecipe(ts, lambda ts: ts[0], lambda ts: ts[0], grad, text)
     if kind == "spec":
-        return BiasRecipe(ts, lambda ts: attnkit.bias.tensor_bias(ts[0]), lambda ts: ts[0],
+        return BiasRecipe(ts, lambda ts: attnkit.call.bias.tensor_bias(ts[0]), lambda ts: ts[0],
                           grad, text)
     if kind == "alibi+tensor":
         return BiasRecipe(ts, lambda ts: attnkit.alibi(H) + ts[0],

@@ -107,3 +107,27 @@ def test_the_builtin_rule_is_what_the_docs_say():
                      ({"mask": M.periodic(3) | M.causal()}, ("tiled", "would need"))]:
         name, why = attnkit.select_backend(attnkit.make_call(big, big, big, **kw))
         assert name == want[0] and want[1] in why, (kw, name, why)
+
+
+def test_auto_priorities_come_from_one_table():
+    """Every built-in preference is a row of AUTO_PRIORITY (no number of its own), and the
+    table orders the rules as the README states them."""
+    from attnkit.backends.base import AUTO_PRIORITY
+    table = {p for p, _ in AUTO_PRIORITY.values()}
+    q = torch.randn(1, 2, 300, 16)
+    calls = [attnkit.make_call(q, q, q), attnkit.make_call(q, q, q, mask=M.causal()),
+             attnkit.make_call(q, q, q, mask=M.causal() & M.window(8)),
+             attnkit.make_call(q, q, q, softcap=5.0),
+             attnkit.make_call(q, q, q, mask=M.window(100, 100))]
+    seen = set()
+    for call in calls:
+        for name in ("sdpa", "tiled", "flex", "reference"):
+            pref = attnkit.get_backend(name).auto_preference(call)
+            if pref is not None:
+                assert pref[0] in table, (name, pref)
+                seen.add(pref[0])
+    assert {AUTO_PRIORITY[r][0] for r in ("sdpa", "tiled:skip", "tiled")} <= seen
+    order = ["tiled:skip", "sdpa", "tiled:large", "tiled"]
+    assert [AUTO_PRIORITY[r][0] for r in order] == sorted(
+        (AUTO_PRIORITY[r][0] for r in order), reverse=True)
+    assert all(len(why) > 20 for _, why in AUTO_PRIORITY.values())

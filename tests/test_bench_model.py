@@ -16,7 +16,8 @@ import attnkit
 from attnkit.bench.fidelity import cosine_rows, passes
 from attnkit.bench.heads import HeadStats, window_grid
 from attnkit.bench.model_bench import ModelBenchConfig, recommend, run_model_bench, validate
-from attnkit.bench.source import AttnkitSource, apply_variant, open_source, text_windows
+from attnkit.bench.source import AttnkitSource, open_source, text_windows
+from attnkit.models.common import apply_variant
 from attnkit.bench.timing import interleaved, ratio, summary
 from attnkit.commands.bench import default_text_path
 
@@ -161,15 +162,15 @@ def test_text_windows_carry_the_special_tokens(minilm):
 def test_apply_variant_to_some_layers_only(minilm):
     m = minilm.model
     mods = minilm.mods
-    apply_variant(m, "window:4", 64, layers=[1, 3])
+    apply_variant(m, "window:4", 64, causal=False, layers=[1, 3])
     assert [x.pattern is not None for x in mods] == [False, True, False, True, False, False]
-    apply_variant(m, "linear:elu", 64, layers=[0])
+    apply_variant(m, "linear:elu", 64, causal=False, layers=[0])
     assert [x.linear is not None for x in mods] == [True] + [False] * 5
     assert all(x.pattern is None for x in mods)
-    apply_variant(m, "dense", 64)
+    apply_variant(m, "dense", 64, causal=False)
     assert all(x.pattern is None and x.linear is None for x in mods)
     with pytest.raises(ValueError, match="ssm"):
-        apply_variant(m, "ssm", 64)
+        apply_variant(m, "ssm", 64, causal=False)
 
 
 # -- decoders ---------------------------------------------------------------------------

@@ -101,22 +101,18 @@ def test_greedy_generation_with_cache_is_identical(name, checkpoints):
 
 def test_sliding_window_reaches_tiled_as_a_spec_and_skips_tiles(checkpoints, monkeypatch):
     """Mistral's sliding window arrives as a structured spec (a band), not a dense tensor,
-    and the tiled kernel visits only the tiles of the band."""
+    and the tiled kernel's plan (kernels.tiles.plan, what it runs) holds only the tiles of
+    the band."""
     from attnkit.integrations.hf import attention as hf_attention
-    from attnkit.kernels import tiles
-    seen, visited = [], []
-    orig_fwd, orig_plan = hf_attention.attention, tiles.plan
+    from attnkit.kernels.tiles import plan
+    seen, calls = [], []
+    orig_fwd = hf_attention.attention
 
     def spy(q, k, v, *, mask=None, **kw):
         seen.append(mask)
+        calls.append(attnkit.make_call(q, k, v, mask=mask))
         return orig_fwd(q, k, v, mask=mask, **kw)
-
-    def plan(call, cfg):
-        out = orig_plan(call, cfg)
-        visited.append((sum(len(r) for r in out), len(out) * -(-call.Tk // cfg.block_k)))
-        return out
     monkeypatch.setattr(hf_attention, "attention", spy)
-    monkeypatch.setattr("attnkit.kernels.tiled.plan", plan)
     model = attnkit.hf.from_pretrained(checkpoints["mistral"], "tiled")
     ids = torch.randint(3, 97, (1, 60))
     with torch.no_grad(), attnkit.use_backends("tiled", override=True):
@@ -130,6 +126,9 @@ def test_sliding_window_reaches_tiled_as_a_spec_and_skips_tiles(checkpoints, mon
         finally:
             be.config = old
     assert seen and all(isinstance(m, MaskSpec) and m.band() == (0, 4) for m in seen)
+    cfg = attnkit.TileConfig(8, 8, 8)
+    visited = [(sum(len(r) for r in p), len(p) * -(-c.Tk // cfg.block_k))
+               for c in calls for p in [plan(c, cfg)]]
     done, total = visited[0]
     assert done < total / 3, visited          # a 5-token band over 60 tokens: few tiles
 

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from attnkit.analysis.capture import assemble, looks_causal, parse_layers
-from attnkit.analysis.inspect import (classify_heads, head_scores, merge_wordpieces, rank_heads,
-                                      word_attention)
+from attnkit.analysis.inspect import classify_heads, head_scores, rank_heads, word_attention
 from attnkit.analysis.words import find_word, from_offsets, from_pieces
 
 T = 10
@@ -55,7 +54,8 @@ def test_causal_and_rectangular_scores():
 
 def test_merge_wordpieces_and_word_attention():
     tokens = ["[CLS]", "the", "tired", "##ness", "of", "it", "[SEP]"]
-    words, groups = merge_wordpieces(tokens)
+    t = from_pieces(tokens, scheme="wordpiece")
+    words, groups = t.words, t.groups()
     assert words == ["the", "tiredness", "of", "it"] and groups == [[1], [2, 3], [4], [5]]
     w = torch.zeros(7, 7)
     w[5, 2], w[5, 3], w[5, 0] = 0.25, 0.5, 0.25       # "it" -> tired + ##ness

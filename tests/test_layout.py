@@ -1,5 +1,7 @@
-"""The layout shows the architecture: no import cycle among attnkit's modules (imports inside
-functions count too), the layers import only downwards, and no source file over 400 lines."""
+"""The layout shows the architecture: the package's folders are its layers, in the order of
+``attnkit.LAYERS`` (bottom up); a module imports only its own folder and the folders below
+(imports inside functions count too); no import cycle; no source file over 400 lines. The
+package root holds only the public entry points, above every layer, imported by none."""
 import ast
 from pathlib import Path
 
@@ -7,20 +9,17 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "attnkit"
 
-# bottom-up layers; a module may import its own layer and the layers below it
-LAYERS = [
-    {"_checks", "errors", "_version", "requirements"},
-    {"masks"},
-    {"bias", "call", "sparse.pattern", "sparse.window", "sparse.strided", "sparse.fixed",
-     "sparse.dilated", "sparse.longformer", "sparse.bigbird", "sparse.log_sparse",
-     "sparse.registry"},
-    {"kernels", "linear"},
-    {"backends", "functional", "sparse", "sparse.execute", "patterns", "variants", "distributed"},
-    {"modules"},
-    {"models", "loading"},
-    {"integrations", "hf"},
-    {"analysis", "bench", "tasks", "train", "tour", "demo", "commands", "cli", "__main__"},
-]
+
+def _layers() -> tuple[str, ...]:
+    """``LAYERS`` as written in ``src/attnkit/__init__.py`` (read, not imported)."""
+    for node in ast.parse((SRC / "__init__.py").read_text()).body:
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["LAYERS"]:
+            return ast.literal_eval(node.value)
+    raise AssertionError("src/attnkit/__init__.py defines no LAYERS")
+
+
+LAYERS = _layers()
+ENTRY_POINTS = {"attnkit", "attnkit.__main__", "attnkit.cli", "attnkit.hf"}
 
 
 def _module_name(path: Path) -> str:
@@ -64,14 +63,17 @@ def _graph():
     return {n: _imports(n, p, set(mods)) for n, p in mods.items()}
 
 
+def _entry_point(name: str) -> bool:
+    """The root's public entry points and the ``python -m`` scripts (never imported)."""
+    return name in ENTRY_POINTS or name.endswith(".__main__")
+
+
 def _layer(name: str) -> int:
-    short = name.removeprefix("attnkit").lstrip(".")
-    for depth in range(short.count(".") + 1, 0, -1):   # the most specific entry wins
-        key = ".".join(short.split(".")[:depth])
-        for i, layer in enumerate(LAYERS):
-            if key in layer:
-                return i
-    return len(LAYERS)  # the package root: above everything
+    """The index of the module's folder in LAYERS; entry points are above every layer."""
+    parts = name.split(".")
+    if len(parts) > 1 and parts[1] in LAYERS and not _entry_point(name):
+        return LAYERS.index(parts[1])
+    return len(LAYERS)
 
 
 def test_no_import_cycle():
@@ -99,16 +101,47 @@ def test_layers_import_only_downwards():
     graph = _graph()
     bad = [f"{a} (layer {_layer(a)}) imports {b} (layer {_layer(b)})"
            for a, deps in graph.items() for b in deps
-           if a != "attnkit" and _layer(b) > _layer(a)]
+           if not _entry_point(a) and _layer(b) > _layer(a)]
     assert not bad, "\n".join(sorted(bad))
 
 
-def test_every_module_has_a_layer():
-    missing = [n for n in _modules() if n != "attnkit" and _layer(n) == len(LAYERS)]
-    assert not missing, f"modules with no layer in LAYERS: {missing}"
+def test_every_module_is_in_a_layer_folder():
+    """A new module goes in a layer folder; a new folder gets its place in LAYERS."""
+    stray = sorted(n for n in _modules() if _layer(n) == len(LAYERS) and not _entry_point(n))
+    assert not stray, (f"modules outside the layer folders {LAYERS} (add the folder to "
+                       f"attnkit.LAYERS, bottom up): {stray}")
+    missing = [f for f in LAYERS if not (SRC / f / "__init__.py").is_file()]
+    assert not missing, f"LAYERS names folders that are not packages: {missing}"
+
+
+def test_the_layers_are_the_folders():
+    """Every package folder at the root is a layer (data folders hold no Python)."""
+    folders = {p.parent.name for p in SRC.glob("*/__init__.py")}
+    assert folders == set(LAYERS), (f"folders not in LAYERS: {sorted(folders - set(LAYERS))}; "
+                                    f"LAYERS not folders: {sorted(set(LAYERS) - folders)}")
+
+
+def test_the_layer_check_sees_a_wrong_import():
+    """The check is live: a kernel importing the engine is an upward import."""
+    assert _layer("attnkit.kernels.tiled") < _layer("attnkit.engine.functional")
+    assert _layer("attnkit.core.errors") == 0 and _layer("attnkit.cli") == len(LAYERS)
+    assert "attnkit.call" in _graph()["attnkit.kernels.tiled"]
 
 
 def test_files_fit_in_one_sitting():
     long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 400}
     assert not long, f"files over 400 lines: {long}"
+
+
+def test_architecture_doc_names_only_real_files():
+    """Every path docs/architecture.md names in backticks exists (relative to src/attnkit/,
+    or to the repository for tests/, benchmarks/, docs/)."""
+    import re
+    root = SRC.parents[1]
+    doc = (root / "docs" / "architecture.md").read_text()
+    paths = {t for t in re.findall(r"`([\w./-]+)`", doc) if "/" in t or t.endswith(".py")}
+    assert len(paths) > 30, sorted(paths)                   # the doc does name its files
+    top = ("src/", "tests/", "benchmarks/", "docs/")
+    missing = sorted(p for p in paths if not ((root if p.startswith(top) else SRC) / p).exists())
+    assert not missing, f"docs/architecture.md names files that do not exist: {missing}"

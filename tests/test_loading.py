@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import attnkit
 from attnkit import loading
-from attnkit.errors import CheckpointError
+from attnkit.core.errors import CheckpointError
 from attnkit.loading import bert as lbert, gpt2 as lgpt2, llama as lllama
 from attnkit.loading.common import COMMON_IGNORED, COMMON_REFUSED, Fields
 from attnkit.loading.files import Weights

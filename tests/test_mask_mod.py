@@ -87,8 +87,7 @@ def test_registered_readers_turn_known_functions_into_structured_specs():
         assert not spec.opaque and spec.distance_bounds() == (0, 4)
         assert torch.equal(spec.dense(30, 30), M.from_mask_mod(sliding(5)).dense(30, 30))
     finally:
-        from attnkit.masks import mask_mod
-        mask_mod._READERS.remove(reader)
+        M.unregister_mask_mod_reader(reader)
 
 
 @pytest.mark.parametrize("fn, kw, exc, words", [

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnkit import alibi_slopes, masks as M
-from attnkit.bias import alibi
+from attnkit.call.bias import alibi
 from attnkit.masks import EMPTY, FULL, PARTIAL
 from conftest import CASES
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from attnkit.loading import NAMED_MODELS
-from attnkit.requirements import PACKAGES
+from attnkit.commands.requirements import PACKAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "attnkit"
@@ -69,13 +69,22 @@ def test_every_import_is_a_declared_dependency():
     assert {"torch", "matplotlib", "safetensors"} <= set(imports)  # the scan sees them
     for module, files in imports.items():
         assert module in PACKAGES, (f"{module} (imported by {files[0]}) has no entry in "
-                                    "attnkit.requirements.PACKAGES")
+                                    "attnkit.commands.requirements.PACKAGES")
         dist = _canon(PACKAGES[module][0])
         assert dist in declared, f"{dist} (imported by {files}) is not in pyproject dependencies"
     for name, (module, _) in NAMED_MODELS.items():
         if module == "attnkit":                  # shipped inside attnkit (stdlib-lm)
             continue
         assert _canon(PACKAGES[module][0]) in declared, f"load({name!r}) needs {module}"
+
+
+def test_the_version_is_one_number():
+    """pyproject.toml's literal and ``attnkit.__version__`` (src/attnkit/core/version.py)."""
+    import attnkit
+    if tomllib is None:
+        pytest.skip("tomllib needs Python >= 3.11")
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"] == \
+        attnkit.__version__
 
 
 def test_makefile_and_readme_install_only_the_package():

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import attnkit
 from attnkit import masks, sparse as P
 from attnkit.backends.tiled import TileConfig
+from attnkit.engine.sparse import SparseFunction
 from attnkit.masks import EMPTY, FULL
 from attnkit.sparse import OffsetPiece as _OffsetPiece, TiledPiece as _TiledPiece
 
@@ -207,7 +208,7 @@ def run_both(p, n, H, Hkv, D, cfg, seed=0):
     v = torch.randn(2, Hkv, n, D + 1, generator=g)
     w = torch.randn(2, H, n, D + 1, generator=g)
     x = [t.clone().requires_grad_() for t in (q, k, v)]
-    out = P.sparse_attention(*x, p, cfg=cfg)
+    out = attnkit.sparse_attention(*x, p, cfg=cfg)
     grads = torch.autograd.grad((out * w).sum(), x)
     y = [t.double().requires_grad_() for t in (q, k, v)]
     mask = p.at(n).dense(n, n)
@@ -241,7 +242,7 @@ def test_offset_piece_row_blocks(rows):
     n = 45
     piece = _OffsetPiece(P.log_sparse().offsets(n), rows=rows)
     x = [torch.randn(1, h, n, 8, dtype=torch.float64, requires_grad=True) for h in (4, 2, 2)]
-    out = P.SparseFunction.apply(*x, [piece], 8 ** -0.5, None)
+    out = SparseFunction.apply(*x, [piece], 8 ** -0.5, None)
     ref = attnkit.attention(*x, mask=P.log_sparse().at(n).dense(n, n), backend="reference")
     w = torch.randn_like(out)
     for a, b in zip([out, *torch.autograd.grad((out * w).sum(), x)],
@@ -255,7 +256,7 @@ def test_patterns_are_plain_masks_for_attention():
     for p in (P.strided(8), P.log_sparse(), P.bigbird(8, 1, 1, 2)):
         ref = attnkit.attention(q, k, v, mask=p, backend="reference")
         assert rel(attnkit.attention(q, k, v, mask=p, backend="tiled"), ref.double()) < 1e-5
-        assert rel(P.sparse_attention(q, k, v, p), ref.double()) < 1e-5
+        assert rel(attnkit.sparse_attention(q, k, v, p), ref.double()) < 1e-5
     # bigbird composes through .at(n); decoding (Tq < Tk) aligns to the end
     pad = masks.padding(torch.tensor([50]))
     m = P.bigbird(8, 1, 1, 2).at(n) & pad
@@ -301,14 +302,14 @@ def test_bad_parameters(make, exc, match):
 def test_too_many_globals_and_wrong_calls():
     q = torch.randn(1, 1, 5, 4)
     with pytest.raises(ValueError, match="globals"):
-        P.sparse_attention(q, q, q, P.longformer(1, globals=10))
+        attnkit.sparse_attention(q, q, q, P.longformer(1, globals=10))
     with pytest.raises(ValueError, match="globals"):
         P.longformer(1, globals=6).pairs(5)
     with pytest.raises(ValueError, match="global"):
-        P.sparse_attention(q, q, q, P.bigbird(block=4, global_blocks=2))
+        attnkit.sparse_attention(q, q, q, P.bigbird(block=4, global_blocks=2))
     with pytest.raises(ValueError, match="Tq == Tk"):
-        P.sparse_attention(q[:, :, :3], q, q, P.window(2))
+        attnkit.sparse_attention(q[:, :, :3], q, q, P.window(2))
     with pytest.raises(TypeError, match="pattern"):
-        P.sparse_attention(q, q, q, "local")
+        attnkit.sparse_attention(q, q, q, "local")
     with pytest.raises(TypeError, match="at\\(n\\)"):
         (P.bigbird(4) & masks.causal()).dense(8, 8)

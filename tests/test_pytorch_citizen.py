@@ -280,7 +280,8 @@ def test_empty_errors_stay_clear():
         attnkit.attention(q, k[:, :0], v[:, :0])
     with pytest.raises(attnkit.UnsupportedCall, match="no logit softcap"):
         attnkit.attention(q[:0], k[:0], v[:0], backend="sdpa", softcap=5.0)
-    from attnkit.sparse import sparse_attention, strided
+    from attnkit import sparse_attention
+    from attnkit.sparse import strided
     with pytest.raises(ValueError, match="every dimension must be >= 1"):
         sparse_attention(q[:, :, :0], k[:, :, :0], v[:, :, :0], strided(4))
 
@@ -320,7 +321,7 @@ def _pattern(name):
 
 
 def _sparse(name):
-    from attnkit.sparse import sparse_attention
+    from attnkit import sparse_attention
     return lambda q, k, v: sparse_attention(q, k, v, _pattern(name))
 
 

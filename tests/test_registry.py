@@ -23,7 +23,7 @@ class Doubling(Backend):
 def doubling():
     b = attnkit.register_backend(Doubling())
     yield b
-    base._REGISTRY.pop(b.name)
+    attnkit.unregister_backend(b.name)
 
 
 def test_register_and_use_a_backend(doubling):

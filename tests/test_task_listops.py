@@ -142,7 +142,7 @@ def test_every_label_in_batches_and_eval(kw):
     assert sum(sizes) == task.n_test and all(s == 64 for s in sizes[:-1]) and sizes[-1] <= 64
     got = [e for b in batches for e in check_batch(task, b)[0]]
     # in order (example i of the test stream; one big batch gives the same)
-    assert got == [list(k) for k in task._split("test")["keys"]]
+    assert got == [list(k) for k in task.split_data("test")["keys"]]
     if task.min_length > 1:     # no repeats to skip at these lengths
         assert got[:5] == [task.example("test", i)[1] for i in range(5)]
     (whole,) = task.eval_batches(10_000)
@@ -191,8 +191,8 @@ def test_determinism_across_processes():
 
 def test_train_and_test_are_disjoint_streams():
     task = ListOps(**SMALL)
-    train = {tuple(decode(r[:n])) for r, n in zip(task._split("train")["tokens"],
-                                                   task._split("train")["length"])}
+    train = {tuple(decode(r[:n])) for r, n in zip(task.split_data("train")["tokens"],
+                                                       task.split_data("train")["length"])}
     test = {tuple(e) for b in task.eval_batches(100) for e in labels_of(b)[0]}
     assert len(train) == task.n_train and len(test) == task.n_test     # distinct within
     assert not train & test
@@ -200,8 +200,8 @@ def test_train_and_test_are_disjoint_streams():
         assert task.example("train", i)[1] != task.example("test", i)[1]
     # a tiny window forces repeats: train still skips everything in the test set
     tiny = ListOps(min_length=4, max_length=5, max_depth=2, max_args=3, n_train=500, n_test=500)
-    tr = set(tiny._split("train")["keys"])
-    te = set(tiny._split("test")["keys"])
+    tr = set(tiny.split_data("train")["keys"])
+    te = set(tiny.split_data("test")["keys"])
     assert len(tr) == 500 and len(te) == 500 and not tr & te
 
 
@@ -233,7 +233,7 @@ def test_labels_and_lengths_follow_the_distribution():
     """2000 examples at the default lengths: a non-degenerate label distribution (LRA's
     majority class is about 17%) and the mean length that the exact law predicts."""
     task = ListOps(n_train=2000, n_test=1)
-    data = task._split("train")
+    data = task.split_data("train")
     counts = np.bincount(data["answer"].numpy(), minlength=10)
     freq = counts / counts.sum()
     assert (counts > 0).all()

@@ -375,7 +375,7 @@ def test_sweep_writes_quality_table_and_reuses_cells(tmp_path):
     assert all(c["steps"] == [12, 12] for c in again["cells"])
     assert all("step 6:" in p.read_text() and "step 12:" in p.read_text() for p in logs)
     # the demo's report reads this table (it once read a field the table no longer had)
-    from attnkit.demo import quality_rows
+    from attnkit.commands.demo import quality_rows
     rows = quality_rows(table, html.escape)
     assert rows.count("<tr>") == 2 and "linear:elu" in rows
     for c in table["cells"]:

@@ -256,7 +256,7 @@ def test_gathered_tiles_follow_partial_tile_count():
 
 def test_recognise_alibi_and_dense_bias():
     call = _call(9, 30, bias=attnkit.alibi(6), H=6)
-    assert torch.allclose(recognise_alibi(call), attnkit.bias.alibi_slopes(6), rtol=1e-15)
+    assert torch.allclose(recognise_alibi(call), attnkit.call.bias.alibi_slopes(6), rtol=1e-15)
     assert recognise_alibi(_call(1, 1, bias=attnkit.alibi(2))) is not None
     low = lower_bias(_call(9, 30, bias=[attnkit.alibi(2), torch.ones(9, 30)]))
     assert low.dense is not None and low.dense.shape == (1, 2, 9, 30)

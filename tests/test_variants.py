@@ -3,8 +3,9 @@ import pytest
 import torch
 
 import attnkit
-from attnkit.bench.runner import fit_exponent, parse_seqs, parse_size, recommend
-from attnkit.variants import parse_variant, parse_variants
+from attnkit.bench.runner import parse_seqs, parse_size, recommend
+from attnkit.bench.timing import fit_exponent
+from attnkit.engine.variants import parse_variant, parse_variants
 
 SOFTMAX = ["dense", "window:16", "strided", "strided:7", "fixed:8:2", "dilated:4:3",
            "longformer:8:2", "bigbird:32", "logsparse"]
@@ -74,9 +75,9 @@ def test_sizes_lengths_and_exponent_fit():
     with pytest.raises(ValueError, match="--memory-budget"):
         parse_size("lots")
     ns = [1024, 2048, 4096, 8192]
-    assert abs(fit_exponent(ns, [3e-9 * n ** 2 for n in ns]) - 2.0) < 1e-9
-    assert abs(fit_exponent(ns, [5e-6 * n for n in ns]) - 1.0) < 1e-9
-    assert fit_exponent([1024], [1.0]) is None
+    assert abs(fit_exponent(ns, [[3e-9 * n ** 2] for n in ns])["exponent"] - 2.0) < 1e-9
+    assert abs(fit_exponent(ns, [[5e-6 * n] * 2 for n in ns])["exponent"] - 1.0) < 1e-9
+    assert fit_exponent([1024], [[1.0, 2.0]]) is None
 
 
 def _result(rows):

@@ -1,6 +1,6 @@
 """``python -m attnkit ARGS`` is the ``attnkit`` command."""
 import sys
 
-from .cli import main
+from .commands.main import main
 
 sys.exit(main())

@@ -1,9 +1,8 @@
 """What sparse patterns and linear attention trade: relative error vs full softmax.
 
-For each variant (by name, :mod:`attnkit.variants`: a named sparse pattern run by
-:func:`attnkit.sparse.sparse_attention`, or linear attention with a feature map) and each
-input kind, the
-relative error ``||out - ref||_F / ||ref||_F`` against full softmax attention (the
+For each variant (by name, :mod:`attnkit.engine.variants`: a named sparse pattern run by
+:func:`attnkit.sparse_attention`, or linear attention with a feature map) and each input
+kind, the relative error ``||out - ref||_F / ||ref||_F`` against full softmax attention (the
 ``reference`` backend, float64) with the same causality, on the same inputs:
 
 * ``random``: q, k, v ~ N(0, 1);
@@ -29,8 +28,8 @@ import torch
 from torch import Tensor
 
 from .. import masks
-from ..functional import attention
-from ..variants import parse_variant
+from ..engine.functional import attention
+from ..engine.variants import parse_variant
 
 __all__ = ["Approximation", "Row", "INPUTS", "make_inputs", "default_variants", "report",
            "to_markdown", "main"]
@@ -89,7 +88,7 @@ def default_variants(n: int, *, dim: int = 32) -> list[Approximation]:
     out = []
     for text, causal in settings:
         v = parse_variant(text)
-        if v.kind == "linear":
+        if v.is_linear:
             fm = v.feature_map(dim)
             name = f"linear {fm}" + (", causal" if causal else "")
             density = None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt",
                    "spiece.model", "tokenizer.model", "sentencepiece.bpe.model")
@@ -38,15 +38,15 @@ def attention_implementation_for_inspect(layers: list[int] | None,
     attnkit's implementation inside transformers (``attnkit.hf``): every layer runs on
     attnkit's fast path; the weights are recomputed only for ``layers`` (the forward runs
     inside :func:`attnkit.hf.weights_for`, see :func:`weights_context`)."""
-    import attnkit.hf
-    name = attnkit.hf.register(None if backend == "auto" else backend)
+    from ..integrations import hf as hf_api
+    name = hf_api.register(None if backend == "auto" else backend)
     return {"attn_implementation": name}, {"output_attentions": True}
 
 
 def weights_context(layers: list[int] | None):
     """The context a capture runs in: only ``layers`` recompute their weights."""
-    import attnkit.hf
-    return attnkit.hf.weights_for(layers=layers)
+    from ..integrations import hf as hf_api
+    return hf_api.weights_for(layers=layers)
 
 
 def describe_implementation(backend: str = "auto") -> str:

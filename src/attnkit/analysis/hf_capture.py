@@ -12,7 +12,7 @@ import io
 
 import torch
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 from .capture import View, assemble, looks_causal, piece_tokens, stack
 from .hf import Plan, attention_implementation_for_inspect
 from .words import Tokens, from_offsets, from_pieces

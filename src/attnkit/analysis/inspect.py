@@ -87,12 +87,6 @@ def classify_heads(weights: Tensor, threshold: float = 0.5, causal: bool = False
     return out
 
 
-def merge_wordpieces(tokens: list[str]) -> tuple[list[str], list[list[int]]]:
-    """WordPiece tokens -> words and, for each word, the indices of its pieces."""
-    t = from_pieces(tokens, scheme="wordpiece")
-    return t.words, t.groups()
-
-
 def word_attention(w: Tensor, groups: list[list[int]], key_groups=None) -> Tensor:
     """(..., Tq, Tk) token weights -> (..., Wq, Wk) word weights (sum over key pieces,
     mean over query pieces). ``key_groups`` defaults to ``groups`` (self-attention)."""

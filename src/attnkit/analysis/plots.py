@@ -13,7 +13,7 @@ AXES = ("key (attended to)", "query (attending)")
 
 def require_matplotlib(arg: str = "--out") -> None:
     """Raise a one-line error naming ``pip install matplotlib`` if it is missing."""
-    from ..errors import UsageError
+    from ..core.errors import UsageError
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -11,7 +11,7 @@ the port was not used. ``--via attnkit`` / ``--via transformers`` force a path.
 Before either path reads a weight, :func:`read_checkpoint` checks the directory:
 config.json a JSON object, safetensors weights present (pickle files refused: loading
 them can run code) and every file's header readable and complete (a truncated file
-fails here). Every problem is a :class:`~attnkit.errors.UsageError`: one line, exit 2.
+fails here). Every problem is a :class:`~attnkit.core.errors.UsageError`: one line, exit 2.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, UnsupportedCall, UsageError
+from ..core.errors import CheckpointError, UnsupportedCall, UsageError
 from .capture import Capture, View, assemble, parse_layers, piece_tokens, stack
 from .words import from_offsets
 
@@ -28,7 +28,7 @@ from .words import from_offsets
 def read_checkpoint(d: Path) -> tuple[dict, dict, dict]:
     """(config dict, {tensor: shape}, {tensor: file}) from headers only (the loader's
     readers, :mod:`attnkit.loading.files`; their errors as one ``--model`` line)."""
-    from ..errors import CheckpointError
+    from ..core.errors import CheckpointError
     from ..loading.files import Weights, read_config
     try:
         cfg, w = read_config(d), Weights(d)
@@ -52,7 +52,7 @@ def check_backend(name: str) -> None:
     (probed on tiny calls, before any heavy work)."""
     from .. import masks
     from ..backends import available_backends, get_backend
-    from ..functional import make_call
+    from ..engine.functional import make_call
     if name == "auto":
         return
     names = available_backends()
@@ -189,10 +189,10 @@ class HFSource:
         self._proc = None
 
     def check(self) -> None:
-        import attnkit.hf
+        from ..integrations import hf as hf_api
         if self.backend != "auto":
             try:
-                attnkit.hf.implementation_name(self.backend)
+                hf_api.implementation_name(self.backend)
             except ValueError as e:
                 raise UsageError(f"--backend: {e}") from None
 

@@ -13,7 +13,7 @@ The contract is in :mod:`.base`, the ``auto`` rule and :func:`use_backends` in
 :mod:`.selection`.
 """
 from ..call import AttentionCall
-from ..errors import UnsupportedCall
+from ..core.errors import UnsupportedCall
 from ..kernels.tiles import TileConfig
 from .base import (Backend, available_backends, get_backend, loaded_backends, register_backend,
                    unregister_backend)

@@ -3,7 +3,7 @@
 Every backend receives one validated :class:`~attnkit.call.AttentionCall` and either
 serves it exactly or says why it cannot (``unsupported`` returns a reason). ``attention``
 never switches algorithm silently: a backend asked for by name that cannot serve a call
-raises :class:`~attnkit.errors.UnsupportedCall` with that reason.
+raises :class:`~attnkit.core.errors.UnsupportedCall` with that reason.
 
 A backend implements:
 
@@ -30,7 +30,7 @@ from ..call import AttentionCall
 from ..kernels.reference import attention_weights
 
 __all__ = ["Backend", "register_backend", "unregister_backend", "get_backend",
-           "available_backends", "LAZY_BACKENDS", "refusal"]
+           "available_backends", "LAZY_BACKENDS", "AUTO_PRIORITY", "auto_priority", "refusal"]
 
 
 class Backend:
@@ -57,11 +57,34 @@ class Backend:
     def auto_preference(self, call: AttentionCall) -> tuple[float, str] | None:
         """``(priority, reason)`` when ``backend="auto"`` may choose this backend for
         ``call`` (the highest priority among the backends that can serve it wins), or
-        None. Built-ins: sdpa 20, tiled 30 (softcap, sparse masks) / 10 / 5."""
+        None. The built-ins take their numbers from :data:`AUTO_PRIORITY`."""
         return None
 
     def __repr__(self):
         return f"<attnkit backend {self.name!r}>"
+
+
+# ``auto``'s preferences, in one table: rule -> (priority, why this number). The highest
+# priority among the backends that can serve a call wins (ties: registration order).
+AUTO_PRIORITY = {
+    "flex:opaque-cpu": (35.0, "above tiled's 30: forward on CPU, an opaque mask_mod at "
+                              "Tq*Tk >= 2^28, where flex measured 1.10x tiled"),
+    "triton:skip": (35.0, "above tiled's 30: softcap or a mask under half full, the same "
+                          "tile skipping as tiled in compiled GPU kernels (not yet measured)"),
+    "tiled:skip": (30.0, "above sdpa's 20: softcap (SDPA cannot apply it) or a mask under half "
+                         "full (SDPA computes every tile, tiled skips the empty ones)"),
+    "sdpa": (20.0, "torch's fused kernels: no mask, causal, or a mask/bias whose dense form "
+                   "fits the 256 MiB budget"),
+    "triton:large": (15.0, "above tiled's 10: a mask/bias too large to materialise, on the GPU "
+                           "(not yet measured)"),
+    "tiled:large": (10.0, "a mask/bias over SDPA's dense budget: tiled needs O(T*D)"),
+    "tiled": (5.0, "the fallback (when use_backends leaves no better one): any call, O(T*D)"),
+}
+
+
+def auto_priority(rule: str) -> float:
+    """The priority of one rule of :data:`AUTO_PRIORITY`."""
+    return AUTO_PRIORITY[rule][0]
 
 
 _REGISTRY: dict[str, Backend] = {}

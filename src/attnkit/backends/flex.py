@@ -34,9 +34,10 @@ from torch import Tensor
 
 from ..call import AttentionCall
 from ..kernels.tiles import Uncacheable, fingerprint
-from .base import Backend
+from .base import Backend, auto_priority
 
-__all__ = ["FlexBackend", "compile_flex", "MAX_CONFIGURATIONS", "AUTO_MIN_PAIRS"]
+__all__ = ["FlexBackend", "compile_flex", "compiled_configurations", "MAX_CONFIGURATIONS",
+           "AUTO_MIN_PAIRS"]
 
 MAX_CONFIGURATIONS = 64   # distinct compiled configurations per process, then refused
 BLOCK_MASK_CACHE = 32     # BlockMasks kept (LRU)
@@ -66,6 +67,14 @@ def _flex_available() -> str | None:
 
 _lock = threading.Lock()
 _configurations: set = set()
+
+
+def compiled_configurations() -> int:
+    """How many distinct configurations this process has compiled (refused past
+    :data:`MAX_CONFIGURATIONS`)."""
+    return len(_configurations)
+
+
 _block_masks: OrderedDict = OrderedDict()
 
 
@@ -181,10 +190,11 @@ class FlexBackend(Backend):
         tiled was faster, so flex is left to explicit requests."""
         if (call.device.type == "cpu" and call.mask is not None and call.mask.opaque
                 and call.Tq * call.Tk >= AUTO_MIN_PAIRS):
-            return 35.0, ("opaque mask_mod, forward on CPU at Tq*Tk >= 2^28: flex 1.10x tiled "
-                          "(measured at 16k, 1 thread; equal at 4k; tiled was faster for "
-                          "window, causal, dilated and document masks); its first call of a "
-                          "shape compiles (~10 s)")
+            return auto_priority("flex:opaque-cpu"), (
+                "opaque mask_mod, forward on CPU at Tq*Tk >= 2^28: flex 1.10x tiled "
+                "(measured at 16k, 1 thread; equal at 4k; tiled was faster for "
+                "window, causal, dilated and document masks); its first call of a "
+                "shape compiles (~10 s)")
         return None
 
     def forward(self, call: AttentionCall) -> Tensor:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..call import AttentionCall
-from .base import Backend
+from .base import Backend, auto_priority
 
 __all__ = ["SDPABackend", "DENSE_MASK_BUDGET"]
 
@@ -43,12 +43,13 @@ class SDPABackend(Backend):
             return None
         if call.bias is None and (call.mask is None or (call.is_causal_only
                                                         and call.Tq == call.Tk)):
-            return 20.0, "dense or causal: torch SDPA's fused kernel"
+            return auto_priority("sdpa"), "dense or causal: torch SDPA's fused kernel"
         nbytes = call.dense_bytes()
         if nbytes <= DENSE_MASK_BUDGET:
             if torch.compiler.is_compiling():  # sizes may be symbolic: no number to print
-                return 20.0, "mask/bias materialised densely for SDPA"
-            return 20.0, f"mask/bias materialised densely ({nbytes / 2**20:.1f} MiB) for SDPA"
+                return auto_priority("sdpa"), "mask/bias materialised densely for SDPA"
+            return auto_priority("sdpa"), (f"mask/bias materialised densely "
+                                           f"({nbytes / 2**20:.1f} MiB) for SDPA")
         return None
 
     def forward(self, call: AttentionCall) -> Tensor:

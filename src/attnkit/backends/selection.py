@@ -3,13 +3,18 @@
 
 ``auto`` asks every registered backend that can serve the call for its
 ``auto_preference(call)`` and takes the highest priority (ties: registration order).
-The built-in preferences reproduce this rule:
+The built-ins' numbers, each with the reason for it, are one table,
+:data:`attnkit.backends.base.AUTO_PRIORITY`; they give this rule:
 
+0. on CUDA, softcap or a mask under half full -> ``triton`` (35), a mask too large to
+   materialise -> ``triton`` (15); on CPU, forward, an opaque mask_mod at Tq*Tk >= 2^28
+   -> ``flex`` (35);
 1. softcap, or a mask whose block map is under half non-empty -> ``tiled`` (30):
    it skips empty tiles and has a backward; SDPA cannot skip and has no softcap;
 2. no mask or ``causal()`` with Tq == Tk, and no bias -> ``sdpa`` (20);
 3. other masks/biases whose dense form needs <= 256 MiB -> ``sdpa`` (20);
-4. otherwise -> ``tiled`` (10; 5 when only excluded backends would beat it).
+4. otherwise -> ``tiled`` (10 for a mask over that budget; 5, the fallback, when
+   ``use_backends`` leaves no better one).
 
 Under ``torch.compile`` ``tiled`` (which plans its tiles in Python: a graph break) is
 chosen only when a dense form would exceed the budget; what SDPA cannot serve (softcap,
@@ -28,7 +33,7 @@ import threading
 from dataclasses import dataclass
 
 from ..call import AttentionCall
-from ..errors import UnsupportedCall
+from ..core.errors import UnsupportedCall
 from .base import (LAZY_BACKENDS, Backend, available_backends, get_backend, loaded_backends,
                    refusal)
 

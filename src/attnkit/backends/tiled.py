@@ -12,7 +12,7 @@ from ..kernels.merge import with_sinks
 from ..kernels.tiled import tiled_attention
 from ..kernels.tiles import TileConfig, cached_block_map, config_for
 from ..masks import EMPTY
-from .base import Backend
+from .base import Backend, auto_priority
 from .sdpa import DENSE_MASK_BUDGET
 
 __all__ = ["TiledBackend", "TileConfig", "tiled_attention", "SPARSE_DENSITY", "band_density",
@@ -77,17 +77,18 @@ class TiledBackend(Backend):
         if torch.compiler.is_compiling() and nbytes <= DENSE_MASK_BUDGET:
             return None  # it plans tiles in Python (a graph break): sdpa/reference trace
         if call.softcap is not None:
-            return 30.0, "softcap: SDPA cannot apply it"
+            return auto_priority("tiled:skip"), "softcap: SDPA cannot apply it"
         if call.mask is not None:
             cfg = self.config or config_for(call)
             density = mask_density(call, cfg.block_q, cfg.block_k)
             if density < SPARSE_DENSITY:
-                return 30.0, (f"sparse mask ({_num(density, '.0%')} of tiles non-empty): "
-                              "tiled skips the rest")
+                return auto_priority("tiled:skip"), (
+                    f"sparse mask ({_num(density, '.0%')} of tiles non-empty): tiled skips "
+                    "the rest")
         if (call.mask is not None or call.bias is not None) and nbytes > DENSE_MASK_BUDGET:
-            return 10.0, (f"a dense mask would need {_num(nbytes / 2**30, '.2f')} GiB; tiled "
-                          "needs O(T*D)")
-        return 5.0, "online softmax over key tiles, O(T*D) memory"
+            return auto_priority("tiled:large"), (
+                f"a dense mask would need {_num(nbytes / 2**30, '.2f')} GiB; tiled needs O(T*D)")
+        return auto_priority("tiled"), "online softmax over key tiles, O(T*D) memory"
 
     serves_sinks = True  # its log-sum-exp is differentiable (kernels.merge.with_sinks)
 

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from ..call import AttentionCall
-from ..errors import UnsupportedCall
-from .base import Backend, register_backend
+from ..core.errors import UnsupportedCall
+from .base import Backend, auto_priority, register_backend
 from .sdpa import DENSE_MASK_BUDGET as SDPA_MASK_BUDGET
 from .tiled import SPARSE_DENSITY, mask_density
 
@@ -68,26 +68,28 @@ class TritonBackend(Backend):
     def auto_preference(self, call: AttentionCall) -> tuple[float, str] | None:
         """(priority, reason) for the auto rule, or None. Conservative until measured:
         only on CUDA, and only where SDPA cannot serve well -- softcap, a mask sparse
-        enough that skipping tiles pays, or a mask too large to materialise. Built-ins:
-        sdpa 20, tiled 30 (softcap / sparse) and 10 (dense mask over budget)."""
+        enough that skipping tiles pays, or a mask too large to materialise (the numbers:
+        :data:`attnkit.backends.base.AUTO_PRIORITY`)."""
         if call.device.type != "cuda" or self.unsupported(call):
             return None
         if call.softcap is not None:
-            return 35.0, f"softcap: SDPA cannot apply it ({NOT_MEASURED})"
+            return auto_priority("triton:skip"), f"softcap: SDPA cannot apply it ({NOT_MEASURED})"
         if call.mask is not None:
             from ..kernels.triton.configs import tile_shape
             bm, bn = tile_shape(max(call.D, call.Dv), self.config, False)
             density = mask_density(call, bm, bn)  # band masks: no host sync
             if density < SPARSE_DENSITY:
-                return 35.0, (f"sparse mask ({density:.0%} of {bm}x{bn} tiles non-empty): "
-                              f"empty tiles skipped ({NOT_MEASURED})")
+                return auto_priority("triton:skip"), (
+                    f"sparse mask ({density:.0%} of {bm}x{bn} tiles non-empty): "
+                    f"empty tiles skipped ({NOT_MEASURED})")
         dense_or_causal = call.mask is None or (call.is_causal_only and call.Tq == call.Tk)
         if call.bias is None and dense_or_causal:
             return None  # SDPA's fused kernels
         nbytes = call.dense_bytes()
         if nbytes > SDPA_MASK_BUDGET and not self._dense_bias(call):
-            return 15.0, (f"a dense mask/bias would need {nbytes / 2**30:.2f} GiB; the "
-                          f"kernels need O(T*D) and the partial tiles' masks ({NOT_MEASURED})")
+            return auto_priority("triton:large"), (
+                f"a dense mask/bias would need {nbytes / 2**30:.2f} GiB; the kernels need "
+                f"O(T*D) and the partial tiles' masks ({NOT_MEASURED})")
         return None
 
     @staticmethod

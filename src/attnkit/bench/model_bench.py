@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..variants import Variant, parse_variant
+from ..engine.variants import Variant, parse_variant
 from .fidelity import Accumulator, passes
 from .heads import HeadStats
 from .measure import PeakMemory
@@ -146,7 +146,7 @@ def _head_evidence(source, ids, n, variants, cfg, stats) -> None:
         weights = source.weights(ids, layers)
         stats.add(weights, new_window=c0 == 0)
         for v in variants:
-            if v.kind == "sparse":
+            if v.is_sparse:
                 source.apply(v, n, cfg.layers)
                 stats.add_pattern(v.text, weights, {i: source.pattern_mask(i, n) for i in layers})
 

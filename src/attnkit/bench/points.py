@@ -9,7 +9,7 @@ import torch
 
 from .. import masks as M
 from ..backends import get_backend
-from ..functional import make_call, select_backend
+from ..engine.functional import make_call, select_backend
 from .measure import PeakMemory, timed
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from torch import Tensor
 
-from ..variants import Variant
+from ..engine.variants import Variant
 
 __all__ = ["Outputs", "ModelSource", "text_windows"]
 

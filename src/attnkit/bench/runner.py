@@ -14,19 +14,18 @@ attention is measured by ``attnkit bench --model``.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..variants import parse_variant
+from ..engine.variants import parse_variant
 from .measure import PeakMemory, run_isolated
 from .points import DTYPES
-from .timing import fit_exponent as _fit_runs
+from .timing import fit_exponent
 from .timing import ratio, timed_stable
 
-__all__ = ["Workload", "variant_point", "run_bench", "fit_exponent", "recommend",
+__all__ = ["Workload", "variant_point", "run_bench", "recommend",
            "parse_size", "parse_seqs"]
 
 
@@ -96,24 +95,13 @@ def variant_point(*, variant: str, n: int, batch: int, heads: int, kv_heads: int
         t = timed_stable(step, min_runs=repeats, budget_s=budget_s, warmup=0, sync=sync)
     res = {**t, "peak_bytes": pm.peak_bytes, "pairs": var.pairs(n, causal)}
     if n <= error_max_n:
-        from ..functional import attention
+        from ..engine.functional import attention
         from .. import masks as M
         with torch.no_grad():
             q64, k64, v64 = (x.detach().double() for x in (q, k, v))
             ref = attention(q64, k64, v64, mask=M.causal() if causal else None, backend="sdpa")
             res["rel_error"] = float((out.detach().double() - ref).norm() / ref.norm())
     return res
-
-
-def fit_exponent(ns: list[int], times: list[float]) -> float | None:
-    """Least-squares slope of log(time) vs log(n); None with fewer than two points."""
-    pts = [(math.log(n), math.log(t)) for n, t in zip(ns, times) if t and t > 0]
-    if len(pts) < 2:
-        return None
-    mx = sum(x for x, _ in pts) / len(pts)
-    my = sum(y for _, y in pts) / len(pts)
-    sxx = sum((x - mx) ** 2 for x, _ in pts)
-    return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else None
 
 
 def run_bench(wl: Workload, variants: list[str], *, repeats: int = 5, timeout: float = 600,
@@ -150,7 +138,7 @@ def run_bench(wl: Workload, variants: list[str], *, repeats: int = 5, timeout: f
     for name in names:
         mine = [r for r in rows if r["variant"] == name and "median_s" in r]
         errs = [r["rel_error"] for r in mine if "rel_error" in r]
-        fit = _fit_runs([r["n"] for r in mine], [r.get("times_s") or [r["median_s"]]
+        fit = fit_exponent([r["n"] for r in mine], [r.get("times_s") or [r["median_s"]]
                                                  for r in mine])
         summary[name] = {
             "exponent": None if fit is None else fit["exponent"],

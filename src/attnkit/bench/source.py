@@ -17,35 +17,22 @@ encoders, GPT-2/Llama decoders). Any other transformers checkpoint runs as
 * ``pattern_mask(layer, n)``: the applied variant's allowed pairs ``(Hm, n, n)`` or None;
 * ``served_by(layer, q, k, v)``: which kernel serves the applied variant, and why.
 
-:func:`apply_variant` is the one place where a variant name becomes model settings.
+:func:`attnkit.models.common.apply_variant` is the one place where a variant name becomes
+model settings.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from ..variants import Variant, parse_variant
 from .protocol import ModelSource, Outputs, text_windows
 
-__all__ = ["Outputs", "ModelSource", "AttnkitSource", "apply_variant", "open_source",
-           "text_windows"]
+__all__ = ["Outputs", "ModelSource", "AttnkitSource", "open_source", "text_windows"]
 
 
 def _attention_modules(model) -> list:
     from ..modules import MultiHeadAttention
     return [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
-
-
-def apply_variant(model, variant: Variant | str, n: int, layers: list[int] | None = None):
-    """Swap ``variant`` into ``model``'s attention layers (``layers``: indices into its
-    attention modules, None = all); ``dense`` restores the model as loaded. Decoders get
-    the causal form of the pattern (:func:`attnkit.models.common.apply_variant`)."""
-    from ..models import GPT
-    from ..models.common import apply_variant as apply
-    apply(model, variant, n, causal=isinstance(model, GPT), layers=layers)
 
 
 class AttnkitSource:
@@ -83,11 +70,12 @@ class AttnkitSource:
 
     # -- variants ------------------------------------------------------------
     def apply(self, variant, n: int, layers: list[int] | None = None) -> None:
-        apply_variant(self.model, variant, n, layers)
+        from ..models.common import apply_variant
+        apply_variant(self.model, variant, n, causal=self.kind == "decoder", layers=layers)
 
     def check(self, variant, n: int) -> None:
         """Apply ``variant`` and run a short input: the model's own refusal, as ValueError."""
-        from ..errors import UnsupportedCall
+        from ..core.errors import UnsupportedCall
         t = min(n, 16)
         ids = torch.full((1, t), self.model.pad_token_id + 1, dtype=torch.long,
                          device=self.device)
@@ -147,7 +135,7 @@ class AttnkitSource:
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """The attention operation of ``layer`` as its module runs it (the same call
         :class:`~attnkit.MultiHeadAttention` makes after projecting)."""
-        from ..functional import attention
+        from ..engine.functional import attention
         from ..linear import linear_attention
         m = self.mods[layer]
         if m.linear is not None:
@@ -155,7 +143,7 @@ class AttnkitSource:
         return attention(q, k, v, mask=m.pattern, bias=m.alibi, backend=m.backend)
 
     def served_by(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> str:
-        from ..functional import make_call, select_backend
+        from ..engine.functional import make_call, select_backend
         m = self.mods[layer]
         if m.linear is not None:
             return "linear_attention (O(T) in PyTorch ops)"
@@ -191,7 +179,7 @@ def open_source(name_or_dir: str, device: str = "cpu", via: str = "auto"):
     import re
 
     from ..analysis.sources import open_source as choose
-    from ..errors import UsageError
+    from ..core.errors import UsageError
     if via not in ("auto", "attnkit", "transformers"):
         raise ValueError(f"via: expected 'auto', 'attnkit' or 'transformers', got {via!r}")
     try:

@@ -26,14 +26,13 @@ function the model calls, so it is the model's attention operation, no projectio
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import threading
 
 import torch
 from torch import Tensor
 
-from ..variants import Variant, parse_variant
+from ..engine.variants import parse_variant
 from .protocol import Outputs, text_windows
 
 __all__ = ["HFSource", "LAYERWISE", "ATTR", "layerwise_attention", "register_layerwise"]
@@ -111,9 +110,9 @@ def register_layerwise() -> str:
     """Register :data:`LAYERWISE` with transformers (attention + mask interface)."""
     import transformers as tf
 
-    import attnkit.hf
+    from ..integrations import hf as hf_api
     from ..integrations.hf import attnkit_mask
-    attnkit.hf.register()               # the mask_mod reader, the plain name
+    hf_api.register()               # the mask_mod reader, the plain name
     if LAYERWISE not in tf.AttentionInterface():
         tf.AttentionInterface.register(LAYERWISE, layerwise_attention)
         tf.masking_utils.AttentionMaskInterface.register(LAYERWISE, attnkit_mask)
@@ -151,7 +150,7 @@ class HFSource:
     via = "transformers"
 
     def __init__(self, plan, name: str | None = None, device: str = "cpu", notes=()):
-        import attnkit.hf
+        from ..integrations import hf as hf_api
         from ..analysis import hf, hf_capture
         if plan.kind not in ("encoder", "decoder"):
             raise ValueError(f"{plan.directory}: {plan.arch} is an {plan.kind} model; bench "
@@ -162,7 +161,7 @@ class HFSource:
         model, load_notes = hf.load_model(plan)
         self.notes += load_notes
         try:
-            attnkit.hf.check(model)         # attention outside transformers' interface
+            hf_api.check(model)         # attention outside transformers' interface
         except ValueError as e:
             raise ValueError(f"{plan.directory}: {str(e).removeprefix('model: ')}") from None
         self.device = torch.device(device)
@@ -173,7 +172,7 @@ class HFSource:
         limit, _ = hf_capture.text_limit(plan, self.tokenizer)
         self.max_tokens = int(limit) if limit else 1 << 20
         register_layerwise()
-        self.current = attnkit.hf.register()
+        self.current = hf_api.register()
         self._calls: list[_Call] = []
         try:
             calls = self._record(self._probe(8))
@@ -240,16 +239,14 @@ class HFSource:
     def apply(self, variant, n: int, layers: list[int] | None = None) -> None:
         """All layers: the model set to ``attnkit:<variant>``; some: :data:`LAYERWISE` with
         those modules' :data:`ATTR` set to it (the others ``attnkit``, dense)."""
-        import attnkit.hf
+        from ..integrations import hf as hf_api
         var = parse_variant(variant) if isinstance(variant, str) else variant
-        if var.kind == "ssm":
-            raise ValueError(f"variant {var.text!r} is a model (attnkit.models.SSM), not an "
-                             f"attention operation a model can swap in")
-        name = attnkit.hf.register(None if var.name == "dense" else var.text)
-        every = layers is None or var.name == "dense"
+        var.attention_only("variant")
+        name = hf_api.register(None if var.is_dense else var.text)
+        every = layers is None or var.is_dense
         chosen = set(range(self.n_layers) if every else layers)
         for i, m in enumerate(self.mods):
-            setattr(m, ATTR, name if i in chosen else attnkit.hf.register())
+            setattr(m, ATTR, name if i in chosen else hf_api.register())
         self.current = name if every else LAYERWISE
         self.model.set_attn_implementation(self.current)
 
@@ -257,10 +254,10 @@ class HFSource:
         """Refuse (ValueError) what the model cannot take: linear attention where a layer
         has a mask other than causal/none, a logit softcap or a position bias; then the
         variant on a short input (the integration's own refusals)."""
-        from ..errors import UnsupportedCall
+        from ..core.errors import UnsupportedCall
         var = parse_variant(variant) if isinstance(variant, str) else variant
         ids = self._probe(max(2, min(n, 16)))
-        if var.kind == "linear":
+        if var.is_linear:
             self.apply("dense", n)
             for i, c in enumerate(self._record(ids)):
                 why = ("adds a position bias to its scores, which linear attention (no "
@@ -360,12 +357,12 @@ class HFSource:
         return impl, variant_mask(impl, module, mask, n)
 
     def served_by(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> str:
-        from ..functional import make_call, select_backend
+        from ..engine.functional import make_call, select_backend
         from ..integrations.hf.attention import call_mask
         c = self._call(layer, q, k)
         impl, spec = self._spec(c.module, call_mask(c.mask, c.module, q, k,
                                                     c.args.get("is_causal")), k.shape[2])
-        if impl.variant is not None and impl.variant.kind == "linear":
+        if impl.variant is not None and impl.variant.is_linear:
             return "linear_attention (O(T) in PyTorch ops)"
         if impl.backend != "auto":
             return impl.backend
@@ -378,7 +375,7 @@ class HFSource:
         """The applied variant's allowed pairs in ``layer`` ``(Hm, n, n)`` as the
         integration builds them (None: dense or linear)."""
         impl, spec = self._spec(self.mods[layer], None, n)
-        if impl.variant is None or impl.variant.kind != "sparse" or spec is None:
+        if impl.variant is None or not impl.variant.is_sparse or spec is None:
             return None
         return spec.dense(n, n, device=self.device)[0]
 
@@ -386,9 +383,9 @@ class HFSource:
     def weights(self, ids: Tensor, layers: list[int]) -> dict[int, Tensor]:
         """The attention weights of ``layers`` from ``output_attentions`` (only those
         layers recompute them: :func:`attnkit.hf.weights_for`): ``{layer: (H, T, T)}``."""
-        import attnkit.hf
+        from ..integrations import hf as hf_api
         idx = [getattr(self.mods[i], "layer_idx", None) for i in layers]
-        with attnkit.hf.weights_for(layers=None if None in idx else idx):
+        with hf_api.weights_for(layers=None if None in idx else idx):
             atts = self._forward(ids, output_attentions=True).attentions
         if atts is None or len(atts) != self.n_layers:
             raise ValueError(f"{self.plan.arch}: output_attentions gave "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 
 # option -> (default with random inputs, default with --model); None = no default
 MODE_DEFAULTS = {
@@ -88,16 +88,16 @@ def _check_common(args) -> None:
 
 
 def _variants(text: str, *, allow_ssm: bool = False) -> list[str]:
-    from ..variants import parse_variants
+    from ..engine.variants import parse_variants
     try:
         vs = parse_variants(text)
     except ValueError as e:
         raise UsageError(f"--variants: {e}") from None
-    for v in vs:
-        if v.kind == "ssm" and not allow_ssm:
-            raise UsageError(f"--variants: {v.text!r} is a model (attnkit.models.SSM), not an "
-                             f"attention operation bench can swap in or time; compare it with "
-                             f"`attnkit train --sweep --variants ...,ssm`")
+    for v in vs if not allow_ssm else ():
+        try:
+            v.attention_only("--variants")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     return [v.text for v in vs]
 
 

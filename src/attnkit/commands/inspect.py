@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 
 GENERATE_DEFAULT = 20     # encoder-decoders without --target
 

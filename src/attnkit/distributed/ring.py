@@ -175,7 +175,8 @@ def _visible(p: _Pair, cfg: TileConfig) -> int:
 
 def ring_work(length: int, world: int, layout: str = "zigzag", *, causal: bool = False,
               mask=None, cfg: TileConfig | None = None) -> list[dict]:
-    """Per rank: tiles computed, (query, key) pairs attended and steps with any compute.
+    """Per rank: tiles computed, (query, key) pairs attended, steps with any compute and
+    kernel calls (one per visible pair of shards).
 
     The same plan ``ring_attention`` runs; use it to compare layouts' load balance.
     """
@@ -192,7 +193,8 @@ def ring_work(length: int, world: int, layout: str = "zigzag", *, causal: bool =
                 tiles += p.tiles
                 pairs += p.nq * p.nk if p.mask is None else _visible(p, cfg)
         out.append({"rank": r, "tiles": tiles, "pairs": pairs,
-                    "steps": sum(1 for step in plan if step)})
+                    "steps": sum(1 for step in plan if step),
+                    "calls": sum(len(step) for step in plan)})
     return out
 
 

@@ -1,7 +1,7 @@
 """The reference math, literally (the oracle every fast path is tested against).
 
 Materialises the (B, H, Tq, Tk) scores and weights in float32 (float64 for float64
-inputs), follows the order of operations of :mod:`attnkit.bias`, and gives fully masked
+inputs), follows the order of operations of :mod:`attnkit.call.bias`, and gives fully masked
 rows weights of 0 (so output 0, gradients 0). Sinks (``call.sinks``, GPT-OSS): one more
 column of logit ``sinks[h]`` in every row's softmax, dropped from the weights (value 0).
 """

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..bias import BiasSpec
+from ..call.bias import BiasSpec
 from ..call import AttentionCall
 from ..masks import EMPTY, PARTIAL, MaskSpec
 

@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..core.errors import CheckpointError
 from . import bert, gpt2, llama
 from .common import COMMON_IGNORED, COMMON_REFUSED, Fields, hf_hint
 from .files import Weights, read_config, read_max_tokens, read_tokenizer

@@ -11,7 +11,7 @@ the tied ``cls.predictions.bias``.
 """
 from __future__ import annotations
 
-from ..errors import CheckpointError
+from ..core.errors import CheckpointError
 from ..models import BERT, BERTConfig
 from .common import Fields, Plan, prefix, same
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
+from ..core.errors import CheckpointError
 
 __all__ = ["Plan", "Fields", "COMMON_IGNORED", "COMMON_REFUSED", "ACTIVATIONS", "hf_hint",
            "prefix"]

@@ -1,6 +1,6 @@
 """Reading a checkpoint directory: ``config.json``, safetensors weights, the tokenizer.
 
-Every failure is a :class:`~attnkit.errors.CheckpointError` whose message is one line
+Every failure is a :class:`~attnkit.core.errors.CheckpointError` whose message is one line
 naming the file (and the field or tensor): missing, not JSON, truncated safetensors,
 pickle-only weights, a shard listed in the index but absent...
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..errors import CheckpointError
+from ..core.errors import CheckpointError
 
 __all__ = ["read_config", "Weights", "read_tokenizer", "read_max_tokens", "one_line"]
 

@@ -14,7 +14,7 @@ Measured against transformers 5 (``models/gpt2/modeling_gpt2.py``):
 """
 from __future__ import annotations
 
-from ..errors import CheckpointError
+from ..core.errors import CheckpointError
 from ..models import GPT, GPTConfig
 from .common import Fields, Plan, lm_head_tying, prefix
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import CheckpointError
+from ..core.errors import CheckpointError
 from ..models import GPT, GPTConfig
 from .common import Fields, Plan, lm_head_tying, prefix
 

@@ -20,9 +20,8 @@ document ids, tensors, mask_mods) use raw indices.
 :mod:`.mask_mod`       from_mask_mod: FlexAttention / Hugging Face predicates
 =====================  ========================================================
 """
-import warnings as _warnings
-
-from .mask_mod import MaskModSpec, from_mask_mod, register_mask_mod_reader
+from .mask_mod import (MaskModSpec, from_mask_mod, register_mask_mod_reader,
+                       unregister_mask_mod_reader)
 from .position import (Dilated, FullMask, GlobalTokens, Periodic, Window, causal, dilated, full,
                        global_tokens, periodic, window)
 from .spec import (EMPTY, FULL, PARTIAL, AndMask, MaskSpec, NotMask, OrMask, PerLength,
@@ -32,16 +31,8 @@ from .tensor import (AdditiveMask, Document, KeyPadding, Padding, TensorMask, as
 
 __all__ = ["MaskSpec", "causal", "padding", "key_padding", "window", "periodic", "dilated",
            "global_tokens", "document", "from_tensor", "from_mask_mod", "full", "as_mask",
-           "and_masks", "or_masks", "split_additive", "register_mask_mod_reader", "EMPTY",
+           "and_masks", "or_masks", "split_additive", "register_mask_mod_reader",
+           "unregister_mask_mod_reader", "EMPTY",
            "PARTIAL", "FULL", "AndMask", "OrMask", "NotMask", "PerLength", "Window", "Periodic",
            "Dilated", "GlobalTokens", "FullMask", "Padding", "KeyPadding", "Document",
            "TensorMask", "AdditiveMask", "MaskModSpec", "reduce_dense", "check_additive"]
-
-
-def strided(stride: int) -> MaskSpec:
-    """Deprecated name of :func:`periodic` (``attnkit.sparse.strided`` is the Sparse
-    Transformer pattern, a different set)."""
-    _warnings.warn("attnkit.masks.strided(s) is now attnkit.masks.periodic(s) (keys at a "
-                   "distance that is a multiple of s); attnkit.sparse.strided(s) is the "
-                   "Sparse Transformer pattern", DeprecationWarning, stacklevel=2)
-    return periodic(stride)

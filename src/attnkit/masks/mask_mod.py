@@ -18,7 +18,8 @@ from torch import Tensor
 
 from .spec import MaskSpec
 
-__all__ = ["MaskModSpec", "from_mask_mod", "register_mask_mod_reader"]
+__all__ = ["MaskModSpec", "from_mask_mod", "register_mask_mod_reader",
+           "unregister_mask_mod_reader"]
 
 Reader = Callable[[Callable, int, int], "MaskSpec | None"]
 _READERS: list[Reader] = []
@@ -31,6 +32,14 @@ def register_mask_mod_reader(reader: Reader) -> Reader:
         raise TypeError(f"reader: expected a callable, got {type(reader).__name__}")
     if reader not in _READERS:
         _READERS.append(reader)
+    return reader
+
+
+def unregister_mask_mod_reader(reader: Reader) -> Reader:
+    """Remove a reader added by :func:`register_mask_mod_reader` (returns it)."""
+    if reader not in _READERS:
+        raise ValueError(f"unregister_mask_mod_reader: reader {reader!r} is not registered")
+    _READERS.remove(reader)
     return reader
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .._checks import check_int
+from ..core.checks import check_int
 from .spec import EMPTY, FULL, INF, PARTIAL, MaskSpec
 
 __all__ = ["FullMask", "Window", "Periodic", "Dilated", "GlobalTokens", "full", "causal",

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import masks
-from .._checks import renamed_flag
 from ..modules import Block, LayerConfig, LearnedPositions
 from ..modules.attention import UNSET
 from .common import TextModel, init_weights, preset_config, set_attention, wants_weights
@@ -115,14 +114,12 @@ class BERT(TextModel):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, return_weights=False,
-                position_ids: Tensor | None = None, need_weights=None):
+                position_ids: Tensor | None = None):
         """``input_ids (B, T)`` -> hidden states ``(B, T, d)``; with ``return_weights``
         also the per-layer attention weights ``[(B, H, T, T)] * n_layers`` (a set of
         layer indices asks for those layers only; the others are None).
         ``attention_mask (B, T)``: 1 = real token, 0 = padding (hidden from keys).
         ``position_ids (T,)`` or ``(B, T)``: default ``0 .. T-1``."""
-        return_weights = renamed_flag(return_weights, need_weights, "need_weights",
-                                      "return_weights")
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 \
                 or input_ids.dtype.is_floating_point:
             raise ValueError(f"input_ids: expected an integer tensor (B, T), got "

@@ -85,23 +85,20 @@ def wants_weights(return_weights, layer: int) -> bool:
     return layer in return_weights
 
 def apply_variant(model, variant, n: int, *, causal: bool, layers: list[int] | None = None) -> None:
-    """Swap an attention variant (a :class:`~attnkit.variants.Variant` or its name) into an
+    """Swap an attention variant (a :class:`~attnkit.engine.variants.Variant` or its name) into an
     attnkit model built for sequences of ``n`` tokens: every attention layer, or only
     ``layers`` (indices into its MultiHeadAttention modules; the others dense). ``dense``
     restores the model's own attention; a causal model keeps its causal mask (AND-ed with
     the pattern by ``model.set_attention``). The one place where a variant name becomes
     attnkit model settings (bench and train call it)."""
-    from ..variants import Variant, parse_variant
+    from ..engine.variants import Variant, parse_variant
     var = variant if isinstance(variant, Variant) else parse_variant(variant)
-    if var.kind == "ssm":
-        raise ValueError(f"variant {var.text!r} is a model (attnkit.models.SSM), not an "
-                         "attention operation a model can swap in; use it with "
-                         "`attnkit train --attention ssm`")
+    var.attention_only("variant")
     mods = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
-    if var.kind == "linear":
+    if var.is_linear:
         pattern, linear = None, var.feature_map(mods[0].head_dim)
     else:
-        spec = None if var.name == "dense" else var.pattern(n, causal)
+        spec = None if var.is_dense else var.pattern(n, causal)
         pattern, linear = (None if spec is None else spec.at(n)), None
     model.set_attention(pattern=pattern, linear=linear)
     if layers is None or var.name == "dense":

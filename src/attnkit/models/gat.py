@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_int as _check_int
+from ..core.checks import check_int as _check_int
 __all__ = ["GATLayer", "GAT", "GATConfig", "GATAttention", "scatter_softmax", "check_graph",
-           "add_missing_self_loops", "replace_self_loops"]
+           "replace_self_loops"]
 
 
 class GATAttention(NamedTuple):
@@ -93,17 +93,6 @@ def replace_self_loops(edge_index: Tensor, num_nodes: int) -> Tensor:
     keep = edge_index[:, src != dst]                                  # (2, E - L), in order
     loops = torch.arange(num_nodes, device=edge_index.device)
     return torch.cat([keep, loops.unsqueeze(0).expand(2, -1)], dim=1)
-
-
-def add_missing_self_loops(edge_index: Tensor, num_nodes: int) -> Tensor:
-    """``edge_index (2, E)`` -> ``(2, E + m)``: appends ``(i, i)`` for the m nodes lacking one
-    (existing loops kept, duplicates too). Not what :class:`GATLayer` does (see
-    :func:`replace_self_loops`); kept for callers that want the edge list untouched."""
-    src, dst = edge_index
-    has_loop = torch.zeros(num_nodes, dtype=torch.bool, device=edge_index.device)
-    has_loop[src[src == dst]] = True
-    missing = (~has_loop).nonzero().squeeze(1)                        # (m,)
-    return torch.cat([edge_index, missing.unsqueeze(0).expand(2, -1)], dim=1)
 
 
 def scatter_softmax(scores: Tensor, index: Tensor, num_nodes: int) -> Tensor:

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import masks
-from .._checks import renamed_flag
 from ..modules import (Block, KVCache, LayerConfig, LearnedPositions, SinusoidalPositions,
                        SlidingWindowCache, make_norm)
 from ..modules.attention import UNSET
@@ -144,15 +143,13 @@ class GPT(TextModel):
 
     def forward(self, idx: Tensor, attention_mask: Tensor | None = None,
                 cache: list[KVCache] | None = None, return_weights=False,
-                position_ids: Tensor | None = None, need_weights=None):
+                position_ids: Tensor | None = None):
         """``idx (B, T)`` token ids -> ``logits (B, T, vocab)`` (and the per-layer weights
         ``(B, H, T, Tk)`` when ``return_weights``: True, or a set of layer indices to ask
         those layers only, the others being None). ``attention_mask (B, Tk)`` hides padded
         keys (Tk counts cached tokens too). ``position_ids (T,)`` or ``(B, T)``: the tokens'
         positions (default: consecutive after the cache; left-padded batches and context
         parallelism pass their own)."""
-        return_weights = renamed_flag(return_weights, need_weights, "need_weights",
-                                      "return_weights")
         if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point:
             raise ValueError(f"idx: expected an integer tensor (B, T), got "
                              f"{getattr(idx, 'shape', type(idx).__name__)}")

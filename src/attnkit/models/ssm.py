@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_int as _check_int
+from ..core.checks import check_int as _check_int
 __all__ = ["selective_scan_ref", "selective_scan_chunked", "SSMConfig", "SSMBlock", "SSM",
            "SSMState"]
 

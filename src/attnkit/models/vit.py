@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .._checks import renamed_flag
 from ..modules import Block, LayerConfig
 from ..modules.attention import UNSET
 from .common import init_weights, preset_config, set_attention
@@ -76,11 +75,9 @@ class ViT(nn.Module):
         set_attention(self.layers, backend=backend, pattern=pattern, linear=linear)
         return self
 
-    def features(self, images: Tensor, return_weights: bool = False, need_weights=None):
+    def features(self, images: Tensor, return_weights: bool = False):
         """``images (B, C, H, W)`` -> tokens ``(B, 1 + N, d)`` after the final norm
         (and per-layer weights ``(B, H, 1+N, 1+N)`` with ``return_weights``)."""
-        return_weights = renamed_flag(return_weights, need_weights, "need_weights",
-                                      "return_weights")
         c = self.cfg
         if not isinstance(images, Tensor) or images.dim() != 4 or \
                 tuple(images.shape[1:]) != (c.channels, c.image_size, c.image_size):
@@ -99,10 +96,8 @@ class ViT(nn.Module):
         x = self.norm(x)
         return (x, weights) if return_weights else x
 
-    def forward(self, images: Tensor, return_weights: bool = False, need_weights=None):
+    def forward(self, images: Tensor, return_weights: bool = False):
         """``images (B, C, H, W)`` -> ``logits (B, n_classes)`` from the class token."""
-        return_weights = renamed_flag(return_weights, need_weights, "need_weights",
-                                      "return_weights")
         res = self.features(images, return_weights)
         x, w = res if return_weights else (res, None)
         logits = self.head(x[:, 0])

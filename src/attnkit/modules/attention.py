@@ -22,10 +22,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import renamed_flag
 from ..backends import available_backends
-from ..bias import alibi
-from ..functional import attention
+from ..call.bias import alibi
+from ..engine.functional import attention
 from ..linear import linear_attention, make_feature_map
 from ..masks import MaskSpec, as_mask, causal, key_padding
 from .cache import KVCache
@@ -168,7 +167,7 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask=None,
                 cache: KVCache | None = None, return_weights: bool = False,
-                positions: Tensor | None = None, need_weights: bool | None = None):
+                positions: Tensor | None = None):
         """``x (B, Tq, d_model)``; ``context (B, Tk, d_model)`` for cross-attention.
 
         ``mask``: anything :func:`attnkit.attention` accepts (spec, bool or additive
@@ -179,10 +178,8 @@ class MultiHeadAttention(nn.Module):
         ``(Tq,)`` or ``(B, Tq)`` (default: consecutive after the cache).
 
         Returns ``out (B, Tq, d_model)``, or ``(out, weights (B, H, Tq, Tk))`` when
-        ``return_weights`` (``need_weights`` is its deprecated name).
+        ``return_weights``.
         """
-        return_weights = renamed_flag(return_weights, need_weights, "need_weights",
-                                      "return_weights")
         self._check_input("x", x)
         if cache is not None and not isinstance(cache, KVCache):
             raise TypeError(f"cache: expected a KVCache or None, got {type(cache).__name__}")

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import renamed_flag
 from .attention import MultiHeadAttention
 from .cache import KVCache
 from .positional import RotaryEmbedding
@@ -139,12 +138,9 @@ class Block(nn.Module):
         return self.norm2(x + self.drop(self.ffn(x)))
 
     def forward(self, x: Tensor, mask=None, cache: KVCache | None = None,
-                return_weights: bool = False, positions: Tensor | None = None,
-                need_weights: bool | None = None):
+                return_weights: bool = False, positions: Tensor | None = None):
         """``x (B, T, d)`` -> same, or ``(x, weights (B, H, T, Tk))`` with return_weights.
         ``positions``: RoPE positions ``(T,)`` or ``(B, T)`` (default consecutive)."""
-        return_weights = renamed_flag(return_weights, need_weights, "need_weights",
-                                      "return_weights")
         x, w = self._attend(x, self.norm1, self.attn,
                             dict(mask=mask, cache=cache, positions=positions), return_weights)
         x = self._ffn(x)
@@ -165,10 +161,8 @@ class DecoderBlock(Block):
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask=None, context_mask=None,
                 cache: KVCache | None = None, cross_cache: KVCache | None = None,
-                return_weights: bool = False, need_weights: bool | None = None):
+                return_weights: bool = False):
         """``x (B, T, d)``, ``context (B, S, d)`` -> ``x``, or ``(x, (self_w, cross_w))``."""
-        return_weights = renamed_flag(return_weights, need_weights, "need_weights",
-                                      "return_weights")
         x, w_self = self._attend(x, self.norm1, self.attn, dict(mask=mask, cache=cache),
                                  return_weights)
         x, w_cross = self._attend(x, self.norm_cross, self.cross_attn,

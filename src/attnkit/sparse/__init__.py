@@ -1,8 +1,9 @@
-"""Named sparse attention patterns: exact pair counts, and execution whose time follows
-the pairs (one short file per pattern, its math in the docstring).
+"""Named sparse attention patterns: what they are and their exact pair counts (one short
+file per pattern, its math in the docstring). This layer only defines them; they run in
+:mod:`attnkit.engine.sparse` (:func:`attnkit.sparse_attention`), time following the pairs.
 
 =================  ==========================  =========================================
-pattern            pairs (n tokens)            how :func:`sparse_attention` runs it
+pattern            pairs (n tokens)            how ``sparse_attention`` runs it
 =================  ==========================  =========================================
 window(w)          ~ n (w+1)  (2w+1 bidir.)    natural order; tiles off the band skipped
 strided(s)         ~ n s + n^2/(2s)            band (natural) + the multiples of s on
@@ -18,7 +19,7 @@ Every pattern is a small frozen object (:class:`Pattern`): ``p.at(n)`` is its ma
 (for :func:`attnkit.attention`, composable with the specs of :mod:`attnkit.masks`;
 ``attention(q, k, v, mask=p)`` resolves it itself), ``p.pairs(n)`` / ``p.density(n)``
 count exactly without an n x n tensor, ``p.components(n)`` splits it into disjoint
-pieces laid out so their pairs fill whole tiles. **Use** :func:`sparse_attention` **for
+pieces laid out so their pairs fill whole tiles. **Use** :func:`attnkit.sparse_attention` **for
 speed**: ``attention(mask=p)`` gives the same numbers, but the tiled kernel then skips only
 tiles empty in natural order (strided, fixed, dilated and log-sparse have almost none).
 
@@ -26,11 +27,8 @@ Strided, fixed and log-sparse are causal (as in their papers); window and dilate
 ``causal=`` (default True); longformer and bigbird ``causal=`` (default False, as in their
 papers). The variant names used by ``attnkit bench``/``train`` are in :mod:`.registry`.
 """
-import warnings as _warnings
-
 from .bigbird import BigBirdPattern, bigbird
 from .dilated import DilatedPattern, dilated
-from .execute import SparseFunction, sparse_attention
 from .fixed import FixedPattern, fixed
 from .log_sparse import LogSparsePattern, log_sparse
 from .longformer import LongformerPattern, longformer
@@ -40,14 +38,8 @@ from .strided import StridedPattern, strided
 from .window import WindowPattern, window
 
 __all__ = ["Pattern", "window", "strided", "fixed", "dilated", "longformer", "bigbird",
-           "log_sparse", "sparse_attention", "PATTERNS", "PatternEntry", "build_pattern",
+           "log_sparse", "PATTERNS", "PatternEntry", "build_pattern",
            "WindowPattern", "StridedPattern", "FixedPattern", "DilatedPattern",
            "LongformerPattern", "BigBirdPattern", "LogSparsePattern", "TiledPiece",
-           "OffsetPiece", "SparseFunction"]
+           "OffsetPiece"]
 
-
-def local(w: int, *, causal: bool = True) -> Pattern:
-    """Deprecated name of :func:`window` (one name for the sliding window)."""
-    _warnings.warn("attnkit.sparse.local / attnkit.patterns.local is now "
-                   "attnkit.sparse.window", DeprecationWarning, stacklevel=2)
-    return window(w, causal=causal)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .._checks import check_int
+from ..core.checks import check_int
 from ..masks import MaskSpec, causal as causal_mask
 from .pattern import BlockMatrix, Pattern, TiledPiece
 

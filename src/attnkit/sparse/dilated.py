@@ -16,7 +16,7 @@ from functools import cached_property
 
 import torch
 
-from .._checks import check_int
+from ..core.checks import check_int
 from ..masks import MaskSpec
 from ..masks import dilated as dilated_mask
 from ..masks import window as window_mask

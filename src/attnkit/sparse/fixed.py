@@ -16,7 +16,7 @@ from functools import cached_property
 
 import torch
 
-from .._checks import check_int
+from ..core.checks import check_int
 from ..masks import EMPTY, PARTIAL, MaskSpec
 from ..masks import causal as causal_mask
 from .pattern import KeyBlockBefore, Pattern, Segments, TiledPiece

@@ -13,7 +13,7 @@ from functools import cached_property
 
 import torch
 
-from .._checks import check_int
+from ..core.checks import check_int
 from ..masks import EMPTY, PARTIAL, MaskSpec
 from .pattern import OffsetPiece, Pattern
 

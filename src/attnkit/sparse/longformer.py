@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .._checks import check_int
+from ..core.checks import check_int
 from ..masks import MaskSpec, causal, global_tokens
 from ..masks import window as window_mask
 from .pattern import Pattern

@@ -11,7 +11,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from .._checks import check_int
+from ..core.checks import check_int
 from ..masks import EMPTY, FULL, PARTIAL, MaskSpec, PerLength, causal, window
 
 __all__ = ["Pattern", "TiledPiece", "OffsetPiece", "Segments", "KeyBlockBefore", "BlockMatrix",

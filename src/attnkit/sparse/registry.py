@@ -1,5 +1,5 @@
 """The one table of named patterns by variant name (``window:256``, ``bigbird:64``...):
-:mod:`attnkit.variants` (``bench``, ``train``), :mod:`attnkit.analysis.approx` and the
+:mod:`attnkit.engine.variants` (``bench``, ``train``), :mod:`attnkit.analysis.approx` and the
 benchmarks all read it.
 """
 from __future__ import annotations

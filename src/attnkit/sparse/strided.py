@@ -16,7 +16,7 @@ from functools import cached_property
 
 import torch
 
-from .._checks import check_int
+from ..core.checks import check_int
 from ..masks import MaskSpec, causal, periodic, window
 from .pattern import STRICT_CAUSAL, Pattern, Segments, TiledPiece, residue_order
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from .._checks import check_int
+from ..core.checks import check_int
 from ..masks import MaskSpec, window as window_mask
 from .pattern import Pattern, band_pairs
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_int
+from ..core.checks import check_int
 from .base import Task, register_task, seed_for
 
 __all__ = ["Digits"]

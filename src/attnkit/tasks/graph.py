@@ -21,7 +21,7 @@ from functools import cached_property
 
 import torch
 
-from .._checks import check_int
+from ..core.checks import check_int
 from .base import Task, register_task, seed_for
 
 __all__ = ["KarateClub"]

@@ -310,14 +310,14 @@ class ListOps(Task):
                     f"n_train={self.n_train} + n_test={self.n_test} (max_depth="
                     f"{self.max_depth}, max_args={self.max_args})")
 
-    def _split(self, split: str) -> dict:
+    def split_data(self, split: str) -> dict:
         """The whole split as tensors, generated once and cached:
         ``tokens (N, T)`` uint8, ``length (N,)`` int64, ``answer (N,)`` int64 (digit)."""
         if split in self._data:
             return self._data[split]
         n = self.n_train if split == "train" else self.n_test
         # LRA keeps distinct expressions; train also avoids every test expression
-        seen = set(self._split("test")["keys"]) if split == "train" else set()
+        seen = set(self.split_data("test")["keys"]) if split == "train" else set()
         keys = []
         tokens = np.full((n, self.max_length), PAD, dtype=np.uint8)    # (N, T)
         length = np.zeros(n, dtype=np.int64)                           # (N,)
@@ -349,7 +349,7 @@ class ListOps(Task):
         the fixed training set by a generator seeded with (seed, "train", step)."""
         _check_count("step", step, 0)
         _check_count("batch_size", batch_size, 1)
-        data = self._split("train")
+        data = self.split_data("train")
         g = torch.Generator().manual_seed(seed_for(self.seed, "train", step))
         idx = torch.randint(self.n_train, (batch_size,), generator=g)   # (B,)
         return self._format(data, idx)
@@ -357,7 +357,7 @@ class ListOps(Task):
     def eval_batches(self, batch_size: int) -> list[dict]:
         """The whole test set in order, ``batch_size`` at a time (the last may be smaller)."""
         _check_count("batch_size", batch_size, 1)
-        data = self._split("test")
+        data = self.split_data("test")
         return [self._format(data, torch.arange(s, min(s + batch_size, self.n_test)))
                 for s in range(0, self.n_test, batch_size)]
 

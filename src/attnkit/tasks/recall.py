@@ -79,7 +79,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_int
+from ..core.checks import check_int
 from .base import IGNORE, Task, register_task, seed_for
 
 __all__ = ["MQAR", "AssociativeRecall", "InductionHeads", "SelectiveCopy", "EVAL_CHUNK"]

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._checks import check_int
+from ..core.checks import check_int
 from .base import IGNORE, Task, register_task, seed_for
 
 __all__ = ["ToyReverse", "ToySort", "exact_match"]

@@ -2,6 +2,6 @@
 same parser, the same exit codes."""
 import sys
 
-from ..cli import main
+from ..commands.main import main
 
 sys.exit(main(["train", *sys.argv[1:]]))

@@ -27,19 +27,11 @@ from torch import Tensor, nn
 from ..models import GAT, GATConfig, GPT, GPTConfig, SSM, SSMConfig, Transformer, \
     TransformerConfig, ViT, ViTConfig
 from ..tasks import IGNORE
-from ..variants import parse_variant
+from ..models.common import apply_variant
 from .config import TrainConfig
 from .recipe import apply_recipe
 
-__all__ = ["build_model", "apply_variant", "OBJECTIVES", "objective_for"]
-
-
-def apply_variant(model: nn.Module, text: str, n: int, *, causal: bool, head_dim: int) -> None:
-    """Give ``model`` the attention variant ``text`` for sequences of ``n`` tokens
-    (:func:`attnkit.models.common.apply_variant`; BigBird's random blocks are drawn for
-    n, which also serves shorter inputs and every step of cached decoding)."""
-    from ..models.common import apply_variant as apply
-    apply(model, parse_variant(text), n, causal=causal)
+__all__ = ["build_model", "OBJECTIVES", "objective_for"]
 
 
 def build_model(cfg: TrainConfig, task) -> nn.Module:
@@ -64,7 +56,7 @@ def _construct(cfg: TrainConfig, task) -> nn.Module:
                               n_layers=cfg.layers, n_heads=cfg.heads, d_ff=ffn,
                               positions=cfg.positions, dropout=cfg.dropout,
                               tie_embeddings=cfg.tie_output))
-        apply_variant(model, cfg.attention, task.seq_len, causal=True, head_dim=hd)
+        apply_variant(model, cfg.attention, task.seq_len, causal=True)
         return model
     if cfg.model == "transformer":
         model = Transformer(TransformerConfig(
@@ -76,14 +68,14 @@ def _construct(cfg: TrainConfig, task) -> nn.Module:
         # one pattern for both sides: fixed for the longer one, it serves the other (and
         # every step of cached greedy decoding) as a prefix
         apply_variant(model, cfg.attention, max(task.src_seq_len, task.tgt_seq_len),
-                      causal=False, head_dim=hd)
+                      causal=False)
         return model
     if cfg.model == "vit":
         vc = ViTConfig(image_size=task.image_size, patch_size=cfg.patch, channels=task.channels,
                        n_classes=task.n_classes, d_model=cfg.width, n_layers=cfg.layers,
                        n_heads=cfg.heads, d_ff=ffn, dropout=cfg.dropout)
         model = ViT(vc)
-        apply_variant(model, cfg.attention, 1 + vc.n_patches, causal=False, head_dim=hd)
+        apply_variant(model, cfg.attention, 1 + vc.n_patches, causal=False)
         return model
     return GAT(GATConfig(in_dim=task.n_features, out_dim=task.n_classes, hidden_dim=hd,
                          heads=cfg.heads, n_layers=cfg.layers,

@@ -31,7 +31,7 @@ __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "write_ato
            "clean_partial", "CheckpointError"]
 
 
-from ..errors import CheckpointError  # noqa: E402  (one class for every checkpoint)
+from ..core.errors import CheckpointError  # noqa: E402  (one class for every checkpoint)
 
 
 def _fsync_dir(path: Path) -> None:

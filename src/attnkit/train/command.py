@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 from .config import run_slug
 
 __all__ = ["add_arguments", "run"]

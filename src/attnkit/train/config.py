@@ -11,7 +11,7 @@ import torch
 
 from ..tasks import make_task, task_names
 from ..tasks.base import parse_task_args
-from ..variants import parse_variant
+from ..engine.variants import parse_variant
 from .recipe import DEFAULT_EMBED_STD, INITS, LEGACY, SCHEDULES
 
 __all__ = ["TrainConfig", "parse_task_spec", "run_slug", "MODELS", "MAIN_METRIC"]
@@ -49,7 +49,7 @@ def parse_task_spec(text: str) -> tuple[str, dict]:
 class TrainConfig:
     task: str = "mqar"               # a task spec: name[:key=value...]
     model: str | None = None         # gpt | ssm | transformer | vit | gat | llama (by task)
-    attention: str = "dense"         # a variant (attnkit.variants): dense, window:64, linear:elu, ...
+    attention: str = "dense"         # a variant (attnkit.engine.variants): dense, window:64, linear:elu, ...
     width: int = 64                  # d_model
     layers: int = 2
     heads: int | None = None         # default 2 (GAT: 8)
@@ -105,7 +105,7 @@ class TrainConfig:
             raise ValueError(f"model: task {name!r} is a {kind} task, served by "
                              f"{' or '.join(fits)}; got {self.model!r}")
         v = parse_variant(self.attention)
-        if v.kind == "ssm":                       # `--attention ssm` names the SSM model
+        if v.is_model:                            # `--attention ssm` names the SSM model
             if kind != "lm":
                 raise ValueError(f"attention: 'ssm' is a language model; task {name!r} is {kind}")
             self.model = "ssm"
@@ -115,7 +115,7 @@ class TrainConfig:
             raise ValueError(f"attention: the lm task trains the dense decoder (its Hugging "
                              f"Face export has no field for a variant, so it would load as a "
                              f"different model); got {self.attention!r}")
-        if self.model == "transformer" and v.kind == "linear":
+        if self.model == "transformer" and v.is_linear:
             raise ValueError(f"attention: {self.attention!r} takes no padding mask, and "
                              f"{name!r} sources are padded; use a softmax variant")
         if self.model == "gat" and v.name != "dense":

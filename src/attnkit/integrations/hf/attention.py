@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ... import masks as M
 from ...call import autocast_inputs, make_call
-from ...functional import attention
+from ...engine.functional import attention
 from ...kernels.reference import attend, attention_weights
 from ...linear import linear_attention
 from ...masks import MaskSpec
@@ -106,7 +106,7 @@ def call_mask(attention_mask, module, query: Tensor, key: Tensor, is_causal) -> 
 def variant_mask(impl: Implementation, module, spec, Tk: int):
     """The variant's pattern AND-ed onto the model's mask (causal decoders stay causal)."""
     v = impl.variant
-    if v is None or v.kind != "sparse":
+    if v is None or not v.is_sparse:
         return spec
     cfg = getattr(module, "config", None)
     n = max(Tk, int(getattr(cfg, "max_position_embeddings", 0) or 0))  # BigBird: fixed n
@@ -186,7 +186,7 @@ def attnkit_attention_forward(module, query: Tensor, key: Tensor, value: Tensor,
     check_kwargs(impl.name, kwargs)
     asked, want = _wants_weights(module, kwargs)
     spec = call_mask(attention_mask, module, query, key, is_causal)
-    if impl.variant is not None and impl.variant.kind == "linear":
+    if impl.variant is not None and impl.variant.is_linear:
         out, w = _linear(impl, query, key, value, spec, dropout, want, softcap,
                          position_bias, s_aux), None
     else:

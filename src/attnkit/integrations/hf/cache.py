@@ -46,7 +46,7 @@ def cache_plan(config, implementation: str | None = None) -> list[tuple[str, dic
     bounded cache cannot serve the model (encoder-decoder, sinks larger than the window)."""
     impl = parse_implementation(implementation or config._attn_implementation)
     v = impl.variant
-    bounded = v is not None and (v.name in ("window", "longformer") or v.kind == "linear")
+    bounded = v is not None and (v.name in ("window", "longformer") or v.is_linear)
     if not bounded:
         return None
     if getattr(config, "is_encoder_decoder", False):
@@ -62,7 +62,7 @@ def cache_plan(config, implementation: str | None = None) -> list[tuple[str, dic
     types, kwargs = _tf().get_layer_types_and_kwargs(text)
     if any(t not in ("full_attention", "sliding_attention", "chunked_attention") for t in types):
         return None                             # hybrid models (SSM, shared KV): theirs
-    own = (("linear", {}) if v.kind == "linear" else ("window", {"sliding_window": v.args[0] + 1})
+    own = (("linear", {}) if v.is_linear else ("window", {"sliding_window": v.args[0] + 1})
            if v.name == "window" else ("sinks", {"sinks": G, "window": W}))
     plan = []
     for kw in kwargs:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ...backends import available_backends
-from ...variants import Variant, parse_variant
+from ...engine.variants import Variant, parse_variant
 
 __all__ = ["Implementation", "parse_implementation", "implementation_name", "PREFIX"]
 
@@ -64,10 +64,8 @@ def _parse(name: str) -> Implementation:
         except ValueError as e:
             raise ValueError(f"attn_implementation {name!r}: {e} (or a backend: "
                              f"{', '.join(available_backends())})") from None
-        if variant.kind == "ssm":
-            raise ValueError(f"attn_implementation {name!r}: 'ssm' is a model, not an "
-                             "attention layer a transformers model can swap in")
-        if variant.name == "dense":
+        variant.attention_only(f"attn_implementation {name!r}")
+        if variant.is_dense:
             variant = None
     return Implementation(name, backend, variant)
 

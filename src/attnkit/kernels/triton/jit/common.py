@@ -1,6 +1,6 @@
 """What the forward, dQ and dK/dV kernels share: one tile's scores, capped, biased, masked.
 
-Order of operations (as in ``attnkit.bias``): ``s = qk * scale``, ``s = cap * tanh(s /
+Order of operations (as in ``attnkit.call.bias``): ``s = qk * scale``, ``s = cap * tanh(s /
 cap)`` if softcapped, ``s += bias``, masked entries ``-inf``. The result is returned in
 base 2 (times log2 e) so the softmax uses ``exp2``; the saved log-sum-exp is in base 2 too.
 
