@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 import attnkit  # noqa: E402
 import attnkit.hf  # noqa: E402
 import hf_models as H  # noqa: E402
-from attnkit.errors import UnsupportedCall  # noqa: E402
+from attnkit.core.errors import UnsupportedCall  # noqa: E402
 from attnkit.integrations.hf import kwargs as hf_kwargs, support  # noqa: E402
 from attnkit.integrations.hf.attention import attnkit_attention_forward  # noqa: E402
 

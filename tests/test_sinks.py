@@ -7,7 +7,7 @@ import torch
 
 import attnkit
 from attnkit import masks as M
-from attnkit.errors import UnsupportedCall
+from attnkit.core.errors import UnsupportedCall
 
 B, H, HKV, TQ, TK, D = 2, 4, 2, 5, 9, 8
 

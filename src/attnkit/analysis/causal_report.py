@@ -2,7 +2,7 @@
 and ``attnkit patch``): open a model on transformers with attnkit inside, read the text,
 resolve the target, print tables that fit 80 columns, write the heatmap PNG and JSON.
 
-Every user error is a :class:`~attnkit.errors.UsageError` (one line, exit 2), found before
+Every user error is a :class:`~attnkit.core.errors.UsageError` (one line, exit 2), found before
 the heavy work: a directory that is an ``attnkit train`` run (attnkit's own model, linear
 and SSM variants included: the integration cannot run it), an architecture outside
 transformers' ``AttentionInterface``, an encoder-decoder or image model (the Python API
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 from . import causal as C
 
 __all__ = ["open_model", "encode_text", "make_target", "print_importance", "print_patching",
@@ -38,7 +38,7 @@ def _train_run(d: Path) -> str | None:
 def open_model(arg: str, what: str = "--ablate"):
     """(model with attnkit inside, tokenizer, plan) for a named model or HF directory."""
     from ..loading import resolve
-    from ..errors import CheckpointError
+    from ..core.errors import CheckpointError
     from . import hf
     from .sources import read_checkpoint
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 
 __all__ = ["run_induction", "add_arguments"]
 

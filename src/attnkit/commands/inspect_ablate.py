@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 
 _NOT_WITH = (("--from", "from_word"), ("--versus", "versus"), ("--generate", "generate"),
              ("--image", "image"), ("--layers", "layers"))

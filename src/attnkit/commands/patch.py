@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 
 
 def run(args) -> int:

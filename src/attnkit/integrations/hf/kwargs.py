@@ -1,5 +1,5 @@
 """Every keyword argument transformers passes to an attention function, and what attnkit
-does with it: served, or refused by name (:class:`~attnkit.errors.UnsupportedCall`) --
+does with it: served, or refused by name (:class:`~attnkit.core.errors.UnsupportedCall`) --
 never dropped silently. Found by reading the ``attention_interface(...)`` calls of every
 model of transformers 5.25 and the keywords their forwards pass on (``**kwargs``).
 
@@ -41,7 +41,7 @@ anything else               refused by name
 """
 from __future__ import annotations
 
-from ...errors import UnsupportedCall
+from ...core.errors import UnsupportedCall
 
 __all__ = ["SERVED", "BOOKKEEPING", "REFUSED", "check_kwargs"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 
-from ...errors import UnsupportedCall
+from ...core.errors import UnsupportedCall
 
 __all__ = ["SUPPORTED", "FACTORIES", "factory_codes", "check_transformers", "mask_reader_problem", "model_refusal",
            "refuse_model"]
