@@ -9,7 +9,7 @@
    (held out). The largest count whose pooled cosine stays >= ``--min-cosine`` on every
    held-out window (worst window) is the pruning point.
 3. Real removal: that model saved with the heads sliced out of the projections
-   (:func:`attnkit.analysis.prune.save_pruned`), reloaded (:func:`load_pruned`), checked
+   (:func:`attnkit.bench.prune.save_pruned`), reloaded (:func:`load_pruned`), checked
    equal to the masked model, and timed against the full model (interleaved rounds, one
    thread, a batch of the held-out windows).
 Writes ``pruning-{zero,mean}.json`` and ``.png`` to ``--out``; times are wall and thread CPU time.
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     from importlib.resources import files
 
     from attnkit.analysis import causal as C
-    from attnkit.analysis import prune as P
+    from attnkit.bench import prune as P
     from attnkit.analysis.causal_report import open_model
     from attnkit.bench.timing import interleaved, ratio
     model, tok, plan, _ = open_model(a.model, "prune")

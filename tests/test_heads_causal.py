@@ -138,7 +138,7 @@ def test_edit_shapes_are_checked():
 
 
 def test_pruned_checkpoint_reloads_and_matches_the_masked_model(tmp_path):
-    from attnkit.analysis import prune as P
+    from attnkit.bench import prune as P
     model = build("bert")
     inputs, real = batch(BY_NAME["bert"])
     removed = {0: [1, 3], 1: [0, 1, 2, 3]}            # layer 1 loses every head

@@ -58,11 +58,11 @@ def open_model(arg: str, what: str = "--ablate"):
         raise UsageError(f"--model: {plan.arch} is {'an' if plan.kind[0] in 'ei' else 'a'} "
                          f"{plan.kind} model; {what} serves text encoders and decoders on the "
                          f"command line (others: attnkit.analysis.causal in Python)")
-    import attnkit.hf
+    from ..integrations import hf as integration
     tok = hf.load_processor(plan)
     model, notes = hf.load_model(plan)
     try:
-        attnkit.hf.check(model)
+        integration.check(model)
     except ValueError as e:
         raise UsageError(f"--model: {str(e).removeprefix('model: ')}") from None
     return model, tok, plan, notes

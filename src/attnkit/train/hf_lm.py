@@ -60,7 +60,7 @@ class CausalLM(nn.Module):
 def build_llama(cfg, task) -> CausalLM:
     """A freshly initialised ``LlamaForCausalLM`` running attention through attnkit."""
     from transformers import LlamaForCausalLM
-    from .. import hf as attnkit_hf
+    from ..integrations import hf as attnkit_hf
     name = attnkit_hf.register()                  # dense (TrainConfig refuses variants)
     hc = llama_config(cfg, task)
     hc._attn_implementation = name

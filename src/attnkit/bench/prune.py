@@ -148,7 +148,7 @@ def load_pruned(directory, variant: str | None = None):
     import transformers as tf
     from safetensors.torch import load_file
 
-    import attnkit.hf
+    from ..integrations import hf as integration
     d = Path(directory)
     raw = json.loads((d / "config.json").read_text())
     removed = {int(k): v for k, v in (raw.get("pruned_heads") or {}).items()}
@@ -165,14 +165,14 @@ def load_pruned(directory, variant: str | None = None):
     if missing or unexpected:
         raise ValueError(f"directory: {d}: the tensors do not match the pruned "
                          f"{cls.__name__} (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return attnkit.hf.use(model.eval(), variant)
+    return integration.use(model.eval(), variant)
 
 
 def pruning_curve(model, windows: list[dict], order: list[tuple[int, int]],
                   counts: list[int], means: dict | None = None) -> list[dict]:
     """For each count k: the k first heads of ``order`` removed (masked: zeroed, or
     ``means``), bench's encoder fidelity against the full model on ``windows``."""
-    from ..bench.fidelity import Accumulator
+    from .fidelity import Accumulator
 
     class _Out:
         def __init__(self, hidden, mask):
