@@ -40,16 +40,32 @@ def _one_line(text: str) -> str:
     return line if len(line) <= 240 else line[:237] + "..."
 
 
-def read_calls(path: Path) -> dict | None:
-    """The plugin's final {"total": {...}} line, or None when the run wrote none."""
+def read_calls(path: Path, prefix: str = "") -> dict | None:
+    """attnkit calls summed over the plugin's per-test lines whose test id starts with
+    prefix (all when empty); None when the run wrote no log (a baseline, or a crash)."""
     if not path.exists():
         return None
-    total = None
+    total = {"attn": 0, "mask": 0, "tests_calling": 0}
     for line in path.read_text().splitlines():
         rec = json.loads(line)
-        if "total" in rec:
-            total = rec["total"]
+        if "id" in rec and rec["id"].startswith(prefix):
+            total["attn"] += rec["attn"]
+            total["mask"] += rec["mask"]
+            total["tests_calling"] += rec["attn"] > 0
     return total
+
+
+def _arch_run(where: Path, arch: str, mode: str) -> tuple[dict | None, dict | None]:
+    """(results, calls) of arch in mode: its own run, else its part of the "all" run."""
+    own = where / f"{arch}.{mode}.xml"
+    if own.exists():
+        return parse_junit(own), read_calls(where / f"{arch}.{mode}.jsonl")
+    every = where / f"all.{mode}.xml"
+    if not every.exists():
+        return None, None
+    module = f"tests.models.{arch}.test_modeling_{arch}."
+    results = {t: r for t, r in parse_junit(every).items() if t.startswith(module)}
+    return results, read_calls(where / f"all.{mode}.jsonl", f"tests/models/{arch}/")
 
 
 def failed(results: dict) -> set[str]:
@@ -68,16 +84,15 @@ def summarize(out: Path, baseline_dir: Path, archs: list[str]) -> dict:
         row: dict = {"arch": arch}
         runs = {}
         for mode in MODES:
-            where = baseline_dir if mode == "baseline" else out
-            xml = where / f"{arch}.{mode}.xml"
-            if not xml.exists():
+            results, calls = _arch_run(baseline_dir if mode == "baseline" else out, arch, mode)
+            if results is None:
                 row[mode] = None
                 continue
-            runs[mode] = parse_junit(xml)
-            row[mode] = {"tests": len(runs[mode]), "failed": len(failed(runs[mode])),
-                         "passed": sum(o == "passed" for o, _ in runs[mode].values())}
+            runs[mode] = results
+            row[mode] = {"tests": len(results), "failed": len(failed(results)),
+                         "passed": sum(o == "passed" for o, _ in results.values())}
             if mode != "baseline":
-                row[mode]["calls"] = read_calls(out / f"{arch}.{mode}.jsonl")
+                row[mode]["calls"] = calls
         for mode in ("sdpa", "eager"):
             if "baseline" in runs and mode in runs:
                 row[mode]["attnkit_only"] = attnkit_only(runs["baseline"], runs[mode])

@@ -49,8 +49,9 @@ def _versions(python: str) -> dict:
     return json.loads(r.stdout)
 
 
-def run_one(args, arch: str, mode: str, test_file: Path) -> dict:
-    """One pytest process; returns its wall time and exit code."""
+def run_one(args, arch: str, mode: str, test_files: list[Path]) -> dict:
+    """One pytest process (arch "all": every file in one process, saving the start-up and
+    collection per file); returns its wall time and exit code."""
     out = args.out
     xml, log, jsonl = (out / f"{arch}.{mode}.{ext}" for ext in ("xml", "log", "jsonl"))
     for f in (xml, jsonl):
@@ -62,7 +63,7 @@ def run_one(args, arch: str, mode: str, test_file: Path) -> dict:
     env["ATTNKIT_LOG"] = str(jsonl)
     env.setdefault("OMP_NUM_THREADS", "1")
     cmd = ["nice", "-n", str(args.nice), args.python, "-m", "pytest",
-           str(test_file.relative_to(args.tests)), "-p", "no:cacheprovider", "-q",
+           *(str(f.relative_to(args.tests)) for f in test_files), "-p", "no:cacheprovider", "-q",
            "-p", "attnkit_swap", f"--junitxml={xml}", *args.pytest_args]
     t0 = time.time()
     with open(log, "w") as f:
@@ -92,6 +93,8 @@ def main(argv=None) -> int:
                    help="what to call the attnkit under test (default: its git commit)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per pytest process")
     p.add_argument("--nice", type=int, default=15)
+    p.add_argument("--per-arch", action="store_true",
+                   help="one pytest process per architecture (default: one per mode)")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = p.parse_args(argv)
 
@@ -116,9 +119,10 @@ def main(argv=None) -> int:
     meta.update(_versions(args.python), archs=known + [a for a in archs if a not in known],
                 tests_commit=tests_commit, pytest_args=args.pytest_args,
                 attnkit=args.attnkit_label or _git_commit(args.attnkit_src))
-    for arch in archs:
+    groups = {a: [files[a]] for a in archs} if args.per_arch else {"all": list(files.values())}
+    for arch, group in groups.items():
         for mode in modes:
-            r = run_one(args, arch, mode, files[arch])
+            r = run_one(args, arch, mode, group)
             meta["runs"] = [x for x in meta["runs"] if (x["arch"], x["mode"]) != (arch, mode)]
             meta["runs"].append(r)
             meta_path.write_text(json.dumps(meta, indent=1))
