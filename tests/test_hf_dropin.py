@@ -195,3 +195,18 @@ def test_supported_transformers_range_and_the_mask_reader_guard(monkeypatch):
     finally:
         monkeypatch.undo()
         support.mask_reader_problem.cache_clear()
+
+
+def test_every_transformers_kwarg_is_known_and_training_kwargs_pass():
+    """Every key of transformers' TransformersKwargs (what a model's **kwargs may carry into
+    the attention function) is in the table; a causal LM's training call with
+    ``num_items_in_batch`` (transformers' test_causal_lm_can_accept_training_kwargs) runs."""
+    from transformers.utils.generic import TransformersKwargs
+    known = hf_kwargs.SERVED | hf_kwargs.BOOKKEEPING | set(hf_kwargs.REFUSED)
+    assert set(TransformersKwargs.__annotations__) <= known
+    ref, ours = pair(H.llama)
+    ids = torch.randint(0, 50, (2, 6))
+    n = torch.tensor(12)
+    a = ref(input_ids=ids, labels=ids, num_items_in_batch=n).loss
+    b = ours(input_ids=ids, labels=ids, num_items_in_batch=n).loss   # was: UnsupportedCall
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

@@ -23,8 +23,11 @@ keyword                     attnkit
 ``max_length_q/k``          builders; these are flash kernels' copies of it, which
                             eager ignores too
 ``deterministic``           served: attnkit's kernels are deterministic on CPU
-``use_cache``,              nothing to serve: cache and output bookkeeping, not
-``output_hidden_states``,   attention math
+``use_cache``,              nothing to serve: cache, loss and output bookkeeping,
+``output_hidden_states``,   not attention math (``num_items_in_batch``: the loss's
+``num_items_in_batch``,     token count, passed through by every causal LM's training
+``seq_idx``,                kwargs; ``seq_idx``: Mamba layers' document index, whose
+                            attention layers get the packing through the mask)
 ``output_router_logits``,
 ``return_dict``,
 ``cache_position``,
@@ -53,6 +56,7 @@ SERVED = frozenset({"attention_mask", "scaling", "dropout", "softcap", "position
 BOOKKEEPING = frozenset({"position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
                          "max_length_k", "deterministic", "use_cache", "output_hidden_states",
                          "output_router_logits", "return_dict", "cache_position",
+                         "num_items_in_batch", "seq_idx",
                          "past_key_values", "past_key_value", "position_embeddings",
                          "encoder_hidden_states"})
 REFUSED = {
