@@ -24,6 +24,7 @@ PACKAGES = {
     "tokenizers": ("tokenizers", "tokenizing text for real checkpoints"),
     "sklearn": ("scikit-learn", "the digits task"),
     "networkx": ("networkx", "the karate-club task"),
+    "scipy": ("scipy", "rank agreement and attention flow (inspect --ablate, the flow view)"),
     "matplotlib": ("matplotlib", "the PNG plots (--out)"),
     "PIL": ("pillow", "reading images (inspect --image)"),
     "transformers": ("transformers", "attnkit attention inside transformers models"),
