@@ -14,12 +14,17 @@ import contextlib
 import threading
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ... import masks as M
 from ...functional import attention
-from ...linear import linear_attention
+from ...linear import GivenFeatures, linear_attention
 from ...masks import MaskSpec
+from ...masks.spec import AndMask
+from ...masks.tensor import KeyPadding
+from ...variants import pool_heads
+from . import learned
 from .names import Implementation, parse_implementation
 
 __all__ = ["attnkit_attention_forward", "weights_for", "WeightRequest", "call_mask", "variant_mask"]
@@ -104,19 +109,48 @@ def variant_mask(impl: Implementation, module, spec, Tk: int):
     return pattern if spec is None else spec & pattern
 
 
-def _linear(impl, query, key, value, spec, dropout, want, softcap=None, position_bias=None):
+def _linear_mask(spec) -> tuple[bool, Tensor | None] | None:
+    """(causal, keep (B, Tk) or None) of a mask linear attention serves -- none, causal,
+    key padding, or an AND of them -- else None."""
+    if spec is None:
+        return False, None
+    if isinstance(spec, AndMask):
+        a, b = _linear_mask(spec.parts[0]), _linear_mask(spec.parts[1])
+        if a is None or b is None:
+            return None
+        keep = a[1] if b[1] is None else b[1] if a[1] is None else a[1] & b[1]
+        return a[0] or b[0], keep
+    if isinstance(spec, KeyPadding):
+        return False, spec.keep
+    if spec.tensors():
+        return None
+    if spec.band() == (-float("inf"), float("inf")):
+        return False, None
+    return (True, None) if spec.is_causal else None
+
+
+def _linear(impl, module, query, key, value, spec, dropout, want, softcap=None,
+            position_bias=None):
+    served = _linear_mask(spec)
     why = ("output_attentions: linear attention never forms attention weights" if want
-           else "dropout: linear attention has no weights to drop (model.eval())" if dropout
            else "softcap: linear attention has no scores to cap" if softcap
            else "position_bias: linear attention has no scores to add a bias to"
            if position_bias is not None
-           else None if spec is None or spec.is_causal
-           else f"attention_mask: linear attention serves no mask or a causal one, got {spec!r}"
-           " (a padded batch? run one sequence at a time)")
+           else None if served is not None
+           else f"attention_mask: linear attention serves no mask, a causal one or key "
+           f"padding, got {spec!r}")
     if why:
         raise ValueError(f"attn_implementation {impl.name!r}: {why}")
-    fm = impl.variant.feature_map(query.shape[-1])
-    return linear_attention(query, key, value, fm, causal=spec is not None)
+    causal, keep = served
+    if impl.variant.args[0] == "hedgehog":
+        fm = learned.feature_map(module, impl.name, query)
+        query, key, phi = fm.queries(query), fm.keys(key), GivenFeatures()  # (B, H, T, 2D)
+    else:
+        phi = impl.variant.feature_map(query.shape[-1])
+    out = linear_attention(query, key, value, phi, causal=causal, key_padding=keep)
+    # Dropout in training: there are no weights to drop, so the output is dropped (the
+    # model's attention dropout rate, on the (B, H, T, Dv) mixture of values).
+    return F.dropout(out, float(dropout)) if dropout else out
 
 
 def _head_weights(w: Tensor, heads) -> Tensor:
@@ -135,9 +169,11 @@ def attnkit_attention_forward(module, query: Tensor, key: Tensor, value: Tensor,
     asked, want = _wants_weights(module, kwargs)
     spec = call_mask(attention_mask, module, query, key, is_causal)
     if impl.variant is not None and impl.variant.kind == "linear":
-        out, w = _linear(impl, query, key, value, spec, dropout, want, softcap,
-                       position_bias), None
+        out, w = _linear(impl, module, query, key, value, spec, dropout, want, softcap,
+                         position_bias), None
     else:
+        if impl.variant is not None and impl.variant.kind == "gqa":  # K/V heads mean-pooled
+            key, value = pool_heads(key, impl.variant.args[0]), pool_heads(value, impl.variant.args[0])
         spec = variant_mask(impl, module, spec, key.shape[2])
         res = attention(query, key, value, mask=spec, bias=position_bias, scale=scaling,
                         softcap=softcap, dropout_p=float(dropout or 0.0), backend=impl.backend,
