@@ -19,7 +19,8 @@ LAYERS = [
     {"modules"},
     {"models", "loading"},
     {"integrations", "hf"},
-    {"analysis", "bench", "tasks", "train", "tour", "demo", "commands", "cli", "__main__"},
+    {"analysis", "bench", "tasks", "train", "adaptation", "tour", "demo", "commands", "cli",
+     "__main__"},
 ]
 
 

@@ -34,6 +34,9 @@ __all__ = ["attention", "select_backend", "make_call", "use_backends", "masks", 
 def __getattr__(name):
     """``attnkit.distributed`` and ``attnkit.patterns`` (deprecated) load on first use."""
     import importlib
-    if name in ("distributed", "patterns", "hf", "analysis", "bench", "train", "tasks"):
+    if name in ("distributed", "patterns", "hf", "analysis", "bench", "train", "tasks",
+                "adaptation"):
         return importlib.import_module(f".{name}", __name__)
+    if name == "adapt":      # the function (attnkit adapt); the package is attnkit.adaptation
+        return importlib.import_module(".adaptation", __name__).adapt
     raise AttributeError(f"module 'attnkit' has no attribute {name!r}")

@@ -37,11 +37,13 @@ def record(config) -> dict | None:
 
 
 def attention_modules(model) -> list:
-    """The modules that call the attention function, by ``layer_idx`` (self-attention only:
-    cross-attention modules are skipped)."""
-    mods = [m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int)
-            and hasattr(m, "config") and not getattr(m, "is_cross_attention", False)
-            and any(isinstance(c, torch.nn.Linear) for c in m.children())]
+    """The modules that call the attention function, by ``layer_idx``: the innermost
+    modules with a layer index (self-attention only: cross-attention modules skipped)."""
+    def indexed(m):
+        return isinstance(getattr(m, "layer_idx", None), int)
+    mods = [m for m in model.modules() if indexed(m) and hasattr(m, "config")
+            and not getattr(m, "is_cross_attention", False)
+            and not any(indexed(c) for c in m.modules() if c is not m)]
     return sorted(mods, key=lambda m: m.layer_idx)
 
 
