@@ -30,7 +30,10 @@ class AdaptConfig:
     seed: int = 0
 
     def __post_init__(self):
-        v = parse_variant(self.variant)          # ValueError naming the variant
+        try:
+            v = parse_variant(self.variant)
+        except ValueError as e:
+            raise ValueError(f"--variant: {e}") from None
         if v.kind == "ssm":
             raise ValueError(f"--variant: {v.text!r} is a model, not an attention a "
                              "pretrained model can be adapted to")

@@ -98,7 +98,10 @@ def open_pair(model: str, variant: str, device: str = "cpu") -> Pair:
     import attnkit.hf
     from ..bench.source import open_source
     var = parse_variant(variant)
-    src = open_source(model, device=device, via="transformers")
+    try:
+        src = open_source(model, device=device, via="transformers")
+    except ValueError as e:
+        raise ValueError(f"--model: {str(e).removeprefix('--model: ')}") from None
     teacher = src.model.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
