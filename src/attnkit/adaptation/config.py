@@ -28,6 +28,7 @@ class AdaptConfig:
     eval_windows: int = 64           # at most this many held-out windows are scored
     ckpt_every: int | None = None    # default: with each evaluation
     seed: int = 0
+    threads: int | None = None       # torch threads (kept for resume: sums differ by count)
 
     def __post_init__(self):
         try:
@@ -42,7 +43,7 @@ class AdaptConfig:
         for name in ("steps", "seq", "batch_size", "eval_windows"):
             _int(name, getattr(self, name), 1)
         _int("seed", self.seed, 0)
-        for name in ("stage1_steps", "eval_every", "ckpt_every"):
+        for name in ("stage1_steps", "eval_every", "ckpt_every", "threads"):
             if getattr(self, name) is not None:
                 _int(name, getattr(self, name), 0 if name == "stage1_steps" else 1)
         if self.stage1_steps is not None and self.stage1_steps > self.steps:

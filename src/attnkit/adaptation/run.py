@@ -161,6 +161,8 @@ def adapt(model: str | None = None, variant: str | None = None, text=None, steps
         cfg = AdaptConfig.from_dict(saved)
     else:
         cfg = AdaptConfig(model=model, variant=variant, text=text, steps=steps, **options)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     pair = open_pair(cfg.model, cfg.variant)
     train, held = split_windows(pair, cfg)

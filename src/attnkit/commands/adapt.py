@@ -27,7 +27,7 @@ examples:
 exit codes: 0 done, 2 bad arguments, 130 interrupted (Ctrl-C; resume with --resume)"""
 
 _OPTIONS = ("seq", "batch_size", "stage1_steps", "lr1", "lr2", "eval_every", "eval_fraction",
-            "eval_windows", "ckpt_every", "seed")
+            "eval_windows", "ckpt_every", "seed", "threads")
 
 
 def add_parser(sub) -> None:
@@ -59,19 +59,14 @@ def add_parser(sub) -> None:
     p.add_argument("--ckpt-every", type=int, help="checkpoint every K steps (default: with "
                    "each evaluation)")
     p.add_argument("--seed", type=int, help="batch order (default 0)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's; kept for "
+                   "--resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import torch
-
     from ..adaptation import adapt
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads: expected an integer >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     opts = {k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None}
     if args.resume:
         given = [f"--{k}" for k in ("model", "variant", "text", "eval_text", "out")
