@@ -24,7 +24,7 @@ import attnkit.hf  # noqa: E402
 TEXT = Path(__file__).resolve().parents[1] / "src" / "attnkit" / "data" / "bench_text.txt"
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 FAST = dict(seq=32, batch_size=4, eval_windows=8, lr1=1e-2, lr2=3e-3, progress=False,
-            threads=1, log=lambda *a: None)
+            log=lambda *a: None)
 
 
 def _tokenizer(path: Path):
