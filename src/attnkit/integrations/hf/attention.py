@@ -173,7 +173,8 @@ def attnkit_attention_forward(module, query: Tensor, key: Tensor, value: Tensor,
                          position_bias), None
     else:
         if impl.variant is not None and impl.variant.kind == "gqa":  # K/V heads mean-pooled
-            key, value = pool_heads(key, impl.variant.args[0]), pool_heads(value, impl.variant.args[0])
+            n = impl.variant.args[0]
+            key, value = pool_heads(key, n), pool_heads(value, n)      # (B, n, Tk, D)
         spec = variant_mask(impl, module, spec, key.shape[2])
         res = attention(query, key, value, mask=spec, bias=position_bias, scale=scaling,
                         softcap=softcap, dropout_p=float(dropout or 0.0), backend=impl.backend,
