@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-DEFAULT = "window:16@128:40,window:64@256:20,bigbird@128:40,linear:hedgehog@128:40,gqa:4@128:40"
+DEFAULT = ("window:64@256:20,window:16@128:40,bigbird:16@256:20,linear:hedgehog@128:40,"
+           "gqa:4@128:40")
 
 
 def docstrings(out: Path) -> tuple[Path, Path]:
