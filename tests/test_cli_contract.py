@@ -51,7 +51,7 @@ def _matches(action, text: str, resolved) -> bool:
     return first == str(value)
 
 
-@pytest.mark.parametrize("cmd", ["inspect", "tour", "train"])
+@pytest.mark.parametrize("cmd", ["inspect", "tour", "train", "adapt"])
 def test_stated_defaults_are_the_defaults(cmd):
     """(``bench`` has its own, mode-aware version in test_cli.py.)"""
     parser = subparsers()[cmd]
@@ -64,6 +64,12 @@ def test_stated_defaults_are_the_defaults(cmd):
         from attnkit.train.config import TrainConfig
         declared = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
         resolved = {a.dest: declared.get(a.dest) for a, _ in stated.values()}
+    if cmd == "adapt":   # likewise: None = AdaptConfig's field default
+        import dataclasses
+
+        from attnkit.adaptation import AdaptConfig
+        declared = {f.name: f.default for f in dataclasses.fields(AdaptConfig)}
+        resolved = {a.dest: declared.get(a.dest) for a, _ in stated.values()}
     bad = [f"{opt}: help says {text!r}, default is {resolved.get(a.dest, a.default)!r}"
            for opt, (a, text) in stated.items()
            if not _matches(a, text, resolved.get(a.dest))]
@@ -74,6 +80,7 @@ def test_stated_defaults_are_the_defaults(cmd):
     ["nosuchcommand"], ["backends", "--bogus"], ["tour", "--n", "10"], ["tour", "--n", "x"],
     ["inspect"], ["inspect", "x", "--top", "many"], ["bench", "--seq", "zero"],
     ["bench", "--heads", "0"], ["train", "--steps", "-3"], ["train", "--task", "nope"],
+    ["adapt", "--variant", "window:4"],
 ])
 def test_every_subcommand_errors_in_one_line_with_exit_2(argv):
     r = subprocess.run([PY, "-m", "attnkit", *argv], capture_output=True, text=True, timeout=300)

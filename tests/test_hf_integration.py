@@ -194,11 +194,22 @@ def test_an_architecture_outside_the_attention_interface_is_refused():
         attnkit.hf.check(model)
 
 
-def test_linear_variant_refuses_a_padded_batch(checkpoints):
-    model = load(checkpoints["llama"], "attnkit:linear:elu")
-    inputs, _ = batch(BY_NAME["llama"])
-    with pytest.raises(ValueError, match="linear attention serves no mask or a causal one"):
-        model(**inputs)
+@pytest.mark.parametrize("name", ["llama", "bert"])
+def test_linear_variant_serves_a_padded_batch(checkpoints, name):
+    """Padded keys enter no sum: each real row of a padded batch (left padding for the GQA
+    decoder, right for the encoder) equals that sequence run alone."""
+    model = load(checkpoints[name], "attnkit:linear:elu")
+    inputs, real = batch(BY_NAME[name])
+    T = real.shape[1]
+    pos = torch.arange(T).expand(2, T)
+    with torch.no_grad():
+        got = main_output(model(**inputs, position_ids=pos))
+        idx = real[1].nonzero()[:, 0]
+        alone = main_output(model(input_ids=inputs["input_ids"][1:, idx],
+                                  position_ids=pos[1:, idx]))
+    assert max_diff(got[1, idx], alone[0]) < TOL
+    assert not torch.equal(got[1, idx], main_output(model(
+        input_ids=inputs["input_ids"][1:], position_ids=pos[1:]))[0, idx])   # padding mattered
 
 
 def test_dropout_in_training_reaches_attnkit(tmp_path, monkeypatch):
@@ -220,3 +231,9 @@ def test_dropout_in_training_reaches_attnkit(tmp_path, monkeypatch):
     model.eval()
     c, d = model(ids).logits, model(ids).logits
     assert seen == [0.5, 0.5, 0.0, 0.0] and not torch.equal(a, b) and torch.equal(c, d)
+    model.set_attn_implementation(attnkit.hf.register("linear:elu"))   # output dropout
+    model.train()
+    a, b = model(ids).logits, model(ids).logits
+    model.eval()
+    c, d = model(ids).logits, model(ids).logits
+    assert not torch.equal(a, b) and torch.equal(c, d)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import attnkit
 from attnkit.linear import (EluFeatureMap, FavorPlus, LinearAttentionState, ReluFeatureMap,
-                            linear_attention, linear_attention_step)
+                            linear_attention, linear_attention_naive, linear_attention_step)
 
 D, DV = 6, 5
 
@@ -192,3 +192,45 @@ def test_bad_arguments(call, exc, match):
     q, k, v = inputs(1, 2, 2, 5, dtype=torch.float32)
     with pytest.raises(exc, match=match):
         call(q, k, v)
+
+
+@pytest.mark.parametrize("name", ["elu", "favor"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_key_padding_zeroes_padded_keys_exactly(name, causal):
+    """A padded batch (left padding on row 0, right on row 1; GQA) against the masked
+    formula in fp64, and each row against its real keys alone."""
+    g = torch.Generator().manual_seed(3)
+    B, H, Hkv, T, D = 2, 4, 2, 13, 8
+    q, k, v = (torch.randn(B, h, T, D, generator=g, dtype=torch.float64) for h in (H, Hkv, Hkv))
+    keep = torch.ones(B, T, dtype=torch.bool)
+    keep[0, :3], keep[1, -5:] = False, False
+    fm = FavorPlus(D, 16, seed=1) if name == "favor" else name
+    got = linear_attention(q, k, v, fm, causal=causal, chunk_size=4, key_padding=keep, eps=0.0)
+    want = linear_attention_naive(q, k, v, fm, causal=causal, key_padding=keep, eps=0.0)
+    assert torch.allclose(got, want, atol=1e-12, rtol=1e-10)
+    row = keep[1].nonzero()[:, 0]           # right padding: the real prefix, run alone
+    alone = linear_attention_naive(q[1:, :, row], k[1:, :, row], v[1:, :, row], fm,
+                                   causal=causal, eps=0.0)
+    assert torch.allclose(got[1:, :, row], alone, atol=1e-12, rtol=1e-10)
+    assert not torch.allclose(got, linear_attention(q, k, v, fm, causal=causal, eps=0.0))
+    if causal:                              # queries before any real key: output 0
+        assert (got[0, :, :3] == 0).all()
+
+
+def test_key_padding_bad_shape():
+    q = torch.randn(1, 2, 5, 4)
+    with pytest.raises(ValueError, match=r"key_padding: expected a bool tensor \(B, T\)"):
+        linear_attention(q, q, q, key_padding=torch.ones(1, 4, dtype=torch.bool))
+
+
+def test_hedgehog_map_starts_as_identity_softmax_and_trains():
+    from attnkit.linear import GivenFeatures, HedgehogFeatureMap
+    fm = HedgehogFeatureMap(4, 2, 8)
+    q, k, v = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    fq = fm.queries(q)                                                # (1, 4, 6, 16)
+    assert torch.allclose(fq, torch.cat([q.softmax(-1), (-q).softmax(-1)], -1))
+    out = linear_attention(fq, fm.keys(k), v, GivenFeatures())
+    want = linear_attention_naive(fq.double(), fm.keys(k).double(), v.double(), GivenFeatures())
+    assert torch.allclose(out.double(), want, atol=1e-5)
+    out.sum().backward()
+    assert fm.q_weight.grad is not None and fm.k_bias.grad.abs().sum() > 0

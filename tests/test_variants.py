@@ -101,3 +101,22 @@ def test_recommendation_follows_error_and_memory():
     assert best == "dense" and "bigbird (memory" in why
     best, _ = recommend(_result(rows), error_bound=1.0)
     assert best == "window:256"
+
+
+def test_gqa_pools_key_value_heads_exactly():
+    """gqa:N: query head h reads the mean of its group's K/V heads, against the fp64
+    reference with the groups written out by hand; learned variants say so."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 10, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    var = parse_variant("gqa:2")
+    assert var.kind == "gqa" and var.learned and var.pairs(10, False) == 100
+    kk = torch.stack([k[:, :2].mean(1), k[:, 2:].mean(1)], 1).repeat_interleave(2, 1)
+    vv = torch.stack([v[:, :2].mean(1), v[:, 2:].mean(1)], 1).repeat_interleave(2, 1)
+    want = attnkit.attention(q, kk, vv, mask=attnkit.masks.causal(), backend="reference")
+    assert torch.allclose(var.attend(q, k, v, causal=True), want, atol=1e-10)
+    with pytest.raises(ValueError, match="which 3 groups do not divide"):
+        parse_variant("gqa:3").attend(q, k, v, causal=False)
+    hh = parse_variant("linear:hedgehog")
+    assert hh.learned and not parse_variant("linear:elu").learned
+    with pytest.raises(ValueError, match="fit them with `attnkit adapt`"):
+        hh.feature_map(8)

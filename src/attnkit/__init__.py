@@ -28,6 +28,7 @@ LAYERS = (
     "analysis",      # attnkit inspect: capture, words, the viewer
     "bench",         # attnkit bench: timing, fidelity, model sources
     "train",         # attnkit train: recipes, loop, sweeps, checkpoints
+    "adaptation",    # attnkit adapt: attention transfer + distillation into a cheaper variant
     "commands",      # the attnkit command: one module per subcommand, the tour, the demo
 )
 from . import backends, masks, sparse
@@ -59,6 +60,8 @@ __all__ = ["attention", "select_backend", "make_call", "use_backends", "masks", 
 def __getattr__(name):
     """``attnkit.distributed``, ``attnkit.hf`` and the tools load on first use."""
     import importlib
-    if name in ("distributed", "hf", "analysis", "bench", "train", "tasks"):
+    if name in ("distributed", "hf", "analysis", "bench", "train", "tasks", "adaptation"):
         return importlib.import_module(f".{name}", __name__)
+    if name == "adapt":      # the function (attnkit adapt); the package is attnkit.adaptation
+        return importlib.import_module(".adaptation", __name__).adapt
     raise AttributeError(f"module 'attnkit' has no attribute {name!r}")

@@ -109,13 +109,13 @@ def _query_features(fm: FeatureMap, q5: Tensor) -> Tensor:
     return fm(q5)
 
 
-def _causal(fm, q5, k, v, state: LinearAttentionState, C: int):
-    """Chunked causal pass from ``state``. q5 (B, Hkv, G, T, D); returns out
-    (B, Hkv, G, T, Dv) and the new state."""
+def _causal(fm, q5, k, v, state: LinearAttentionState, C: int, keep: Tensor):
+    """Chunked causal pass from ``state``. q5 (B, Hkv, G, T, D), keep (B, 1, T, 1) (1 = a
+    real key, 0 = padding); returns out (B, Hkv, G, T, Dv) and the new state."""
     S, z, m = state.S, state.z, state.m
     T, outs = q5.shape[3], []
     # split once: autograd of one split is one concatenation, of T/C slices O(T²/C)
-    for qc, kc, vc in zip(q5.split(C, 3), k.split(C, 2), v.split(C, 2)):
+    for qc, kc, vc, kp in zip(q5.split(C, 3), k.split(C, 2), v.split(C, 2), keep.split(C, 2)):
         c = kc.shape[2]
         fq = _query_features(fm, qc)                                   # (B, Hkv, G, c, F)
         if fm.log_domain:
@@ -123,16 +123,16 @@ def _causal(fm, q5, k, v, state: LinearAttentionState, C: int):
             # key j enters row i's sums scaled by exp(-M_j) * exp(M_j - M_i)
             lk = fm.log_features(kc)                                   # (B, Hkv, c, F)
             M = torch.maximum(torch.cummax(lk.amax(-1), 2).values, m[..., None])  # (B,Hkv,c)
-            fk = torch.exp(lk - M[..., None])
+            fk = torch.exp(lk - M[..., None]) * kp                    # padded keys: 0
             gap = M[:, :, None, :] - M[:, :, :, None]                  # M_j - M_i, (c_i, c_j)
             decay = torch.exp(gap.masked_fill(~_tril(gap), -math.inf))[:, :, None]
             carry = torch.exp(m[..., None] - M)[:, :, None, :, None]   # (B, Hkv, 1, c, 1)
             m_new = M[..., -1]
-            keep = torch.exp(M - m_new[..., None])[..., None]          # to the chunk's end
-            fk_end, r = fk * keep, torch.exp(m - m_new)
+            to_end = torch.exp(M - m_new[..., None])[..., None]        # to the chunk's end
+            fk_end, r = fk * to_end, torch.exp(m - m_new)
             r = torch.where(torch.isinf(m), 0.0, r)                    # empty state
         else:
-            fk = fm(kc)
+            fk = fm(kc) * kp
             decay = _tril(fk.new_ones(1, 1, 1, c, c))
             carry, fk_end, r, m_new = 1.0, fk, None, m
         A = fq @ fk[:, :, None].transpose(-1, -2) * decay              # (B, Hkv, G, c, c)
@@ -154,7 +154,8 @@ def _tril(x: Tensor) -> Tensor:
 
 def linear_attention(q: Tensor, k: Tensor, v: Tensor, feature_map="elu", *,
                      causal: bool = False, chunk_size: int = 64, eps: float = 1e-6,
-                     state: LinearAttentionState | None = None, return_state: bool = False):
+                     state: LinearAttentionState | None = None, return_state: bool = False,
+                     key_padding: Tensor | None = None):
     """Kernelised attention ``phi(q) (phi(k)^T v) / (phi(q) sum phi(k) + eps)``.
 
     Args:
@@ -166,6 +167,9 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, feature_map="elu", *,
         eps: added to the denominator (see module doc).
         state / return_state: causal only: continue from a :class:`LinearAttentionState`
             (e.g. after a prefill) / also return the state after the last token.
+        key_padding: ``(B, T)`` bool, True = a real key: a padded key's features are
+            multiplied by exactly 0, so it enters no sum (a padded batch gives each row the
+            output of its sequence alone; a query that sees no real key gives 0).
 
     Returns ``out (B, H, T, Dv)`` (and the state). Computed in float32 (float64 for
     float64 inputs).
@@ -181,6 +185,7 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, feature_map="elu", *,
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     q5 = q.to(acc).view(B, Hkv, H // Hkv, T, D)
     k, v = k.to(acc), v.to(acc)
+    keep = _keep(key_padding, B, T, acc, q.device)                     # (B, 1, T, 1)
     if causal:
         if state is None:
             state = LinearAttentionState.zeros(feature_map, B, Hkv, D, Dv, eps=eps, dtype=acc,
@@ -188,7 +193,7 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, feature_map="elu", *,
         else:
             _check_state(state, B, Hkv, D, Dv)
         fm = state.feature_map if state is not None else make_feature_map(feature_map, D)
-        out5, new = _causal(fm, q5, k, v, state, chunk_size)
+        out5, new = _causal(fm, q5, k, v, state, chunk_size, keep)
         out = out5.reshape(B, H, T, Dv).to(q.dtype)
         return (out, new) if return_state else out
     fm = make_feature_map(feature_map, D)
@@ -198,10 +203,23 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, feature_map="elu", *,
         fk = torch.exp(lk - lk.amax(dim=(2, 3), keepdim=True))        # (B, Hkv, T, F)
     else:
         fk = fm(k)
+    fk = fk * keep                                                     # padded keys: 0
     S = fk.transpose(-1, -2) @ v                                       # (B, Hkv, F, Dv)
     z = fk.sum(2)                                                      # (B, Hkv, F)
     out = _divide(fq @ S[:, :, None], fq @ z[:, :, None, :, None], eps)
     return out.reshape(B, H, T, Dv).to(q.dtype)
+
+
+def _keep(key_padding, B: int, T: int, dtype, device) -> Tensor:
+    """key_padding (B, T) bool -> (B, 1, T, 1) multiplier (all ones when None)."""
+    if key_padding is None:
+        return torch.ones(B, 1, T, 1, dtype=dtype, device=device)
+    if not isinstance(key_padding, Tensor) or key_padding.dtype != torch.bool or tuple(
+            key_padding.shape) != (B, T):
+        raise ValueError(f"key_padding: expected a bool tensor (B, T) = ({B}, {T}), got "
+                         f"{getattr(key_padding, 'dtype', type(key_padding).__name__)} "
+                         f"{tuple(getattr(key_padding, 'shape', ()))}")
+    return key_padding.to(device=device, dtype=dtype)[:, None, :, None]
 
 
 def _check_state(state, B, Hkv, D, Dv):

@@ -16,13 +16,17 @@ __all__ = ["linear_attention_naive"]
 
 
 def linear_attention_naive(q: Tensor, k: Tensor, v: Tensor, feature_map="elu", *,
-                           causal: bool = False, eps: float = 1e-6) -> Tensor:
-    """q (B, H, T, D), k (B, Hkv, T, D), v (B, Hkv, T, Dv) -> (B, H, T, Dv), in q's dtype."""
+                           causal: bool = False, eps: float = 1e-6,
+                           key_padding: Tensor | None = None) -> Tensor:
+    """q (B, H, T, D), k (B, Hkv, T, D), v (B, Hkv, T, Dv) -> (B, H, T, Dv), in q's dtype.
+    ``key_padding (B, T)`` bool, True = a real key: the other keys' kernel entries are 0."""
     fm = make_feature_map(feature_map, q.shape[-1])
     G = q.shape[1] // k.shape[1]
     kk, vv = k.repeat_interleave(G, 1), v.repeat_interleave(G, 1)   # (B, H, T, .)
     A = fm(q) @ fm(kk).transpose(-1, -2)                           # (B, H, T, T)
     if causal:
         A = A.tril()
+    if key_padding is not None:
+        A = A * key_padding[:, None, None, :].to(A.dtype)
     den = A.sum(-1, keepdim=True) + eps
     return (A @ vv) / den.masked_fill(den == 0, 1.0)

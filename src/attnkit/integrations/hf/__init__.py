@@ -93,15 +93,27 @@ def use(model, variant: str | None = None):
 def from_pretrained(path, variant: str | None = None, *, auto_class=None, **kwargs):
     """``AutoModel*.from_pretrained(path, attn_implementation=attnkit[:variant])`` from
     local files only, checked. ``auto_class`` defaults to the class named in config.json's
-    ``architectures`` (else ``AutoModel``)."""
+    ``architectures`` (else ``AutoModel``). A directory written by ``attnkit adapt`` runs
+    the variant its config records (``variant=None``) with its learned attention tensors
+    (:mod:`.learned`: missing or unused ones refused by name); another variant that would
+    leave them unused is refused."""
+    from . import learned
     tf = _transformers()
+    cfg = tf.AutoConfig.from_pretrained(path, local_files_only=True)
+    rec = learned.record(cfg)
+    if rec is not None and variant is None:
+        variant = rec["implementation"]
     name = register(variant)
+    if rec is not None and rec.get("learned") and name != rec["implementation"]:
+        raise ValueError(f"variant: {path} was adapted for {rec['implementation']!r} and holds "
+                         f"its learned tensors ({learned.FILE}); {name!r} would leave them unused")
     kwargs.setdefault("local_files_only", True)
     if auto_class is None:
-        cfg = tf.AutoConfig.from_pretrained(path, local_files_only=True)
         arch = (getattr(cfg, "architectures", None) or [None])[0]
         auto_class = getattr(tf, arch, None) if arch else None
         auto_class = auto_class or tf.AutoModel
     model = auto_class.from_pretrained(path, attn_implementation=name, **kwargs)
     check(model)
+    if rec is not None and rec.get("learned"):
+        learned.load_learned(model, path)
     return model

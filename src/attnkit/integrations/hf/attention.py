@@ -20,14 +20,19 @@ import threading
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ... import masks as M
 from ...call import autocast_inputs, make_call
 from ...engine.functional import attention
+from ...engine.variants import pool_heads
 from ...kernels.reference import attend, attention_weights
-from ...linear import linear_attention
+from ...linear import GivenFeatures, linear_attention
 from ...masks import MaskSpec
+from ...masks.spec import AndMask
+from ...masks.tensor import KeyPadding
+from . import learned
 from .cache import full_key_length, kept_mask, linear_state_layer
 from .heads import edit_heads
 from .kwargs import check_kwargs
@@ -121,32 +126,62 @@ def _pattern_spec(v, n: int, causal: bool):
     return v.pattern(n, causal).at(n)
 
 
-def _linear(impl, query, key, value, spec, dropout, want, softcap=None, position_bias=None,
-            s_aux=None):
+def _linear_mask(spec) -> tuple[bool, Tensor | None] | None:
+    """(causal, keep (B, Tk) or None) of a mask linear attention serves -- none, causal,
+    key padding, or an AND of them -- else None."""
+    if spec is None:
+        return False, None
+    if isinstance(spec, AndMask):
+        a, b = _linear_mask(spec.parts[0]), _linear_mask(spec.parts[1])
+        if a is None or b is None:
+            return None
+        keep = a[1] if b[1] is None else b[1] if a[1] is None else a[1] & b[1]
+        return a[0] or b[0], keep
+    if isinstance(spec, KeyPadding):
+        return False, spec.keep
+    if spec.tensors():
+        return None
+    if spec.band() == (-float("inf"), float("inf")):
+        return False, None
+    return (True, None) if spec.is_causal else None
+
+
+def _linear(impl, module, query, key, value, spec, dropout, want, softcap=None,
+            position_bias=None, s_aux=None):
+    served = _linear_mask(spec)
     why = ("output_attentions: linear attention never forms attention weights" if want
            else "s_aux: linear attention has no softmax to add a sink column to"
            if s_aux is not None
-           else "dropout: linear attention has no weights to drop (model.eval())" if dropout
            else "softcap: linear attention has no scores to cap" if softcap
            else "position_bias: linear attention has no scores to add a bias to"
            if position_bias is not None
-           else None if spec is None or spec.is_causal
-           else f"attention_mask: linear attention serves no mask or a causal one, got {spec!r}"
-           " (a padded batch? run one sequence at a time)")
+           else None if served is not None
+           else f"attention_mask: linear attention serves no mask, a causal one or key "
+           f"padding, got {spec!r}")
     if why:
         raise ValueError(f"attn_implementation {impl.name!r}: {why}")
-    fm = impl.variant.feature_map(query.shape[-1])
+    causal, keep = served
     layer = linear_state_layer(key)      # a bounded cache: continue from its state
+    if impl.variant.args[0] == "hedgehog":
+        fm = learned.feature_map(module, impl.name, query)
+        query, key, phi = fm.queries(query), fm.keys(key), GivenFeatures()  # (B, H, T, 2D)
+    else:
+        phi = impl.variant.feature_map(query.shape[-1])
     if layer is None and key.shape[2] != query.shape[2]:
         raise ValueError(f"attn_implementation {impl.name!r}: {query.shape[2]} queries on "
                          f"{key.shape[2]} cached keys; linear attention decodes from its "
                          "recurrent state (generate's default cache, attnkit.hf.bounded_cache)")
+    if keep is not None and keep.shape[-1] != key.shape[2]:
+        keep = keep[:, -key.shape[2]:]   # the state holds the earlier keys (B, Tk_new)
     if layer is None:
-        return linear_attention(query, key, value, fm, causal=spec is not None)
-    out, state = linear_attention(query, key, value, fm, causal=True, state=layer.state,
-                                  return_state=True)
-    layer.advance(state)
-    return out
+        out = linear_attention(query, key, value, phi, causal=causal, key_padding=keep)
+    else:
+        out, state = linear_attention(query, key, value, phi, causal=True, state=layer.state,
+                                      return_state=True, key_padding=keep)
+        layer.advance(state)
+    # Dropout in training: there are no weights to drop, so the output is dropped (the
+    # model's attention dropout rate, on the (B, H, T, Dv) mixture of values).
+    return F.dropout(out, float(dropout)) if dropout else out
 
 
 def _head_weights(w: Tensor, heads) -> Tensor:
@@ -187,11 +222,14 @@ def attnkit_attention_forward(module, query: Tensor, key: Tensor, value: Tensor,
     asked, want = _wants_weights(module, kwargs)
     spec = call_mask(attention_mask, module, query, key, is_causal)
     if impl.variant is not None and impl.variant.is_linear:
-        out, w = _linear(impl, query, key, value, spec, dropout, want, softcap,
+        out, w = _linear(impl, module, query, key, value, spec, dropout, want, softcap,
                          position_bias, s_aux), None
     else:
         spec = variant_mask(impl, module, spec, full_key_length(key))
         spec = kept_mask(spec, key, query.shape[2], query.device)   # a sinks cache's columns
+        if impl.variant is not None and impl.variant.is_gqa:  # K/V heads mean-pooled
+            n = impl.variant.args[0]
+            key, value = pool_heads(key, n), pool_heads(value, n)      # (B, n, Tk, D)
         kw = dict(mask=spec, bias=position_bias, scale=scaling, softcap=softcap,
                   dropout_p=float(dropout or 0.0), sinks=s_aux)
         if want:
