@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from ..variants import parse_variant
+from ..engine.variants import parse_variant
 
 __all__ = ["AdaptConfig"]
 

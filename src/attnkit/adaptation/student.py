@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..integrations.hf import learned
-from ..variants import Variant, parse_variant
+from ..engine.variants import Variant, parse_variant
 
 __all__ = ["Pair", "open_pair", "projections"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 
 DESCRIPTION = textwrap.fill(
     "Turn a pretrained model into a cheaper-attention model that keeps its quality: the "
