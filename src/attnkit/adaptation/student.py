@@ -95,7 +95,7 @@ def _stage1(mods, variant: Variant) -> tuple[list, str]:
 def open_pair(model: str, variant: str, device: str = "cpu") -> Pair:
     """Load ``model`` (``minilm`` or an HF directory the integration runs) as teacher and
     student; ValueError (one line) for a model or a variant that cannot be adapted."""
-    import attnkit.hf
+    from ..integrations import hf as integration
     from ..bench.source import open_source
     var = parse_variant(variant)
     try:
@@ -106,7 +106,7 @@ def open_pair(model: str, variant: str, device: str = "cpu") -> Pair:
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = copy.deepcopy(teacher)
-    name = attnkit.hf.register(var.text)
+    name = integration.register(var.text)
     student.set_attn_implementation(name)
     names = {id(m): n for n, m in teacher.named_modules()}
     t_mods = list(src.mods)                  # the modules that call the attention function
