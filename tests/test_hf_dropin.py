@@ -53,17 +53,100 @@ def test_static_cache_generation_matches_eager(name):
 
 
 def test_the_mask_is_a_spec_outside_precomputation_and_dense_inside():
+    from attnkit.integrations.hf.mask_view import HFMask
     from attnkit.integrations.hf.masks import attnkit_mask
     from attnkit.masks import MaskSpec
     from transformers import masking_utils as mu
     am = torch.tensor([[0, 1, 1, 1]])
-    assert isinstance(attnkit_mask(1, 4, 4, attention_mask=am), MaskSpec)
+    m = attnkit_mask(1, 4, 4, attention_mask=am)
+    assert isinstance(m, HFMask) and isinstance(m.spec, MaskSpec)
 
     def create_masks_for_generate():          # the name transformers' precompute has
         return attnkit_mask(1, 4, 4, attention_mask=am)
     dense = create_masks_for_generate()
     ref = mu.sdpa_mask(1, 4, 4, attention_mask=am.bool(), allow_is_causal_skip=False)
     assert isinstance(dense, torch.Tensor) and dense.ndim == 4 and torch.equal(dense, ref)
+
+
+def _hf_mask_fn(kind, w, ids):
+    mu = transformers.masking_utils
+    causal_or_block = mu.or_masks(mu.causal_mask_function, mu.blockwise_overlay(ids))
+    return {"causal": mu.causal_mask_function,
+            "sliding": mu.sliding_window_causal_mask_function(w),
+            "or": causal_or_block,
+            "gemma3_sliding": mu.and_masks(mu.sliding_window_overlay(w), causal_or_block)}[kind]
+
+
+@pytest.mark.parametrize("reads_as", ["sdpa", "eager"])
+def test_the_mask_object_reads_as_transformers_dense_mask(reads_as):
+    # model code and users index the mask the interface returns (Gemma-3's test reads
+    # mask[0, 0, 5, 11]; was: TypeError 'OrMask' object is not subscriptable)
+    from attnkit.integrations.hf.masks import attnkit_eager_mask, attnkit_mask
+    mu = transformers.masking_utils
+    ours_fn, ref_fn = ((attnkit_mask, mu.sdpa_mask) if reads_as == "sdpa"
+                       else (attnkit_eager_mask, mu.eager_mask))
+    g = torch.Generator().manual_seed(0)
+    for trial in range(24):
+        B, Tq = int(torch.randint(1, 4, (), generator=g)), int(torch.randint(1, 9, (), generator=g))
+        past = int(torch.randint(0, 6, (), generator=g))
+        Tk, w = Tq + past, int(torch.randint(1, 5, (), generator=g))
+        am = torch.ones(B, Tk, dtype=torch.bool)
+        if trial % 2:      # left padding, at least one key kept per row
+            am[:, :int(torch.randint(0, Tk, (), generator=g))] = False
+        ids = torch.randint(-1, 2, (B, Tk), generator=g)
+        fn = _hf_mask_fn(("causal", "sliding", "or", "gemma3_sliding")[trial % 4], w, ids)
+        args = (B, Tq, Tk, past, 0, fn, am)
+        m = ours_fn(*args, dtype=torch.float16)
+        ref = ref_fn(*args, allow_is_causal_skip=False, dtype=torch.float16)
+        assert m.ndim == 4 and m.shape == ref.shape and m.dtype == ref.dtype
+        assert m.device == ref.device and m.dim() == 4 and m.size(2) == Tq
+        assert torch.equal(m[...], ref) and torch.equal(m[:, 0, -1], ref[:, 0, -1])
+        assert m[0, 0, Tq - 1, Tk - 1].item() == ref[0, 0, Tq - 1, Tk - 1].item()
+
+
+def test_the_mask_object_refuses_other_tensor_uses_and_stays_lazy():
+    from attnkit.integrations.hf.masks import attnkit_mask
+    mu = transformers.masking_utils
+    am = torch.tensor([[0, 1, 1, 1]])
+    m = attnkit_mask(1, 4, 4, attention_mask=am)
+    for use in (lambda: m + 1, lambda: torch.zeros(1) * m, lambda: m.to(torch.float32),
+                lambda: torch.where(m, 0.0, 1.0), lambda: m.float(), lambda: ~m,
+                lambda: m == 1, lambda: bool(m)):
+        with pytest.raises(TypeError, match=r"HFMask.*mask\.dense\(\)"):
+            use()
+    # the attention function takes the spec: the dense mask is never built on that path
+    layer = torch.nn.Module()
+    layer.is_causal, layer.config = True, transformers.LlamaConfig()
+    layer.config._attn_implementation = NAME
+    q, k, v = torch.randn(3, 1, 2, 4, 8).unbind(0)
+    out = attnkit_attention_forward(layer, q, k, v, m, scaling=8 ** -0.5)[0]
+    assert m._dense is None
+    dense = mu.sdpa_mask(1, 4, 4, attention_mask=am.bool(), allow_is_causal_skip=False)
+    ref = attnkit.attention(q, k, v, mask=dense, backend="reference")
+    torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-6, rtol=0)
+
+
+def test_gemma3_vision_masks_compose_and_read_as_sdpa():
+    # transformers' Gemma-3 builds OR(causal, image block) / AND(sliding, ...) masks and
+    # reads single entries of them; ours must read as sdpa's (and its model still match)
+    from transformers.models.gemma3 import modeling_gemma3 as G
+    import inspect
+    config = H.gemma3().config
+    ids = torch.tensor([[-1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, -1]])
+    cache_kw = ("cache" if "cache" in inspect.signature(G.create_masks_for_vision_model).parameters
+                else "past_key_values")
+    kw = {"inputs_embeds": torch.randn(1, 13, config.hidden_size), cache_kw: None,
+          "attention_mask": torch.ones(1, 13, dtype=torch.bool),
+          "position_ids": torch.arange(13)[None], "block_sequence_ids": ids}
+    got = {}
+    for impl in (NAME, "sdpa"):
+        config._attn_implementation = impl
+        got[impl] = G.create_masks_for_vision_model(config=config, **kw)
+    for kind in ("full_attention", "sliding_attention"):
+        assert torch.equal(got[NAME][kind][:], got["sdpa"][kind])
+    full, sliding = got[NAME]["full_attention"], got[NAME]["sliding_attention"]
+    assert full[0, 0, 5, 11] and full[0, 0, 11, 5] and not full[0, 0, 11, 12]
+    assert sliding[0, 0, 8, 5] and not sliding[0, 0, 11, 5]
 
 
 def _decode(model, f, ids, am, steps=3):

@@ -63,14 +63,20 @@ def pytest_configure(config):
             CALLS["attn"] += 1
         return att(module, *a, **k)
 
-    def attnkit_msk(*a, **k):
-        if not torch.compiler.is_compiling():
-            CALLS["mask"] += 1
-        return msk(*a, **k)
+    # as "eager" the mask reads like eager_mask's float tensor (what eager's callers read)
+    from attnkit.integrations.hf.masks import attnkit_eager_mask
+    interfaces = {"sdpa": msk, "eager": attnkit_eager_mask}
+
+    def mask_for(swapped):
+        def attnkit_msk(*a, **k):
+            if not torch.compiler.is_compiling():
+                CALLS["mask"] += 1
+            return interfaces[swapped](*a, **k)
+        return attnkit_msk
 
     for s in SWAP:
         AttentionInterface._global_mapping[s] = attnkit_attn
-        AttentionMaskInterface._global_mapping[s] = attnkit_msk
+        AttentionMaskInterface._global_mapping[s] = mask_for(s)
 
 
 def pytest_report_header(config):

@@ -121,6 +121,8 @@ def register_layerwise() -> str:
 
 def _causal_or_none(mask) -> bool:
     """Is a call's mask one linear attention serves: none, every pair, or causal?"""
+    from ..integrations.hf.mask_view import as_spec
+    mask = as_spec(mask)
     if mask is None:
         return True
     if isinstance(mask, Tensor):

@@ -33,6 +33,7 @@ from ...masks import MaskSpec
 from ...masks.spec import AndMask
 from ...masks.tensor import KeyPadding
 from . import learned
+from .mask_view import as_spec
 from .cache import full_key_length, kept_mask, linear_state_layer
 from .heads import edit_heads
 from .kwargs import check_kwargs
@@ -93,7 +94,9 @@ def _wants_weights(module, kwargs) -> tuple[bool, bool]:
 def call_mask(attention_mask, module, query: Tensor, key: Tensor, is_causal) -> MaskSpec | None:
     """The call's mask as a spec. None from transformers means: causal when the module is
     causal and Tq > 1 (SDPA's is_causal, top-left aligned as transformers relies on for a
-    static-cache prefill), else no mask."""
+    static-cache prefill), else no mask. An :class:`~.mask_view.HFMask` gives its spec
+    (its dense form is never built here)."""
+    attention_mask = as_spec(attention_mask)
     if isinstance(attention_mask, MaskSpec):   # full() (an unpadded encoder): no mask at all
         return None if attention_mask.band() == (-float("inf"), float("inf")) else attention_mask
     if isinstance(attention_mask, Tensor):

@@ -35,9 +35,11 @@ from torch import Tensor
 
 from ... import masks as M
 from ...masks import MaskSpec, Window
+from .mask_view import HFMask
 from .support import factory_codes, refuse_model
 
-__all__ = ["attnkit_mask", "translate", "mask_mod_reader", "dense_required"]
+__all__ = ["attnkit_mask", "attnkit_eager_mask", "translate", "mask_mod_reader",
+           "dense_required"]
 
 INF = math.inf
 
@@ -182,12 +184,15 @@ def dense_required(max_depth: int = 8) -> bool:
 
 
 def attnkit_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset=0,
-                 mask_function=None, attention_mask: Tensor | None = None, **kwargs):
+                 mask_function=None, attention_mask: Tensor | None = None,
+                 reads_as: str = "sdpa", **kwargs):
     """transformers' ``AttentionMaskInterface`` entry for the ``attnkit`` implementations:
     the model's mask as one attnkit spec (never a dense (Tq, Tk) tensor when the
-    structure is known), which arrives unchanged in the attention function -- except
-    where :func:`dense_required`: there the boolean ``(B, 1, Tq, Tk)`` tensor (or None)
-    transformers' ``sdpa_mask`` builds, which the attention function reads as a mask."""
+    structure is known) in an :class:`~.mask_view.HFMask`, which reads like the
+    ``(B, 1, Tq, Tk)`` tensor of transformers' ``sdpa_mask`` (``reads_as="eager"``: of
+    ``eager_mask``) and whose spec the attention function takes -- except where
+    :func:`dense_required`: there the boolean tensor (or None) ``sdpa_mask`` builds,
+    which the attention function reads as a mask."""
     mu = _hf()
     fn = mask_function or mu.causal_mask_function
     if not torch.compiler.is_compiling():   # (a model's first call is never compiled)
@@ -204,4 +209,15 @@ def attnkit_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_
         keep = keep[:, kv_off:kv_off + kv_length]
         if not bool(keep.all()):                 # no padding: keep the fast paths
             spec = spec & M.key_padding(keep)
-    return spec
+    dense_args = {k: v for k, v in kwargs.items()
+                  if k not in ("dtype", "allow_is_causal_skip", "allow_is_bidirectional_skip")}
+    dense_args.update(batch_size=batch_size, q_length=q_length, kv_length=kv_length,
+                      q_offset=q_off, kv_offset=kv_off, mask_function=fn,
+                      attention_mask=None if attention_mask is None else attention_mask.bool())
+    return HFMask(spec, dense_args, reads_as, kwargs.get("dtype") or torch.float32)
+
+
+def attnkit_eager_mask(*args, **kwargs):
+    """:func:`attnkit_mask` for attnkit standing in for "eager": the mask reads like
+    ``eager_mask``'s float tensor (0 where attended, the dtype's minimum elsewhere)."""
+    return attnkit_mask(*args, reads_as="eager", **kwargs)
