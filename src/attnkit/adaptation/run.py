@@ -12,8 +12,6 @@ checkpoint is written, the run says how to resume.
 from __future__ import annotations
 
 import json
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import torch
 
 from ..train.checkpoint import (clean_partial, latest_checkpoint, load_checkpoint,
                                 save_checkpoint, write_atomic)
+from ..train.loop import SigintFlag
 from .config import AdaptConfig
 from .objectives import distill_loss, evaluate, transfer_loss
 from .save import RUN_FILE, check_out, save_adapted
@@ -69,23 +68,6 @@ def split_windows(pair, cfg: AdaptConfig) -> tuple[list, list]:
         raise ValueError(f"--text: {cfg.text} gives {len(train)} windows of {cfg.seq} tokens, "
                          f"fewer than one batch ({cfg.batch_size})")
     return train, held[:cfg.eval_windows]
-
-
-class _Sigint:
-    def __init__(self):
-        self.raised, self._prev = False, None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._prev = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, *_):
-        self.raised = True
-
-    def __exit__(self, *exc):
-        if self._prev is not None:
-            signal.signal(signal.SIGINT, self._prev)
 
 
 class _Bar:
@@ -181,7 +163,7 @@ def adapt(model: str | None = None, variant: str | None = None, text=None, steps
     t0 = time.perf_counter()
     interrupted = False
     try:
-        with _Sigint() as sig:
+        with SigintFlag() as sig:
             while step < cfg.steps:
                 step += 1
                 stage = _set_stage(pair, opt, cfg, step)

@@ -42,7 +42,7 @@ from .dist import DistEnv
 from .recipe import describe
 from .settings import apply_threads, restore_settings, save_settings
 
-__all__ = ["train", "lr_at", "RunExists", "TrainingInterrupted"]
+__all__ = ["train", "lr_at", "RunExists", "TrainingInterrupted", "SigintFlag"]
 
 
 class RunExists(ValueError):
@@ -157,7 +157,7 @@ def train(cfg: TrainConfig | None, out, *, resume: bool = False, progress: bool 
         env.close()
 
 
-class _SigintFlag:
+class SigintFlag:
     """While active (main thread only), the first SIGINT sets ``raised`` instead of
     interrupting; the second gets the previous handler (KeyboardInterrupt)."""
 
@@ -224,7 +224,7 @@ def _run(cfg: TrainConfig, out: Path, env: DistEnv, resume: bool, progress: bool
     saved = step                                   # the step of the newest checkpoint
     bar = _Bar(cfg, step, progress)
     try:
-        with _SigintFlag() as sigint:
+        with SigintFlag() as sigint:
             while step < cfg.steps and not reached:
                 lr = lr_at(cfg, step)
                 for g in opt.param_groups:
