@@ -20,6 +20,7 @@ import torch
 from ..train.checkpoint import (clean_partial, latest_checkpoint, load_checkpoint,
                                 save_checkpoint, write_atomic)
 from ..train.loop import SigintFlag
+from ..train.progress import ProgressBar
 from .config import AdaptConfig
 from .objectives import distill_loss, evaluate, transfer_loss
 from .save import RUN_FILE, check_out, save_adapted
@@ -68,33 +69,6 @@ def split_windows(pair, cfg: AdaptConfig) -> tuple[list, list]:
         raise ValueError(f"--text: {cfg.text} gives {len(train)} windows of {cfg.seq} tokens, "
                          f"fewer than one batch ({cfg.batch_size})")
     return train, held[:cfg.eval_windows]
-
-
-class _Bar:
-    """A rich progress bar with the loss and the current held-out fidelity, or nothing."""
-
-    def __init__(self, cfg: AdaptConfig, start: int, enabled: bool):
-        self.prog = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-            self.prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TextColumn("{task.fields[stage]}"),
-                                 TextColumn("loss {task.fields[loss]}"),
-                                 TextColumn("{task.fields[fid]}"), TimeElapsedColumn(),
-                                 TimeRemainingColumn(), console=Console(stderr=True))
-            self.prog.start()
-            self.task = self.prog.add_task(cfg.label(), total=cfg.steps, completed=start,
-                                           stage="", loss="-", fid="")
-
-    def update(self, step, **fields):
-        if self.prog:
-            self.prog.update(self.task, completed=step, **fields)
-
-    def close(self):
-        if self.prog:
-            self.prog.stop()
 
 
 def headline(kind: str, m: dict) -> str:
@@ -159,7 +133,7 @@ def adapt(model: str | None = None, variant: str | None = None, text=None, steps
         write_atomic(out / RUN_FILE, json.dumps(cfg.to_dict(), indent=1))
         history.append({"step": 0, **evaluate(pair, held, cfg.batch_size)})
         log(f"{cfg.variant} zero-shot: {headline(pair.kind, history[0])}")
-    bar = _Bar(cfg, step, progress)
+    bar = ProgressBar(cfg.label(), cfg.steps, step, progress, fields=("stage", "loss", "fid"))
     t0 = time.perf_counter()
     interrupted = False
     try:
@@ -174,7 +148,7 @@ def adapt(model: str | None = None, variant: str | None = None, text=None, steps
                 torch.nn.utils.clip_grad_norm_(
                     [p for p in pair.student.parameters() if p.grad is not None], 1.0)
                 opt.step()
-                bar.update(step, stage=stage, loss=f"{loss.item():.4f}")
+                bar.update(step, stage=stage, loss=f"loss {loss.item():.4f}")
                 last = step == cfg.steps
                 if step % cfg.every == 0 or last:
                     history.append({"step": step, "stage": stage,

@@ -39,6 +39,7 @@ from .checkpoint import (CheckpointError, clean_partial, latest_checkpoint, load
                          save_checkpoint, write_atomic)
 from .config import TrainConfig
 from .dist import DistEnv
+from .progress import ProgressBar
 from .recipe import describe
 from .settings import apply_threads, restore_settings, save_settings
 
@@ -222,7 +223,7 @@ def _run(cfg: TrainConfig, out: Path, env: DistEnv, resume: bool, progress: bool
     reached = (cfg.target_acc is not None and bool(hist) and hist[-1]["step"] == step
                and hist[-1].get(cfg.main_metric, -1) >= cfg.target_acc)
     saved = step                                   # the step of the newest checkpoint
-    bar = _Bar(cfg, step, progress)
+    bar = ProgressBar(cfg.label(), cfg.steps, step, progress, fields=("loss", "rate"))
     try:
         with SigintFlag() as sigint:
             while step < cfg.steps and not reached:
@@ -249,7 +250,7 @@ def _run(cfg: TrainConfig, out: Path, env: DistEnv, resume: bool, progress: bool
                     raise FloatingPointError(f"loss became {loss} at step {step} (lr {lr:.3g}); "
                                              f"try a smaller --lr")
                 rate = (state["units"] - units0) / max(time.perf_counter() - t_start, 1e-9)
-                bar.update(step, loss, f"{rate:,.0f} {unit}/s")
+                bar.update(step, loss=f"loss {loss:.4f}", rate=f"{rate:,.0f} {unit}/s")
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     metrics = evaluate(ddp, objective, mine, env.device, reduce)
                     state["history"].append({"step": step, "loss": loss, **metrics})
@@ -308,55 +309,3 @@ def _prepare(task, out: Path, env: DistEnv, resume: bool) -> None:
     env.barrier()
     if not env.main:
         task.prepare(out, load=True)
-
-
-class _Bar:
-    """A rich progress bar (step, loss, throughput, ETA) on the main process, or nothing.
-    When stderr is not a terminal (a log file, a pipe) it prints a plain progress line
-    instead, at most every ``LINE_EVERY_S`` seconds and at the last step."""
-
-    LINE_EVERY_S = 10.0
-
-    def __init__(self, cfg: TrainConfig, start: int, enabled: bool):
-        self.prog = None
-        self.console = None
-        self.lines = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-        self.console = Console(stderr=True)
-        if not self.console.is_terminal:
-            self.total, self.start, self.t0 = cfg.steps, start, time.perf_counter()
-            self.lines, self.label = self.t0, cfg.label()
-            return
-        self.prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                             MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                             TextColumn("eta"), TimeRemainingColumn(), console=self.console)
-        self.prog.start()
-        self.task = self.prog.add_task(cfg.label(), total=cfg.steps, completed=start,
-                                       loss="-", rate="-")
-
-    def update(self, step: int, loss: float, rate: str) -> None:
-        if self.prog:
-            self.prog.update(self.task, completed=step, loss=f"{loss:.4f}", rate=rate)
-        elif self.lines is not None:
-            now = time.perf_counter()
-            if now - self.lines >= self.LINE_EVERY_S or step == self.total:
-                self.lines = now
-                spent = now - self.t0
-                eta = spent / max(step - self.start, 1) * (self.total - step)
-                print(f"{self.label}: step {step}/{self.total}, loss {loss:.4f}, {rate}, "
-                      f"{spent:.0f} s, eta {eta:.0f} s", file=sys.stderr, flush=True)
-
-    def log(self, text: str) -> None:
-        if self.prog:
-            self.prog.console.print(text)
-        else:
-            print(text, flush=True)
-
-    def close(self) -> None:
-        if self.prog:
-            self.prog.stop()
