@@ -27,6 +27,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash tests/install_chromium.sh   # Debian's chromium for the viewer test (skipped if it cannot)
 	$(BIN)/python -m pytest -q
+	bash tests/hf_range.sh 5.4.0   # the supported transformers range's low end (the venv has the high end)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
