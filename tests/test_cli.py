@@ -7,10 +7,13 @@ import sys
 
 import pytest
 
+from terminal import ENV80, assert_fits_80  # noqa: E402
+
 
 def run(*args, timeout=300):
+    # COLUMNS=80: the tables are laid out for an 80-column terminal (assert_fits_80)
     return subprocess.run([sys.executable, "-m", "attnkit.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=ENV80)
 
 
 @pytest.mark.parametrize("cmd", [[], ["bench"], ["inspect"], ["backends"]])
@@ -45,6 +48,7 @@ def test_backends_lists_the_registry():
     assert r.returncode == 0
     for name in ("reference", "sdpa", "flex", "tiled"):
         assert name in r.stdout
+    assert_fits_80(r.stdout)
 
 
 def test_tiny_bench_writes_table_json_and_plot(tmp_path):
@@ -53,6 +57,7 @@ def test_tiny_bench_writes_table_json_and_plot(tmp_path):
             "--time-budget", "0.5", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "Recommendation:" in r.stdout and "RANDOM q/k/v" in r.stdout
+    assert_fits_80(r.stdout)
     res = json.loads((tmp_path / "bench.json").read_text())
     variants = {row["variant"] for row in res["rows"]}
     assert variants == {"dense", "window:16", "linear:elu"}  # dense is always the baseline
@@ -75,6 +80,7 @@ def test_bench_model_minilm_writes_table_json_and_pngs(tmp_path):
             "--repeats", "2", "--time-budget", "1", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "Recommendation:" in r.stdout and "Fidelity to dense at n = 128" in r.stdout
+    assert_fits_80(r.stdout)
     res = json.loads((tmp_path / "bench.json").read_text())
     assert res["inputs"] == "text" and res["kind"] == "encoder" and res["text_tokens"] > 1000
     rows = {row["variant"]: row for row in res["rows"]}

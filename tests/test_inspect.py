@@ -5,6 +5,8 @@ import subprocess
 import sys
 
 import pytest
+
+from terminal import ENV80, assert_fits_80  # noqa: E402
 import torch
 
 from attnkit.analysis.capture import assemble, looks_causal, parse_layers
@@ -133,7 +135,7 @@ def test_parse_layers_and_assemble():
 
 def run(*args):
     return subprocess.run([sys.executable, "-m", "attnkit.cli", *args], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=ENV80)
 
 
 def test_inspect_minilm_contrast_on_the_seed_sentence(tmp_path):
@@ -143,6 +145,7 @@ def test_inspect_minilm_contrast_on_the_seed_sentence(tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "inspect.json").read_text())
     assert res["text"] == SEED and res["model"] == "minilm" and res["via"] == "attnkit"
+    assert_fits_80(r.stdout)       # the contrast and head-type tables, long words included
     layer, head, score = res["ranked"][0]
     best = res["ranking"][0]
     # measured: layer 3 head 1 sends 0.49 of "it" to "cat", the other words 0.13 on average,

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from terminal import assert_fits_80  # noqa: E402
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -22,7 +24,7 @@ from attnkit.tasks.text import EOS, TextLM, split_text
 from attnkit.train import TrainConfig, train
 
 PY = sys.executable
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", COLUMNS="80")
 TASK = "lm:seq_len=32:vocab_size=300"
 TINY = dict(width=32, layers=2, heads=4, kv_heads=2, tie_output=True, batch_size=8, lr=3e-3,
             warmup=5, eval_every=20, ckpt_every=10, eval_batch_size=16)
@@ -293,6 +295,7 @@ def test_inspect_induction_cli(capsys):
     assert r.returncode == 0, r.stderr
     assert "previous-token heads (>= 0.5): L1H2 0.5" in r.stdout, r.stdout
     assert "induction heads (>= 0.5): none" in r.stdout and "loss: first half" in r.stdout
+    assert_fits_80(r.stdout)
     from attnkit.cli import main
     for args, msg in [(["--model", "minilm", "--induction"], "--induction: needs a decoder"),
                       (["--model", "stdlib-lm", "--induction", "200"], "exceed the model's 256"),

@@ -47,15 +47,17 @@ def _cells(result: dict) -> list[list[str]]:
     return rows
 
 
-HEAD = ["variant", "n", "ms min/med/max", "speed vs dense", "peak MiB", "exponent",
+HEAD = ["variant", "n", "ms min / med / max", "speed vs dense", "peak MiB", "exponent",
         "rel. error (random q/k/v)", "note"]
 
 
 def rich_table(result: dict, title: str) -> Table:
+    """Fits an 80-column terminal: cells wrap at spaces, and where a column is narrower than
+    a number the number folds onto the next line ('fold'), never cut to '…'."""
     t = Table(title=title)
     for h in HEAD:
         t.add_column(h, justify="left" if h in ("variant", "note") else "right",
-                     no_wrap=h == "variant")
+                     no_wrap=h == "variant", overflow="fold")
     for row in _cells(result):
         t.add_row(*row)
     return t

@@ -103,7 +103,8 @@ def ratio(dense: dict, variant: dict) -> dict:
 def fmt_ratio(r: dict | None) -> str:
     if not r:
         return "—"
-    s = f"{r['ratio']:.2f}x ({r['low']:.2f}–{r['high']:.2f})"
+    # the interval's ends are separate words, so a narrow terminal column wraps between them
+    s = f"{r['ratio']:.2f}x ({r['low']:.2f} – {r['high']:.2f})"
     return s + " within noise" if r["within_noise"] else s
 
 

@@ -92,10 +92,12 @@ def _print(con, cap, ranking, rows_by_view, args) -> None:
         a, b = args.from_word, args.to_word
         t = Table(title=f"Heads ranked by contrast: {a!r} -> {b!r} minus the other words' "
                         f"mean weight to {b!r}")
-        cols = ["rank", "layer", "head", f"{a}->{b}", "others", "contrast", "ratio"]
-        cols += [f"{a}->{args.versus}"] if args.versus else []
+        # headers wrap at their spaces and cells fold, so the table fits 80 columns without
+        # cutting a number or a word to '…'
+        cols = ["#", "layer", "head", f"{a} -> {b}", "others", "contrast", "ratio"]
+        cols += [f"{a} -> {args.versus}"] if args.versus else []
         for c in cols + ["type"]:
-            t.add_column(c, justify="right")
+            t.add_column(c, justify="right", overflow="fold")
         for r, row in enumerate(ranking[:args.top], 1):
             t.add_row(str(r), str(row["layer"]), str(row["head"]), f"{row['weight']:.3f}",
                       f"{row['others']:.3f}", f"{row['contrast']:+.3f}",
@@ -111,7 +113,7 @@ def _print(con, cap, ranking, rows_by_view, args) -> None:
         t = Table(title=f"Head types, {main.name} ({L} layers x {H} heads, {len(main.k)} "
                         f"tokens; best type if >= {args.threshold:g})")
         for c in ("layer", "head") + HEAD_TYPES + ("type",):
-            t.add_column(c, justify="right")
+            t.add_column(c, justify="right", overflow="fold")
         for r in rows:
             t.add_row(str(r["layer"]), str(r["head"]),
                       *("-" if r[k] is None else f"{r[k]:.2f}" for k in HEAD_TYPES),
