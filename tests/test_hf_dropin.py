@@ -196,6 +196,24 @@ def test_compile_fullgraph_padded_and_static_decoding_without_recompiles(name):
     assert cnt.frame_count == 2
 
 
+def test_compile_fullgraph_with_a_float_position_bias():
+    # T5 hands its relative position bias (plus padding) to attention as a float mask; the
+    # NaN/+inf check of additive masks branched on its values, so transformers' own
+    # test_generate_compile_model_forward_fullgraph failed for T5 with attnkit as sdpa
+    from torch._dynamo.testing import CompileCounter
+    eager, ours = pair(H.t5)
+    ids, am = padded_batch()
+    dec = ids[:, :4]
+    torch._dynamo.reset()
+    cnt = CompileCounter()
+    f = torch.compile(ours, backend=cnt, fullgraph=True)
+    with torch.no_grad():
+        got = f(input_ids=ids, attention_mask=am, decoder_input_ids=dec).logits
+        ref = eager(input_ids=ids, attention_mask=am, decoder_input_ids=dec).logits
+    assert cnt.frame_count == 1
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+
+
 def test_attention_weights_are_in_the_autograd_graph():
     # eager's weights receive gradients from the loss; attnkit's did not (recomputed beside)
     eager, ours = pair(H.llama)

@@ -268,7 +268,11 @@ def from_tensor(mask: Tensor, name: str = "from_tensor") -> MaskSpec:
 
 
 def check_additive(values: Tensor, name: str) -> None:
-    """NaN and +inf have no meaning in an additive mask or bias: refuse them by name."""
+    """NaN and +inf have no meaning in an additive mask or bias: refuse them by name.
+    Not inside ``torch.compile``: a compiled graph cannot branch on tensor values (T5's
+    position bias under ``fullgraph=True``); the same call checks them when run eagerly."""
+    if torch.compiler.is_compiling():
+        return
     bad = torch.isnan(values) | (values == float("inf"))
     if bool(bad.any()):
         idx = tuple(int(i) for i in bad.nonzero()[0])
