@@ -1,33 +1,24 @@
-"""What ``attnkit bench --model`` needs from a model: the :class:`ModelSource` protocol,
-and :class:`AttnkitSource`, attnkit's own ports (``attnkit.load(NAME|DIR)``: BERT
-encoders, GPT-2/Llama decoders). Any other transformers checkpoint runs as
-:class:`~attnkit.bench.source_hf.HFSource` (``attn_implementation="attnkit:<variant>"``);
-:func:`open_source` chooses as ``attnkit inspect`` does. A source implements:
-
-* ``windows(text, n)`` -> list of ``ids (1, n)``: the text cut into n-token windows;
-* ``check(variant)``: raise ValueError saying why the model cannot take the variant;
-* ``apply(variant, layers)``: swap the variant into those attention layers (None: all;
-  ``dense``: restore the model as loaded);
-* ``run(ids)`` -> :class:`Outputs` (hidden states, sentence embedding or logits);
-* ``attention_inputs(ids)`` -> per layer ``(q, k, v)`` of a dense run, as the
-  attention operation receives them (after RoPE);
-* ``attend(layer, q, k, v)``: that layer's attention operation under the applied
-  variant (no projections): ``(B, H, T, Dv)``;
-* ``weights(ids, layers)``: the dense run's attention weights ``{layer: (H, T, T)}``;
-* ``pattern_mask(layer, n)``: the applied variant's allowed pairs ``(Hm, n, n)`` or None;
-* ``served_by(layer, q, k, v)``: which kernel serves the applied variant, and why.
+"""attnkit's own ports as a model source (:class:`AttnkitSource`): ``attnkit.load(NAME|DIR)``
+gives BERT encoders and GPT-2/Llama decoders; any other model runs as
+:class:`~attnkit.sources.hf.HFSource`. The protocol both implement is
+:class:`~attnkit.sources.protocol.ModelSource`.
 
 :func:`attnkit.models.common.apply_variant` is the one place where a variant name becomes
-model settings.
+the port's settings; the port's attention modules (:class:`~attnkit.MultiHeadAttention`)
+give q/k/v and the per-head outputs through forward pre-hooks and the weights through
+``return_weights``.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .protocol import ModelSource, Outputs, text_windows
+from ..core.errors import UnsupportedCall, UsageError
+from .capture import Capture, View, assemble, piece_tokens, stack
+from .protocol import Outputs, text_windows
+from .words import Tokens, from_offsets
 
-__all__ = ["Outputs", "ModelSource", "AttnkitSource", "open_source", "text_windows"]
+__all__ = ["AttnkitSource"]
 
 
 def _attention_modules(model) -> list:
@@ -36,9 +27,11 @@ def _attention_modules(model) -> list:
 
 
 class AttnkitSource:
-    """An attnkit model (``attnkit.load(...)`` or built in Python) as a bench source."""
+    """An attnkit model (``attnkit.load(...)`` or built in Python) as a model source;
+    ``backend``: the one its attention runs on (``attnkit.load(..., backend=)``)."""
+    via = "attnkit"
 
-    def __init__(self, model, name: str | None = None):
+    def __init__(self, model, name: str | None = None, backend: str = "auto", notes=()):
         from ..models import BERT, GPT
         if not isinstance(model, (BERT, GPT)):
             raise ValueError(f"model: expected a text encoder (BERT) or decoder (GPT, Llama), "
@@ -48,16 +41,28 @@ class AttnkitSource:
                              "to read the text with")
         self.model = model.eval()
         self.name = name or str(getattr(model, "source", type(model).__name__))
+        self.backend, self.notes = backend, list(notes)
+        cfg = getattr(model, "hf_config", {}) or {}
+        self.arch = (cfg.get("architectures") or [type(model).__name__])[0]
         self.kind = "decoder" if isinstance(model, GPT) else "encoder"
+        self.can_generate = self.kind == "decoder"
         self.mods = _attention_modules(model)
         m0 = self.mods[0]
         self.n_layers, self.n_heads, self.n_kv_heads = len(self.mods), m0.n_heads, m0.n_kv_heads
+        self.n_decoder_layers = self.n_layers
         self.head_dim = m0.head_dim
         self.max_tokens = int(model.cfg.max_len)
         self.tokenizer_name = type(model.tokenizer.model).__name__
         self.positions = ("alibi" if m0.alibi is not None else "rope" if m0.rope is not None
                           else "absolute")
         self.device = next(model.parameters()).device
+
+    def ready(self) -> "AttnkitSource":
+        """The model is loaded and runs variants (nothing left to do for a port)."""
+        return self
+
+    def check_backend(self) -> None:
+        pass    # attnkit.load checked the backend
 
     # -- text ----------------------------------------------------------------
     def windows(self, text: str, n: int) -> list[Tensor]:
@@ -68,14 +73,35 @@ class AttnkitSource:
         self.model.tokenizer.no_truncation()
         return len(self.model.tokenizer.encode(text).ids)
 
+    def tokens(self, text: str, generate: int | None = None) -> Tokens:
+        """The tokens :meth:`capture` would read (truncated as it would)."""
+        return self._encode(text, [], generate + 1 if generate else 0)[1]
+
+    def _encode(self, text: str, notes, reserve=0):
+        tok, limit = self.model.tokenizer, self.max_tokens
+        tok.no_truncation()
+        full = tok.encode(text)
+        enc = full
+        if len(full.ids) > limit - reserve:
+            if limit - reserve < 1:
+                raise UsageError(f"--generate: leaves no room for the text ({limit} positions)")
+            tok.enable_truncation(limit - reserve)
+            enc = tok.encode(text)
+            tok.no_truncation()
+            notes.append(f"text truncated to its first {limit - reserve} of {len(full.ids)} "
+                         f"tokens (the model's maximum: {limit} tokens"
+                         f"{f', {reserve} kept for generation' if reserve else ''})")
+        return torch.tensor([enc.ids]), from_offsets(text, enc.tokens, enc.offsets,
+                                                     enc.special_tokens_mask)
+
     # -- variants ------------------------------------------------------------
     def apply(self, variant, n: int, layers: list[int] | None = None) -> None:
+        """Swap ``variant`` into those attention layers (None: all; ``dense``: restore)."""
         from ..models.common import apply_variant
         apply_variant(self.model, variant, n, causal=self.kind == "decoder", layers=layers)
 
-    def check(self, variant, n: int) -> None:
+    def check_variant(self, variant, n: int) -> None:
         """Apply ``variant`` and run a short input: the model's own refusal, as ValueError."""
-        from ..core.errors import UnsupportedCall
         t = min(n, 16)
         ids = torch.full((1, t), self.model.pad_token_id + 1, dtype=torch.long,
                          device=self.device)
@@ -167,27 +193,62 @@ class AttnkitSource:
         _, ws = self.model(ids, return_weights=set(layers))
         return {i: ws[i][0].float() for i in layers}
 
+    # -- inspect ---------------------------------------------------------------
+    def capture(self, text, layers, generate=None, target=None, image=None,
+                dec_layers=None) -> Capture:
+        """``attnkit inspect``'s views of ``text`` (``generate``: greedy tokens with the
+        KV cache, one row of weights per step); weights only for ``layers``."""
+        m = self.model
+        notes = list(self.notes)
+        ids, toks = self._encode(text, notes, generate + 1 if generate else 0)
+        ids = ids.to(self.device)
+        want = set(layers)
+        views, generated = [], None
+        try:
+            with torch.no_grad():
+                if self.kind == "encoder":
+                    _, ws = m(ids, torch.ones_like(ids), return_weights=want)
+                    views.append(View("self", "self-attention (tokens x tokens)", toks, toks,
+                                      stack(ws, layers), layers, False))
+                elif not generate:
+                    _, ws = m(ids, return_weights=want)
+                    views.append(View("self", "causal self-attention (tokens x tokens)", toks,
+                                      toks, stack(ws, layers), layers, True))
+                else:
+                    views, generated = self._generate(ids, toks, layers, generate, notes)
+        except UnsupportedCall as e:
+            raise UsageError(f"--backend {self.backend}: {e}") from None
+        return Capture(self.name, self.arch, "attnkit", self.kind, text, views,
+                       f"attnkit port, backend {self.backend}", notes, self.n_layers,
+                       generated=generated)
 
-def open_source(name_or_dir: str, device: str = "cpu", via: str = "auto"):
-    """A bench source, chosen by ``attnkit inspect``'s rule
-    (:func:`attnkit.analysis.sources.open_source`): a registered name or a directory that
-    ``attnkit.load`` accepts exactly -> :class:`AttnkitSource` (attnkit's port); any other
-    transformers checkpoint -> :class:`~attnkit.bench.source_hf.HFSource` (``via``:
-    ``auto``, ``attnkit`` or ``transformers`` forces a path). Raises ValueError (bad
-    directory, unsupported architecture, no tokenizer, attention outside transformers'
-    AttentionInterface, not a text encoder or decoder)."""
-    import re
-
-    from ..analysis.sources import open_source as choose
-    from ..core.errors import UsageError
-    if via not in ("auto", "attnkit", "transformers"):
-        raise ValueError(f"via: expected 'auto', 'attnkit' or 'transformers', got {via!r}")
-    try:
-        chosen = choose(name_or_dir, via=via)
-        if chosen.via == "attnkit":
-            return AttnkitSource(chosen.model.to(device), name=str(name_or_dir))
-        from .source_hf import HFSource
-        return HFSource(chosen.plan, name=str(name_or_dir), device=device, notes=chosen.notes)
-    except UsageError as e:   # inspect's wording, as a ValueError (the CLI adds --model)
-        raise ValueError(re.sub(r"\binspect\b", "attnkit", str(e).removeprefix("--model: ")))\
-            from None
+    def _generate(self, ids, toks, layers, n, notes):
+        m, tok = self.model, self.model.tokenizer
+        eos = (getattr(m, "hf_config", {}) or {}).get("eos_token_id")
+        eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        cache, want = m.new_cache(), set(layers)
+        logits, ws = m(ids, cache=cache, return_weights=want)
+        prompt = stack(ws, layers)                                        # (L, H, T, T)
+        new, rows = [], []
+        nxt = int(logits[0, -1].argmax())
+        while True:
+            new.append(nxt)
+            logits, ws = m(torch.tensor([[nxt]], device=ids.device), cache=cache,
+                           return_weights=want)
+            rows.append([ws[i][0] for i in layers])                       # (H, 1, k)
+            if len(new) == n or nxt in eos:
+                break
+            nxt = int(logits[0, -1].argmax())
+        if len(new) < n:
+            notes.append(f"generation stopped at the end-of-sequence token after {len(new)} "
+                         f"of {n} tokens")
+        special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+        raw = [tok.id_to_token(i) or f"<{i}>" for i in new]
+        dec = [tok.decode([i], skip_special_tokens=False) for i in new]
+        gen = piece_tokens(raw, dec, [i in special for i in new], like=toks)
+        T = ids.shape[1]
+        return [View("self", "causal self-attention of the prompt (tokens x tokens)", toks,
+                     toks, prompt, layers, True),
+                View("generation", f"{len(new)} generated tokens (greedy, KV cache) x prompt "
+                     f"+ generated tokens", gen, toks + gen, assemble(rows, T + len(new)),
+                     layers, True)], gen.labels

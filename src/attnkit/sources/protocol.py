@@ -1,6 +1,7 @@
-"""The :class:`ModelSource` protocol of ``attnkit bench --model`` (see :mod:`.source` for
-what each method does), its :class:`Outputs`, and :func:`text_windows`, shared by the two
-sources (:mod:`.source`: attnkit's ports; :mod:`.source_hf`: transformers models)."""
+"""The :class:`ModelSource` protocol that both sources implement
+(:class:`~attnkit.sources.port.AttnkitSource`: attnkit's ports;
+:class:`~attnkit.sources.hf.HFSource`: transformers models), its :class:`Outputs`, and
+:func:`text_windows`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from typing import Protocol
 from torch import Tensor
 
 from ..engine.variants import Variant
+from .capture import Capture
+from .words import Tokens
 
 __all__ = ["Outputs", "ModelSource", "text_windows"]
 
@@ -21,20 +24,43 @@ class Outputs:
 
 
 class ModelSource(Protocol):
+    """One model as the tools see it. Opening it (:func:`attnkit.sources.open_source`)
+    reads only what its checks need; :meth:`capture` (inspect) runs it as loaded;
+    :meth:`ready` loads it to run variants (bench, adapt), after which the attributes
+    below ``n_heads`` and the methods below ``windows`` work."""
+    via: str                    # "attnkit" (the port) | "transformers"
     name: str
-    kind: str                   # "encoder" | "decoder"
+    arch: str
+    kind: str                   # encoder | decoder | encoder-decoder | image
     n_layers: int
+    n_decoder_layers: int
+    can_generate: bool
+    notes: list[str]            # what the terminal and the page must say
     n_heads: int
     n_kv_heads: int
     head_dim: int
     max_tokens: int
     tokenizer_name: str
+    positions: str              # absolute | rope | alibi | relative bias
 
+    def check_backend(self) -> None: ...
+    def tokens(self, text: str, generate: int | None = None) -> Tokens: ...
+    def capture(self, text: str, layers: list[int], generate: int | None = None,
+                target: str | None = None, image: str | None = None,
+                dec_layers: list[int] | None = None) -> Capture: ...
+    def ready(self) -> "ModelSource": ...
+    # text cut into n-token windows ``ids (1, n)``; the text's token count
     def windows(self, text: str, n: int) -> list[Tensor]: ...
-    def check(self, variant: Variant, n: int) -> None: ...
+    def count_tokens(self, text: str) -> int: ...
+    # swap the variant into those layers (None: all; dense: as loaded); refuse by name
     def apply(self, variant: Variant, n: int, layers: list[int] | None = None) -> None: ...
+    def check_variant(self, variant: Variant, n: int) -> None: ...
     def run(self, ids: Tensor) -> Outputs: ...
+    # per layer (q, k, v) as the attention operation receives them (after RoPE), and its
+    # output (B, H, T, Dv) as the model computed it
     def attention_inputs(self, ids: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]: ...
+    def captured_outputs(self, ids: Tensor) -> list[Tensor]: ...
+    # the layer's attention operation under the applied variant (no projections)
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor: ...
     def weights(self, ids: Tensor, layers: list[int]) -> dict[int, Tensor]: ...
     def pattern_mask(self, layer: int, n: int) -> Tensor | None: ...
