@@ -51,7 +51,7 @@ class AttnkitSource:
         self.n_layers, self.n_heads, self.n_kv_heads = len(self.mods), m0.n_heads, m0.n_kv_heads
         self.n_decoder_layers = self.n_layers
         self.head_dim = m0.head_dim
-        self.max_tokens = int(model.cfg.max_len)
+        self.max_tokens = int(model.cfg.max_len)           # positions (inspect: the tokenizer's)
         self.tokenizer_name = type(model.tokenizer.model).__name__
         self.positions = ("alibi" if m0.alibi is not None else "rope" if m0.rope is not None
                           else "absolute")
@@ -78,11 +78,11 @@ class AttnkitSource:
         return self._encode(text, [], generate + 1 if generate else 0)[1]
 
     def _encode(self, text: str, notes, reserve=0):
-        tok, limit = self.model.tokenizer, self.max_tokens
+        tok, limit = self.model.tokenizer, self.model.max_tokens   # the tokenizer's limit
         tok.no_truncation()
         full = tok.encode(text)
         enc = full
-        if len(full.ids) > limit - reserve:
+        if limit is not None and len(full.ids) > limit - reserve:
             if limit - reserve < 1:
                 raise UsageError(f"--generate: leaves no room for the text ({limit} positions)")
             tok.enable_truncation(limit - reserve)
