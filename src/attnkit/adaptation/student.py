@@ -43,10 +43,7 @@ class Pair:
 
     def run(self, model, ids, **kw):
         """Forward of ``model`` (teacher or student) on unpadded ``ids (B, T)``."""
-        mask = torch.ones_like(ids)
-        if self.kind == "decoder":
-            return model(input_ids=ids, attention_mask=mask, use_cache=False, **kw)
-        return model.base_model(input_ids=ids, attention_mask=mask, **kw)
+        return self.source.forward(ids, model=model, **kw)
 
 
 def projections(module, which: str) -> nn.Linear | None:

@@ -247,7 +247,7 @@ class HFSource:
         try:
             self.apply(var, n)
             with torch.no_grad():
-                self._forward(ids)
+                self.forward(ids)
         except (ValueError, TypeError, KeyError, UnsupportedCall) as e:
             raise ValueError(f"this model cannot take it: {str(e).splitlines()[0]}") from None
         finally:
@@ -259,20 +259,22 @@ class HFSource:
         rows = self.model.get_input_embeddings().num_embeddings
         return torch.arange(min(t, self.max_tokens), device=self.device)[None] % rows
 
-    def _forward(self, ids: Tensor, **kw):
+    def forward(self, ids: Tensor, model=None, **kw):
+        """The transformers forward on unpadded ``ids (B, T)`` of ``model`` (default: the
+        source's; adapt's student is a copy): a decoder's LM (no cache), an encoder's base
+        model."""
+        model = self.model if model is None else model
         mask = torch.ones_like(ids)
         if self.kind == "decoder":
-            return self.model(input_ids=ids, attention_mask=mask, use_cache=False, **kw)
-        return self.model.base_model(input_ids=ids, attention_mask=mask, **kw)
+            return model(input_ids=ids, attention_mask=mask, use_cache=False, **kw)
+        return model.base_model(input_ids=ids, attention_mask=mask, **kw)
 
     @torch.no_grad()
     def run(self, ids: Tensor) -> Outputs:
-        out = self._forward(ids)
+        out = self.forward(ids)
         if self.kind == "decoder":
             return Outputs(logits=out.logits)
-        h = out.last_hidden_state                                            # (B, T, d)
-        real = torch.ones_like(ids, dtype=h.dtype)[..., None]                # (B, T, 1)
-        return Outputs(hidden=h, embedding=(h * real).sum(1) / real.sum(1))
+        return Outputs.pooled(out.last_hidden_state)                         # (B, T, d)
 
     @torch.no_grad()
     def _record(self, ids: Tensor) -> list:
@@ -280,7 +282,7 @@ class HFSource:
         (:func:`attnkit.integrations.hf.calls.record`)."""
         from ..integrations.hf.calls import record
         with record() as calls:
-            self._forward(ids)
+            self.forward(ids)
         self._calls = calls
         return calls
 
@@ -294,7 +296,7 @@ class HFSource:
         """Each layer's attention output as the model computed it ``(B, H, T, Dv)``."""
         from ..integrations.hf import heads
         with heads.record() as rec:
-            self._forward(ids)
+            self.forward(ids)
         return [rec.outputs[m].transpose(1, 2) for m in self.mods]
 
     def _call(self, layer: int, q: Tensor, k: Tensor):
@@ -360,7 +362,7 @@ class HFSource:
         from ..integrations import hf as hf_api
         idx = [getattr(self.mods[i], "layer_idx", None) for i in layers]
         with hf_api.weights_for(layers=None if None in idx else idx):
-            atts = self._forward(ids, output_attentions=True).attentions
+            atts = self.forward(ids, output_attentions=True).attentions
         if atts is None or len(atts) != self.n_layers:
             raise ValueError(f"{self.plan.arch}: output_attentions gave "
                              f"{0 if atts is None else len(atts)} maps for {self.n_layers} layers")

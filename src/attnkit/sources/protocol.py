@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import torch
 from torch import Tensor
 
 from ..engine.variants import Variant
@@ -21,6 +22,14 @@ class Outputs:
     hidden: Tensor | None = None        # (B, T, d) final hidden states (encoders)
     embedding: Tensor | None = None     # (B, d) pooled sentence embedding (encoders)
     logits: Tensor | None = None        # (B, T, V) next-token logits (decoders)
+
+    @classmethod
+    def pooled(cls, hidden: Tensor, mask: Tensor | None = None) -> "Outputs":
+        """An encoder's outputs: ``hidden (B, T, d)`` and its mean over the real tokens
+        (``mask (B, T)``, 1 for a real token; None: all) as the sentence embedding."""
+        real = (torch.ones(hidden.shape[:2], device=hidden.device) if mask is None
+                else mask)[..., None].to(hidden.dtype)                        # (B, T, 1)
+        return cls(hidden=hidden, embedding=(hidden * real).sum(1) / real.sum(1))
 
 
 class ModelSource(Protocol):
