@@ -29,7 +29,8 @@ _state = threading.local()
 def implementation_of(module) -> str:
     """The attnkit name ``module``'s attention runs: its own (:data:`ATTR`), else the
     model's."""
-    return getattr(module, ATTR, None) or module.config._attn_implementation
+    own = vars(module).get(ATTR)     # a plain attribute: no nn.Module.__getattr__ miss
+    return own or module.config._attn_implementation
 
 
 def set_implementation(module, name: str | None) -> None:
@@ -66,7 +67,7 @@ def record():
 
 def recording() -> bool:
     """Is a :func:`record` block open in this thread?"""
-    return getattr(_state, "calls", None) is not None
+    return _state.__dict__.get("calls") is not None
 
 
 def note_call(module, query, key, value, attention_mask, args: dict) -> None:
