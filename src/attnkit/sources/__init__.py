@@ -63,10 +63,10 @@ def open_source(model: str, via: str = "auto", backend: str = "auto", device: st
             except ValueError as e:
                 raise UsageError(f"--model: {model}: {str(e).removeprefix('model: ')}") \
                     from None
-    from .hf_plan import plan as hf_plan
+    from . import hf_plan
     archs = port_archs()
     try:
-        plan = hf_plan(d, cfg, shapes, files, archs)
+        plan = hf_plan.plan(d, cfg, shapes, files, archs)
     except UsageError as e:
         arch = (cfg.get("architectures") or [None])[0]
         if port_error and arch in archs:      # a port exists and refused: say both
