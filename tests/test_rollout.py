@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from attnkit.analysis.capture import View
+from attnkit.sources.capture import View
 from attnkit.analysis.rollout import rollout, rollout_view
-from attnkit.analysis.words import from_pieces
+from attnkit.sources.words import from_pieces
 
 
 def test_rollout_of_self_attention_is_identity_and_rows_are_distributions():
@@ -48,7 +48,7 @@ def _page_data(path):
 
 
 def test_page_opens_on_the_top_ranked_head_and_its_query(tmp_path):
-    from attnkit.analysis.capture import Capture
+    from attnkit.sources.capture import Capture
     from attnkit.analysis.viewer import write_page
     toks = from_pieces(["the", "cat", "sat", "it"])
     w = torch.softmax(torch.randn(2, 3, 4, 4), -1)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from attnkit.analysis.capture import Capture, View
+from attnkit.sources.capture import Capture, View
 from attnkit.analysis.inspect import classify_heads
 from attnkit.analysis.viewer import MAX_BYTES, display_factors, downsample, write_page
-from attnkit.analysis.words import Tokens
+from attnkit.sources.words import Tokens
 
 
 def page_data(path):

@@ -24,9 +24,10 @@ LAYERS = (
     "models",        # GPT, BERT, ViT, Transformer, GAT, SSM
     "loading",       # checkpoints -> attnkit's own models
     "integrations",  # attnkit inside other libraries (transformers)
+    "sources",       # one model source for the tools: open, tokenize, run a variant, capture
     "tasks",         # training tasks (data, metrics)
-    "analysis",      # attnkit inspect: capture, words, the viewer
-    "bench",         # attnkit bench: timing, fidelity, model sources
+    "analysis",      # attnkit inspect: head types, causal tests, rollout, the viewer
+    "bench",         # attnkit bench: timing, fidelity, head statistics
     "train",         # attnkit train: recipes, loop, sweeps, checkpoints
     "adaptation",    # attnkit adapt: attention transfer + distillation into a cheaper variant
     "commands",      # the attnkit command: one module per subcommand, the tour, the demo
@@ -60,7 +61,8 @@ __all__ = ["attention", "select_backend", "make_call", "use_backends", "masks", 
 def __getattr__(name):
     """``attnkit.distributed``, ``attnkit.hf`` and the tools load on first use."""
     import importlib
-    if name in ("distributed", "hf", "analysis", "bench", "train", "tasks", "adaptation"):
+    if name in ("distributed", "hf", "sources", "analysis", "bench", "train", "tasks",
+                "adaptation"):
         return importlib.import_module(f".{name}", __name__)
     if name == "adapt":      # the function (attnkit adapt); the package is attnkit.adaptation
         return importlib.import_module(".adaptation", __name__).adapt

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..bench.fidelity import Accumulator
-from ..bench.protocol import Outputs
+from ..sources import Outputs
 
 __all__ = ["record_layers", "transfer_loss", "distill_loss", "evaluate"]
 

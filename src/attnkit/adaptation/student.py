@@ -30,7 +30,7 @@ _NAMES = {"q": ("query", "q_proj", "q"), "k": ("key", "k_proj", "k"),
 
 @dataclass
 class Pair:
-    source: object            # the bench source (HFSource): tokenizer, windows, plan
+    source: object            # the model source (HFSource, ready): tokenizer, windows, plan
     teacher: nn.Module
     student: nn.Module
     t_mods: list              # attention modules by layer, teacher
@@ -43,10 +43,7 @@ class Pair:
 
     def run(self, model, ids, **kw):
         """Forward of ``model`` (teacher or student) on unpadded ``ids (B, T)``."""
-        mask = torch.ones_like(ids)
-        if self.kind == "decoder":
-            return model(input_ids=ids, attention_mask=mask, use_cache=False, **kw)
-        return model.base_model(input_ids=ids, attention_mask=mask, **kw)
+        return self.source.forward(ids, model=model, **kw)
 
 
 def projections(module, which: str) -> nn.Linear | None:
@@ -96,11 +93,12 @@ def open_pair(model: str, variant: str, device: str = "cpu") -> Pair:
     """Load ``model`` (``minilm`` or an HF directory the integration runs) as teacher and
     student; ValueError (one line) for a model or a variant that cannot be adapted."""
     from ..integrations import hf as integration
-    from ..bench.source import open_source
+    from ..core.errors import UsageError
+    from ..sources import open_source
     var = parse_variant(variant)
     try:
-        src = open_source(model, device=device, via="transformers")
-    except ValueError as e:
+        src = open_source(model, via="transformers", device=device).ready()
+    except (ValueError, UsageError) as e:
         raise ValueError(f"--model: {str(e).removeprefix('--model: ')}") from None
     teacher = src.model.eval()
     for p in teacher.parameters():

@@ -39,8 +39,7 @@ def open_model(arg: str, what: str = "--ablate"):
     """(model with attnkit inside, tokenizer, plan) for a named model or HF directory."""
     from ..loading import resolve
     from ..core.errors import CheckpointError
-    from . import hf
-    from .sources import read_checkpoint
+    from ..sources import open_source
     try:
         d = resolve(arg)
     except (CheckpointError, FileNotFoundError, ValueError, TypeError) as e:
@@ -52,15 +51,15 @@ def open_model(arg: str, what: str = "--ablate"):
         raise UsageError(f"--model: {d} is an attnkit train run ({kind}), attnkit's own "
                          f"model, not a transformers checkpoint: {what} runs transformers "
                          f"models with attnkit inside")
-    cfg, shapes, files = read_checkpoint(d)
-    plan = hf.plan(d, cfg, shapes, files)
+    src = open_source(str(d), via="transformers")
+    plan = src.plan
     if plan.kind not in ("encoder", "decoder"):
         raise UsageError(f"--model: {plan.arch} is {'an' if plan.kind[0] in 'ei' else 'a'} "
                          f"{plan.kind} model; {what} serves text encoders and decoders on the "
                          f"command line (others: attnkit.analysis.causal in Python)")
     from ..integrations import hf as integration
-    tok = hf.load_processor(plan)
-    model, notes = hf.load_model(plan)
+    tok = src.processor()
+    model, notes = src.load_model()
     try:
         integration.check(model)
     except ValueError as e:
@@ -70,7 +69,7 @@ def open_model(arg: str, what: str = "--ablate"):
 
 def encode_text(tok, plan, text: str, arg: str = "text"):
     """(inputs dict of batch 1, Tokens); refuses empty text and over-long text."""
-    from .hf_capture import encode, text_limit
+    from ..sources.hf_views import encode, text_limit
     if not text or not text.strip():
         raise UsageError(f"{arg}: expected the text to run (a quoted sentence)")
     limit, why = text_limit(plan, tok)
@@ -100,7 +99,7 @@ def vocab_token(tok, token: str) -> int:
 def make_target(plan, tok, toks, target: str | None, foil: str | None = None) -> C.Target:
     """Encoders: the pooled embedding, or the final state of the word ``target``.
     Decoders: the next token's log-prob (``target`` or the model's top token)."""
-    from .words import find_word
+    from ..sources.words import find_word
     if plan.kind == "decoder":
         tid = None if target is None else vocab_token(tok, target)
         fid = None if foil is None else vocab_token(tok, foil)

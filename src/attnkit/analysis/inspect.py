@@ -19,7 +19,7 @@ are none). ``contrast =
 W[A, B] - others`` separates "A attends to B" from "everyone attends to B" (a head where
 every word looks at B scores ~0); ``ratio = W[A, B] / others``. Heads rank by contrast.
 
-Words: see :mod:`attnkit.analysis.words`. Word-level attention sums over a word's key
+Words: see :mod:`attnkit.sources.words`. Word-level attention sums over a word's key
 pieces (mass received) and averages over its query pieces (mass sent per piece).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor
 
-from .words import Tokens, find_word, from_pieces
+from ..sources.words import Tokens, find_word, from_pieces
 
 HEAD_TYPES = ("previous", "next", "self", "first", "broad")
 
@@ -101,6 +101,18 @@ def causal_order(words, i: int, j: int, a: str, b: str) -> None:
         raise ValueError(f"--from: in a causal model {a!r} (word {i + 1}) comes before {b!r} "
                          f"(word {j + 1}) and cannot attend to it; pick a later occurrence "
                          f"(e.g. {a}#2) or swap --from and --to")
+
+
+def check_words(toks: Tokens, pairs, causal: bool) -> None:
+    """``--from/--to/--versus`` (``pairs``: ``[(option, word)]``) name words of the text
+    (and, in a causal model, ``--from`` comes after ``--to``); UsageError otherwise."""
+    from ..core.errors import UsageError
+    try:
+        idx = [find_word(toks.words, word, arg) for arg, word in pairs]
+        if causal:
+            causal_order(toks.words, idx[0], idx[1], pairs[0][1], pairs[1][1])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def rank_heads(weights: Tensor, tokens, from_word: str, to_word: str, *,

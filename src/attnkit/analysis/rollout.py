@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .capture import View
+from ..sources.capture import View
 
 __all__ = ["rollout", "rollout_view", "flow", "flow_view", "FLOW_MAX_TOKENS"]
 

@@ -1,7 +1,7 @@
 """A self-contained interactive attention viewer: one HTML file, inline JS/CSS, no network.
 
 ``write_page(path, capture, heads=..., ranking=...)`` embeds every view of a
-:class:`~attnkit.analysis.capture.Capture` (self, encoder/decoder/cross, generation,
+:class:`~attnkit.sources.capture.Capture` (self, encoder/decoder/cross, generation,
 patches): for each head its map as uint8, each row relative to its largest weight (the
 row maxima travel along as float32, so the page shows a row's, the head's or the 0..1
 scale without losing the small weights of long rows). The page has
@@ -30,7 +30,7 @@ import math
 import torch
 from torch import Tensor
 
-from .capture import Capture, View
+from ..sources.capture import Capture, View
 from .inspect import HEAD_TYPES
 from .viewer_assets import CSS, JS
 

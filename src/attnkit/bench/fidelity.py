@@ -55,7 +55,7 @@ class Accumulator:
         self.windows = 0
 
     def add_outputs(self, dense, var, ids: Tensor) -> None:
-        """One window's model outputs (:class:`~attnkit.bench.source.Outputs`)."""
+        """One window's model outputs (:class:`~attnkit.sources.Outputs`)."""
         self.windows += 1
         if self.kind == "encoder":
             self.tok_cos.append(cosine_rows(var.hidden[0], dense.hidden[0]))    # (T,)

@@ -110,7 +110,7 @@ def validate(source, text: str, cfg: ModelBenchConfig) -> None:
     for v in _variants(cfg.variants):
         for n in sorted(set(cfg.seqs)):
             try:
-                source.check(v, n)
+                source.check_variant(v, n)
             except ValueError as e:
                 raise ValueError(f"--variants: {v.text!r}: {e}") from None
 

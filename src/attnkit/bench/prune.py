@@ -172,16 +172,11 @@ def pruning_curve(model, windows: list[dict], order: list[tuple[int, int]],
                   counts: list[int], means: dict | None = None) -> list[dict]:
     """For each count k: the k first heads of ``order`` removed (masked: zeroed, or
     ``means``), bench's encoder fidelity against the full model on ``windows``."""
+    from ..sources import Outputs
     from .fidelity import Accumulator
-
-    class _Out:
-        def __init__(self, hidden, mask):
-            self.hidden = hidden                                      # (1, T, D)
-            m = mask[..., None].to(hidden.dtype)
-            self.embedding = (hidden * m).sum(1) / m.sum(1)           # (1, D)
-
-    with torch.no_grad():
-        full = [_Out(model(**w).last_hidden_state, w["attention_mask"]) for w in windows]
+    with torch.no_grad():                                             # hidden (1, T, D)
+        full = [Outputs.pooled(model(**w).last_hidden_state, w["attention_mask"])
+                for w in windows]
     L = len(sites(model))
     rows = []
     for k in counts:
@@ -191,8 +186,8 @@ def pruning_curve(model, windows: list[dict], order: list[tuple[int, int]],
         acc = Accumulator("encoder", L)
         with masked(model, removed, means), torch.no_grad():
             for w, f in zip(windows, full):
-                acc.add_outputs(f, _Out(model(**w).last_hidden_state, w["attention_mask"]),
-                                w["input_ids"])
+                acc.add_outputs(f, Outputs.pooled(model(**w).last_hidden_state,
+                                                  w["attention_mask"]), w["input_ids"])
         r = acc.result()
         rows.append({"removed": k, "fraction": k / len(order), "cosine": r["cosine"],
                      "cosine_min": r["cosine_min"], "embedding_cosine": r["embedding_cosine"],

@@ -117,9 +117,11 @@ def _read_text(path: str | None) -> tuple[str, str]:
 
 
 def _open(model: str, device: str):
-    from ..bench.source import open_source
+    """The model source, loaded to run variants (a one-line UsageError naming --model)."""
+    from ..sources import open_source
+    src = open_source(model, device=device)
     try:
-        return open_source(model, device=device)
+        return src.ready()
     except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
         raise UsageError(f"--model: {e}") from None
 

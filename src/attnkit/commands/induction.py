@@ -45,7 +45,7 @@ def run_induction(args) -> int:
     from rich.table import Table
 
     from ..analysis.induction import induction_test
-    from ..analysis.sources import AttnkitSource, open_source
+    from ..sources import AttnkitSource, open_source
     _check(args)
     src = open_source(args.model, via=args.via, backend=args.backend)
     if not isinstance(src, AttnkitSource) or src.kind != "decoder":

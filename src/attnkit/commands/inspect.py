@@ -15,7 +15,7 @@ GENERATE_DEFAULT = 20     # encoder-decoders without --target
 
 
 def _cheap_checks(args) -> None:
-    from ..analysis.sources import check_backend
+    from ..sources import check_backend
     if (args.from_word is None) != (args.to_word is None):
         raise UsageError("--from and --to go together (e.g. --from it --to cat)")
     if args.versus is not None and args.from_word is None:
@@ -77,7 +77,7 @@ def _kind_checks(args, src) -> None:
     if args.target is not None and kind != "encoder-decoder":
         raise UsageError(f"--target: the decoder input of an encoder-decoder; {src.arch} is "
                          f"{'an' if kind[0] in 'ei' else 'a'} {kind}")
-    src.check()
+    src.check_backend()
 
 
 def _print(con, cap, ranking, rows_by_view, args) -> None:
@@ -161,7 +161,7 @@ def _write(con, args, cap, ranking, rows_by_view) -> None:
         paths.append(name)
     rank = None
     if ranking:
-        from ..analysis.words import find_word
+        from ..sources.words import find_word
         q = main.q.groups()[find_word(main.q.words, args.from_word, "--from")][0]
         rank = {"from": args.from_word, "to": args.to_word, "versus": args.versus,
                 "view": cap.views.index(main), "rows": ranking[:max(12, args.top)], "q": q}
@@ -195,9 +195,9 @@ def run(args) -> int:
 
     from rich.console import Console
 
-    from ..analysis.capture import parse_layers
-    from ..analysis.inspect import classify_heads, rank_heads
-    from ..analysis.sources import open_source
+    from ..sources.capture import parse_layers
+    from ..analysis.inspect import check_words, classify_heads, rank_heads
+    from ..sources import open_source
     if args.ablate:
         from .inspect_ablate import run as run_ablate
         return run_ablate(args)
@@ -213,17 +213,17 @@ def run(args) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.from_word is not None:
-        src.check_words(args.text, [("--from", args.from_word), ("--to", args.to_word)] +
-                        ([("--versus", args.versus)] if args.versus else []), args.generate)
+        check_words(src.tokens(args.text, args.generate),
+                    [("--from", args.from_word), ("--to", args.to_word)] +
+                    ([("--versus", args.versus)] if args.versus else []), src.kind == "decoder")
     generate = args.generate
     con = Console()
     if src.kind == "encoder-decoder" and args.target is None and generate is None:
         generate = GENERATE_DEFAULT
         con.print(f"[yellow]note:[/] no --target: the decoder input is {generate} generated "
                   f"tokens")
-    kw = {"dec_layers": dec_layers} if src.via == "transformers" else {}
     cap = src.capture(args.text, layers, generate=generate, target=args.target,
-                      image=args.image, **kw)
+                      image=args.image, dec_layers=dec_layers)
     from ..analysis.rollout import flow_view, rollout_view
     roll = [f(cap.main, cap.n_layers) for f in (rollout_view, flow_view)] \
         if src.kind != "image" else []

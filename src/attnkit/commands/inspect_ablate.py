@@ -68,11 +68,11 @@ def _page(args, res, probe, names, what) -> None:
     columns: heads), opened on the most important head's map."""
     import torch
 
-    from ..analysis.capture import View
+    from ..sources.capture import View
     from ..analysis.rollout import flow_view, rollout_view
-    from ..analysis.sources import open_source
+    from ..sources import open_source
     from ..analysis.viewer import write_page
-    from ..analysis.words import from_pieces
+    from ..sources.words import from_pieces
     src = open_source(args.model, via="transformers")
     cap = src.capture(args.text, list(range(src.n_layers)))
     roll = [f(cap.main, cap.n_layers) for f in (rollout_view, flow_view)]

@@ -15,7 +15,9 @@ function: :mod:`.attention`) and ``AttentionMaskInterface`` (the mask function:
 :mod:`.masks`, which hands the model's mask over as an attnkit spec). Names:
 :mod:`.names`. :func:`check` refuses a model whose attention does not go through the
 interface (it would silently keep its own attention). :mod:`.cache`: the KV caches that
-hold only what a variant reads (``generate`` uses them by default).
+hold only what a variant reads (``generate`` uses them by default). :mod:`.calls`: a
+variant in some layers only (a module's own implementation name) and a record of the
+attention calls (what the tools' model source, :mod:`attnkit.sources.hf`, reads).
 """
 from __future__ import annotations
 

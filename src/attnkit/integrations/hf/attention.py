@@ -35,6 +35,7 @@ from ...masks.tensor import KeyPadding
 from . import learned
 from .mask_view import as_spec
 from .cache import full_key_length, kept_mask, linear_state_layer
+from .calls import implementation_of, note_call, recording
 from .heads import edit_heads
 from .kwargs import check_kwargs
 from .names import Implementation, parse_implementation
@@ -220,8 +221,12 @@ def attnkit_attention_forward(module, query: Tensor, key: Tensor, value: Tensor,
                               softcap=None, is_causal=None, position_bias=None, s_aux=None,
                               **kwargs):
     """transformers' attention interface, served by attnkit (see the module doc)."""
-    impl = parse_implementation(module.config._attn_implementation)
+    impl = parse_implementation(implementation_of(module))   # a layer's own name first
     check_kwargs(impl.name, kwargs)
+    if recording():                    # calls.record(): a tool keeps the call to rerun it
+        note_call(module, query, key, value, attention_mask,
+                  dict(kwargs, dropout=dropout, scaling=scaling, softcap=softcap,
+                       is_causal=is_causal, position_bias=position_bias, s_aux=s_aux))
     asked, want = _wants_weights(module, kwargs)
     spec = call_mask(attention_mask, module, query, key, is_causal)
     if impl.variant is not None and impl.variant.is_linear:

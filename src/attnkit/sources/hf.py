@@ -1,122 +1,40 @@
-"""Any Hugging Face ``transformers`` checkpoint as a bench source (:class:`HFSource`).
+"""Any Hugging Face ``transformers`` checkpoint as a model source (:class:`HFSource`).
 
-The directory is checked and loaded by the transformers path of ``attnkit inspect``
-(:mod:`attnkit.analysis.hf`: local files only, no custom code, every tensor present) with
-the model's own tokenizer, and every attention layer runs through attnkit
-(:mod:`attnkit.hf`, ``attn_implementation="attnkit[:variant]"``). Decoders (causal LMs:
-GPT-2, Llama, Qwen2, Mistral, ...) give next-token logits; encoders (BERT-like) the final
-hidden states and the mean over the real tokens as the sentence embedding.
+The directory is checked before any weight is read (:func:`attnkit.sources.hf_plan.plan`:
+local files only, no custom code, every tensor present) and every attention layer runs
+through attnkit (:mod:`attnkit.hf`, ``attn_implementation="attnkit[:variant]"``).
 
-Variants. All layers: ``model.set_attn_implementation(attnkit.hf.register(variant))``.
-Some layers (``--layers``): every attention module carries its own implementation name
-in the attribute :data:`ATTR` and the model runs :data:`LAYERWISE`, a name registered
-with transformers' attention and mask interfaces whose function,
-:func:`layerwise_attention`, hands each call to :func:`attnkit.hf.attnkit_attention_forward`
-as if the model were set to that module's name (the module is seen through a view whose
-``config._attn_implementation`` is the module's name; nothing is copied from
-transformers).
+``attnkit inspect`` (:meth:`HFSource.capture`) loads the model as its config names it and
+reads the weights of the shown layers (:mod:`.hf_views`: text, generation,
+encoder-decoders, images). Running variants (``attnkit bench``, ``attnkit adapt``) needs
+:meth:`HFSource.ready`: text encoders (final hidden states, the mean over the real tokens
+as the sentence embedding) and decoders (a causal LM: next-token logits) only.
 
-Capture. :meth:`HFSource.attention_inputs` runs the model under :data:`LAYERWISE` while
-recording every call the model makes to its attention function: ``q (B, H, T, D)`` and
-``k/v (B, Hkv, T, D)`` after RoPE, the mask as the attnkit spec the model made, and the
-call's own arguments (scaling, softcap, position bias, sliding window). :meth:`attend`
-replays a layer's recorded call on given q/k/v under the applied variant -- the same
-function the model calls, so it is the model's attention operation, no projections.
+Everything about the attention calls comes from the integration itself
+(:mod:`attnkit.integrations.hf.calls`): a variant in some layers only is the model set to
+``"attnkit"`` with the chosen modules given ``"attnkit:<variant>"``; the q/k/v of a run
+(after RoPE) and each call's mask and arguments are what the attention function noted
+inside ``calls.record()``; :meth:`HFSource.attend` hands a layer's call, with other q/k/v,
+to :func:`attnkit.hf.attnkit_attention_forward` -- the function the model calls, so it
+is the model's attention operation, no projections; the per-head outputs of a run come
+from :func:`attnkit.integrations.hf.heads.record`.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import threading
 
 import torch
 from torch import Tensor
 
+from ..core.errors import UsageError
 from ..engine.variants import parse_variant
+from . import hf_plan
+from .capture import Capture
+from .hf_views import encode, text_limit
 from .protocol import Outputs, text_windows
+from .words import Tokens
 
-__all__ = ["HFSource", "LAYERWISE", "ATTR", "layerwise_attention", "register_layerwise"]
-
-LAYERWISE = "attnkit:bench-layers"   # the model-wide name while layers differ
-ATTR = "attnkit_implementation"      # a module's own attnkit name under LAYERWISE
-_state = threading.local()           # .calls: the list a capture records into, .outputs
-_ARGS = ("dropout", "scaling", "softcap", "is_causal", "position_bias")
-
-
-class _Config:
-    """A module's config as the attention function should see it for one call."""
-
-    def __init__(self, config, implementation: str):
-        self._config, self._attn_implementation = config, implementation
-
-    def __getattr__(self, name):
-        return getattr(self._config, name)
-
-
-class _AsLayer:
-    """An attention module seen with its own implementation name (everything else its own)."""
-
-    def __init__(self, module, implementation: str):
-        self._module, self.config = module, _Config(module.config, implementation)
-
-    def __getattr__(self, name):
-        return getattr(self._module, name)
-
-
-@dataclasses.dataclass
-class _Call:
-    """One call of the attention function, as the model made it."""
-    module: object
-    q: Tensor                # (B, H, T, D) after RoPE
-    k: Tensor                # (B, Hkv, T, D)
-    v: Tensor                # (B, Hkv, T, Dv)
-    mask: object             # the attnkit spec (or tensor / None) the model passed
-    args: dict               # scaling, softcap, position_bias, sliding_window, ...
-    out: Tensor | None       # (B, H, T, Dv) what the function returned (if asked)
-
-    @property
-    def position_bias(self):
-        return self.args.get("position_bias")
-
-
-def _implementation_of(module) -> str:
-    from ..integrations.hf.names import PREFIX
-    return getattr(module, ATTR, None) or PREFIX
-
-
-def _call_args(args: tuple, kwargs: dict) -> dict:
-    """The arguments after ``attention_mask`` as keywords (positional ones bound by name)."""
-    out = dict(zip(_ARGS, args))
-    out.update(kwargs)
-    out.pop("output_attentions", None)
-    return out
-
-
-def layerwise_attention(module, query: Tensor, key: Tensor, value: Tensor,
-                        attention_mask=None, *args, **kwargs):
-    """:data:`LAYERWISE`'s attention function: ``module``'s own attnkit implementation
-    (attribute :data:`ATTR`, default ``"attnkit"``), recorded while a capture runs."""
-    from ..integrations.hf import attnkit_attention_forward
-    out, w = attnkit_attention_forward(_AsLayer(module, _implementation_of(module)), query,
-                                       key, value, attention_mask, *args, **kwargs)
-    calls = getattr(_state, "calls", None)
-    if calls is not None:
-        calls.append(_Call(module, query, key, value, attention_mask, _call_args(args, kwargs),
-                           out.transpose(1, 2) if getattr(_state, "outputs", False) else None))
-    return out, w
-
-
-def register_layerwise() -> str:
-    """Register :data:`LAYERWISE` with transformers (attention + mask interface)."""
-    import transformers as tf
-
-    from ..integrations import hf as hf_api
-    from ..integrations.hf import attnkit_mask
-    hf_api.register()               # the mask_mod reader, the plain name
-    if LAYERWISE not in tf.AttentionInterface():
-        tf.AttentionInterface.register(LAYERWISE, layerwise_attention)
-        tf.masking_utils.AttentionMaskInterface.register(LAYERWISE, attnkit_mask)
-    return LAYERWISE
+__all__ = ["HFSource"]
 
 
 def _causal_or_none(mask) -> bool:
@@ -130,52 +48,106 @@ def _causal_or_none(mask) -> bool:
     return mask.is_causal or mask.band() == (-math.inf, math.inf)
 
 
-def _causal_lm(plan):
-    """The plan with the causal-LM class of its model type (a bare decoder has no head)."""
-    import transformers as tf
-    from transformers.models.auto import modeling_auto as ma
-    if plan.cls.__name__ in set(ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
-        return plan
-    name = ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(plan.config.model_type)
-    cls = getattr(tf, name, None) if isinstance(name, str) else None
-    if cls is None:
-        raise ValueError(f"{plan.directory}: {plan.arch} has no language-model head and "
-                         f"transformers has no causal LM for model_type "
-                         f"{plan.config.model_type!r}: bench needs next-token logits")
-    return dataclasses.replace(plan, cls=cls, arch=cls.__name__)
-
-
 class HFSource:
-    """A transformers checkpoint (an :class:`attnkit.analysis.hf.Plan`) as a bench source;
-    see the module doc. ``notes``: why it runs on transformers (from inspect's rule)."""
-
+    """A transformers checkpoint (an :class:`~attnkit.sources.hf_plan.Plan`) as a model
+    source; see the module doc. ``notes``: why it runs on transformers (the rule of
+    :func:`attnkit.sources.open_source`)."""
     via = "transformers"
 
-    def __init__(self, plan, name: str | None = None, device: str = "cpu", notes=()):
+    def __init__(self, plan, name: str | None = None, backend: str = "auto",
+                 device: str = "cpu", notes=()):
+        self.plan, self.backend, self.notes = plan, backend, list(notes)
+        self.name = str(name or plan.directory)
+        self.arch, self.kind = plan.arch, plan.kind
+        self.n_layers, self.n_decoder_layers = plan.n_layers, plan.n_decoder_layers
+        self.can_generate = plan.can_generate and self.kind in ("decoder", "encoder-decoder")
+        self.device = torch.device(device)
+        self.model = None            # loaded by ready() (inspect loads its own per capture)
+        self._proc = None
+
+    def check_backend(self) -> None:
         from ..integrations import hf as hf_api
-        from ..analysis import hf, hf_capture
+        if self.backend != "auto":
+            try:
+                hf_api.implementation_name(self.backend)
+            except ValueError as e:
+                raise UsageError(f"--backend: {e}") from None
+
+    def processor(self):
+        """The model's own tokenizer (text) or image processor (vision)."""
+        if self._proc is None:
+            self._proc = hf_plan.load_processor(self.plan)
+        return self._proc
+
+    @property
+    def tokenizer(self):
+        return self.processor()
+
+    def load_model(self):
+        """(the model as its config names it, attention on ``backend``, in eval mode;
+        notes on unused tensors)."""
+        return hf_plan.load_model(self.plan, self.backend)
+
+    # -- inspect -----------------------------------------------------------------
+    def tokens(self, text: str, generate: int | None = None) -> Tokens:
+        """The tokens :meth:`capture` would read (truncated as it would)."""
+        reserve = generate + 1 if generate and self.kind == "decoder" else 0
+        limit, why = text_limit(self.plan, self.processor(), reserve)
+        return encode(self.processor(), text, limit, why, [])[1]
+
+    def capture(self, text, layers, generate=None, target=None, image=None,
+                dec_layers=None) -> Capture:
+        """``attnkit inspect``'s views (:mod:`.hf_views`) on the model as its config names
+        it, loaded for this capture with ``backend``."""
+        from . import hf_views
+        proc = self.processor()
+        model, notes = self.load_model()
+        notes = list(self.notes) + notes
+        generated, img = None, None
+        # only the shown layers recompute their weights (encoder and decoder layers share
+        # layer indices in encoder-decoders: there every layer does)
+        with hf_plan.weights_context(None if self.kind == "encoder-decoder" else layers):
+            if self.kind == "image":
+                views, img = hf_views.capture_image(self.plan, model, proc, image, layers,
+                                                    notes)
+            else:
+                views, generated = hf_views.capture_text(
+                    self.plan, model, proc, text, layers, dec_layers or layers, generate,
+                    target, notes)
+        return Capture(self.name, self.arch, "transformers", self.kind,
+                       image if self.kind == "image" else text, views,
+                       hf_plan.describe_implementation(self.backend), notes, self.n_layers,
+                       image=img, generated=generated)
+
+    # -- running variants ----------------------------------------------------------
+    def ready(self) -> "HFSource":
+        """Load the model to run variants on it (bench, adapt): a text encoder or a causal
+        LM, every layer's attention through the integration, one self-attention call per
+        layer (found by a short run). ValueError (one line) for a model that cannot."""
+        if self.model is not None:
+            return self
+        from ..integrations import hf as hf_api
+        plan = self.plan
         if plan.kind not in ("encoder", "decoder"):
             raise ValueError(f"{plan.directory}: {plan.arch} is an {plan.kind} model; bench "
                              f"measures text encoders (BERT-like) and decoders (causal LMs)")
-        plan = _causal_lm(plan) if plan.kind == "decoder" else plan
-        self.plan, self.notes, self.kind = plan, list(notes), plan.kind
-        self.tokenizer = hf.load_processor(plan)
-        model, load_notes = hf.load_model(plan)
+        plan = hf_plan.for_logits(plan) if plan.kind == "decoder" else plan
+        self.plan, self.arch = plan, plan.arch
+        try:
+            tok = self.processor()
+            model, load_notes = self.load_model()
+        except UsageError as e:
+            raise ValueError(str(e).removeprefix("--model: ")) from None
         self.notes += load_notes
         try:
             hf_api.check(model)         # attention outside transformers' interface
         except ValueError as e:
             raise ValueError(f"{plan.directory}: {str(e).removeprefix('model: ')}") from None
-        self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.net = self.model if self.kind == "decoder" else self.model.base_model
-        self.name = f"{name or plan.directory} via transformers' {plan.arch}"
-        self.tokenizer_name = type(self.tokenizer).__name__
-        limit, _ = hf_capture.text_limit(plan, self.tokenizer)
+        self.name = f"{self.name} via transformers' {plan.arch}"
+        self.tokenizer_name = type(tok).__name__
+        limit, _ = text_limit(plan, tok)
         self.max_tokens = int(limit) if limit else 1 << 20
-        register_layerwise()
-        self.current = hf_api.register()
-        self._calls: list[_Call] = []
         try:
             calls = self._record(self._probe(8))
         except (ValueError, TypeError, KeyError, RuntimeError, IndexError) as e:
@@ -184,18 +156,19 @@ class HFSource:
                 from None
         self.mods = [c.module for c in calls]
         if not calls or len({id(m) for m in self.mods}) != len(calls) or any(
-                c.q.shape[2] != c.k.shape[2] for c in calls):
+                c.query.shape[2] != c.key.shape[2] for c in calls):
             raise ValueError(f"{plan.directory}: {plan.arch} does not run one self-attention "
                              f"call per layer ({len(calls)} calls on {len(set(map(id, self.mods)))}"
                              f" modules); bench measures self-attention encoders and decoders")
         c0 = calls[0]
-        self.n_layers, self.n_heads, self.n_kv_heads = len(calls), c0.q.shape[1], c0.k.shape[1]
-        self.head_dim = c0.q.shape[-1]
+        self.n_layers, self.n_heads = len(calls), c0.query.shape[1]
+        self.n_kv_heads, self.head_dim = c0.key.shape[1], c0.query.shape[-1]
         cfg = plan.config
         rope = any(getattr(cfg, f, None) for f in ("rope_theta", "rope_parameters",
                                                    "rope_scaling", "rotary_dim"))
-        self.positions = ("relative bias" if c0.position_bias is not None else
+        self.positions = ("relative bias" if c0.args.get("position_bias") is not None else
                           "rope" if rope else "absolute")
+        return self
 
     # -- text ----------------------------------------------------------------------
     def windows(self, text: str, n: int) -> list[Tensor]:
@@ -239,20 +212,19 @@ class HFSource:
 
     # -- variants ------------------------------------------------------------------
     def apply(self, variant, n: int, layers: list[int] | None = None) -> None:
-        """All layers: the model set to ``attnkit:<variant>``; some: :data:`LAYERWISE` with
-        those modules' :data:`ATTR` set to it (the others ``attnkit``, dense)."""
+        """All layers: the model set to ``attnkit:<variant>``; some: the model set to
+        ``attnkit`` (dense) and those modules to ``attnkit:<variant>``."""
         from ..integrations import hf as hf_api
+        from ..integrations.hf.calls import set_implementation
         var = parse_variant(variant) if isinstance(variant, str) else variant
         var.attention_only("variant")
         name = hf_api.register(None if var.is_dense else var.text)
         every = layers is None or var.is_dense
-        chosen = set(range(self.n_layers) if every else layers)
         for i, m in enumerate(self.mods):
-            setattr(m, ATTR, name if i in chosen else hf_api.register())
-        self.current = name if every else LAYERWISE
-        self.model.set_attn_implementation(self.current)
+            set_implementation(m, None if every or i not in layers else name)
+        self.model.set_attn_implementation(name if every else hf_api.register())
 
-    def check(self, variant, n: int) -> None:
+    def check_variant(self, variant, n: int) -> None:
         """Refuse (ValueError) what the model cannot take: linear attention where a layer
         has a mask other than causal/none, a logit softcap or a position bias; then the
         variant on a short input (the integration's own refusals)."""
@@ -263,19 +235,19 @@ class HFSource:
             self.apply("dense", n)
             for i, c in enumerate(self._record(ids)):
                 why = ("adds a position bias to its scores, which linear attention (no "
-                       "scores) cannot apply" if c.position_bias is not None
+                       "scores) cannot apply" if c.args.get("position_bias") is not None
                        else f"caps its scores (softcap {c.args['softcap']:g}), which linear "
                        "attention (no scores) cannot apply" if c.args.get("softcap")
-                       else None if _causal_or_none(c.mask)
-                       else f"has the mask {c.mask!r}; linear attention serves only a causal "
-                       "mask or none")
+                       else None if _causal_or_none(c.attention_mask)
+                       else f"has the mask {c.attention_mask!r}; linear attention serves only "
+                       "a causal mask or none")
                 if why:
                     raise ValueError(f"this model cannot take it: layer {i} of "
                                      f"{self.plan.arch} {why}")
         try:
             self.apply(var, n)
             with torch.no_grad():
-                self._forward(ids)
+                self.forward(ids)
         except (ValueError, TypeError, KeyError, UnsupportedCall) as e:
             raise ValueError(f"this model cannot take it: {str(e).splitlines()[0]}") from None
         finally:
@@ -287,88 +259,90 @@ class HFSource:
         rows = self.model.get_input_embeddings().num_embeddings
         return torch.arange(min(t, self.max_tokens), device=self.device)[None] % rows
 
-    def _forward(self, ids: Tensor, **kw):
+    def forward(self, ids: Tensor, model=None, **kw):
+        """The transformers forward on unpadded ``ids (B, T)`` of ``model`` (default: the
+        source's; adapt's student is a copy): a decoder's LM (no cache), an encoder's base
+        model."""
+        model = self.model if model is None else model
         mask = torch.ones_like(ids)
         if self.kind == "decoder":
-            return self.model(input_ids=ids, attention_mask=mask, use_cache=False, **kw)
-        return self.net(input_ids=ids, attention_mask=mask, **kw)
+            return model(input_ids=ids, attention_mask=mask, use_cache=False, **kw)
+        return model.base_model(input_ids=ids, attention_mask=mask, **kw)
 
     @torch.no_grad()
     def run(self, ids: Tensor) -> Outputs:
-        out = self._forward(ids)
+        out = self.forward(ids)
         if self.kind == "decoder":
             return Outputs(logits=out.logits)
-        h = out.last_hidden_state                                            # (B, T, d)
-        real = torch.ones_like(ids, dtype=h.dtype)[..., None]                # (B, T, 1)
-        return Outputs(hidden=h, embedding=(h * real).sum(1) / real.sum(1))
+        return Outputs.pooled(out.last_hidden_state)                         # (B, T, d)
 
     @torch.no_grad()
-    def _record(self, ids: Tensor, outputs: bool = False) -> list[_Call]:
-        """Run once under :data:`LAYERWISE` (each module's own name, i.e. the applied
-        variant), recording every attention call; the model is left as it was."""
-        old = getattr(_state, "calls", None), getattr(_state, "outputs", False)
-        _state.calls, _state.outputs = [], outputs
-        self.model.set_attn_implementation(LAYERWISE)
-        try:
-            self._forward(ids)
-            calls = _state.calls
-        finally:
-            _state.calls, _state.outputs = old
-            self.model.set_attn_implementation(self.current)
+    def _record(self, ids: Tensor) -> list:
+        """Run once as applied, keeping every attention call the model makes
+        (:func:`attnkit.integrations.hf.calls.record`)."""
+        from ..integrations.hf.calls import record
+        with record() as calls:
+            self.forward(ids)
         self._calls = calls
         return calls
 
     def attention_inputs(self, ids: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Per layer ``(q (B, H, T, D), k, v (B, Hkv, T, D))`` as the attention function
         received them (after RoPE), from a run of the model as applied (dense in bench)."""
-        return [(c.q, c.k, c.v) for c in self._record(ids)]
+        return [(c.query, c.key, c.value) for c in self._record(ids)]
 
+    @torch.no_grad()
     def captured_outputs(self, ids: Tensor) -> list[Tensor]:
         """Each layer's attention output as the model computed it ``(B, H, T, Dv)``."""
-        return [c.out for c in self._record(ids, outputs=True)]
+        from ..integrations.hf import heads
+        with heads.record() as rec:
+            self.forward(ids)
+        return [rec.outputs[m].transpose(1, 2) for m in self.mods]
 
-    def _call(self, layer: int, q: Tensor, k: Tensor) -> _Call:
-        if not 0 <= layer < len(self._calls):
+    def _call(self, layer: int, q: Tensor, k: Tensor):
+        calls = getattr(self, "_calls", [])
+        if not 0 <= layer < len(calls):
             raise ValueError(f"layer: expected 0..{self.n_layers - 1} after attention_inputs()"
                              f", got {layer}")
-        c = self._calls[layer]
-        if q.shape[2] != c.q.shape[2] or k.shape[2] != c.k.shape[2]:
+        c = calls[layer]
+        if q.shape[2] != c.query.shape[2] or k.shape[2] != c.key.shape[2]:
             raise ValueError(f"q, k: expected the lengths of the last attention_inputs() "
-                             f"({c.q.shape[2]}, {c.k.shape[2]}), got ({q.shape[2]}, "
+                             f"({c.query.shape[2]}, {c.key.shape[2]}), got ({q.shape[2]}, "
                              f"{k.shape[2]})")
         return c
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """``layer``'s attention operation under the applied variant on ``q (B, H, T, D)``,
-        ``k/v (B, Hkv, T, D)`` -> ``(B, H, T, Dv)``: its recorded call (mask, scaling,
-        softcap, bias) replayed through the function the model calls."""
+        ``k/v (B, Hkv, T, D)`` -> ``(B, H, T, Dv)``: the integration's function on the
+        layer's call (mask, scaling, softcap, bias) with these q/k/v."""
         from ..integrations.hf import attnkit_attention_forward
         c = self._call(layer, q, k)
         args = dict(c.args, dropout=0.0)
+        args.pop("output_attentions", None)
         with torch.no_grad():
-            out, _ = attnkit_attention_forward(_AsLayer(c.module, _implementation_of(c.module)),
-                                               q, k, v, c.mask, **args)
+            out, _ = attnkit_attention_forward(c.module, q, k, v, c.attention_mask, **args)
         return out.transpose(1, 2)
 
     def _spec(self, module, mask, n: int):
         """(the module's implementation, the mask attnkit gets for ``n`` keys: the variant's
         pattern AND ``mask``), as :func:`attnkit.hf.attnkit_attention_forward` builds it."""
         from ..integrations.hf.attention import variant_mask
+        from ..integrations.hf.calls import implementation_of
         from ..integrations.hf.names import parse_implementation
-        impl = parse_implementation(_implementation_of(module))
+        impl = parse_implementation(implementation_of(module))
         return impl, variant_mask(impl, module, mask, n)
 
     def served_by(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> str:
         from ..engine.functional import make_call, select_backend
         from ..integrations.hf.attention import call_mask
         c = self._call(layer, q, k)
-        impl, spec = self._spec(c.module, call_mask(c.mask, c.module, q, k,
+        impl, spec = self._spec(c.module, call_mask(c.attention_mask, c.module, q, k,
                                                     c.args.get("is_causal")), k.shape[2])
         if impl.variant is not None and impl.variant.is_linear:
             return "linear_attention (O(T) in PyTorch ops)"
         if impl.backend != "auto":
             return impl.backend
-        name, why = select_backend(make_call(q, k, v, mask=spec, bias=c.position_bias,
+        name, why = select_backend(make_call(q, k, v, mask=spec, bias=c.args.get("position_bias"),
                                              scale=c.args.get("scaling"),
                                              softcap=c.args.get("softcap")))
         return f"{name}: {why}"
@@ -388,9 +362,8 @@ class HFSource:
         from ..integrations import hf as hf_api
         idx = [getattr(self.mods[i], "layer_idx", None) for i in layers]
         with hf_api.weights_for(layers=None if None in idx else idx):
-            atts = self._forward(ids, output_attentions=True).attentions
+            atts = self.forward(ids, output_attentions=True).attentions
         if atts is None or len(atts) != self.n_layers:
             raise ValueError(f"{self.plan.arch}: output_attentions gave "
                              f"{0 if atts is None else len(atts)} maps for {self.n_layers} layers")
         return {i: atts[i][0].float() for i in layers}
-

@@ -1,4 +1,4 @@
-"""The transformers path of ``attnkit inspect``: any Hugging Face checkpoint directory.
+"""The transformers path of the model sources: any Hugging Face checkpoint directory.
 
 :func:`plan` checks a directory *before* any weight is read -- config.json readable by
 ``AutoConfig``, a model class for its ``architectures`` (else for its ``model_type``),
@@ -7,6 +7,7 @@ shape in the safetensors headers equal to what the config builds (the model is b
 the ``meta`` device, no memory) -- and :func:`load` then loads it from local files only
 (``local_files_only=True``; ``HF_HUB_OFFLINE=1`` is set for the process). Weights the
 checkpoint lacks (that transformers would initialise at random) are refused.
+:func:`for_logits` swaps a bare decoder for its causal-LM class (next-token logits).
 
 :func:`attention_implementation_for_inspect` is the one place that says how attention
 runs and which layers return weights.
@@ -122,7 +123,7 @@ def _kind(tf, cls, config) -> str:
         return "image"
     if inp != "input_ids":
         raise UsageError(f"--model: {cls.__name__} takes {inp!r} (audio or other inputs); "
-                         f"inspect runs text and image models")
+                         f"attnkit runs text and image models")
     if getattr(config, "is_encoder_decoder", False):
         return "encoder-decoder"
     causal = set(ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
@@ -171,7 +172,7 @@ def plan(d: Path, cfg: dict, shapes: dict, files: dict, port_archs=()) -> Plan:
     tf = transformers_module()
     if "auto_map" in cfg:
         raise UsageError(f"--model: {d / 'config.json'}: the model needs its own code "
-                         f"(auto_map); inspect never runs code from a checkpoint "
+                         f"(auto_map); attnkit never runs code from a checkpoint "
                          f"(trust_remote_code is off)")
     cls, arch = _model_class(tf, cfg, d, port_archs)
     from ..integrations.hf.support import model_refusal
@@ -190,7 +191,7 @@ def plan(d: Path, cfg: dict, shapes: dict, files: dict, port_archs=()) -> Plan:
                              f"processor, needed to prepare --image)")
     elif not any((d / f).is_file() for f in TOKENIZER_FILES):
         raise UsageError(f"--model: {d}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}"
-                         f", ...); inspect reads text with the model's own tokenizer")
+                         f", ...); attnkit reads text with the model's own tokenizer")
     _check_shapes(cls, config, cfg, shapes, files, d)
     n = getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", None)
     if not isinstance(n, int):
@@ -205,6 +206,21 @@ def plan(d: Path, cfg: dict, shapes: dict, files: dict, port_archs=()) -> Plan:
             break
     gen = bool(cls.can_generate()) if hasattr(cls, "can_generate") else False
     return Plan(d, config, cls, arch, kind, int(n), int(nd), max_len, gen)
+
+
+def for_logits(p: Plan) -> Plan:
+    """The plan with the causal-LM class of its model type (a bare decoder has no head)."""
+    import transformers as tf
+    from transformers.models.auto import modeling_auto as ma
+    if p.cls.__name__ in set(ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
+        return p
+    name = ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(p.config.model_type)
+    cls = getattr(tf, name, None) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"{p.directory}: {p.arch} has no language-model head and "
+                         f"transformers has no causal LM for model_type "
+                         f"{p.config.model_type!r}: bench needs next-token logits")
+    return dataclasses.replace(p, cls=cls, arch=cls.__name__)
 
 
 def load_model(p: Plan, backend: str = "auto"):

@@ -4,7 +4,7 @@ encoder-decoder, greedy generation with the model's cache) and images (ViT patch
 Generation: ``model.generate`` (greedy, the model's KV cache) returns one row of weights
 per step; the step that consumes generated token g_s happens after generate stops for
 the last token, so one more cached forward step gives g_{N-1}'s row. The rows are
-assembled into one rectangular map (:func:`attnkit.analysis.capture.assemble`).
+assembled into one rectangular map (:func:`attnkit.sources.capture.assemble`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 
 from ..core.errors import UsageError
 from .capture import View, assemble, looks_causal, piece_tokens, stack
-from .hf import Plan, attention_implementation_for_inspect
+from .hf_plan import Plan, attention_implementation_for_inspect
 from .words import Tokens, from_offsets, from_pieces
 
 
