@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ... import masks as M
-from ...call import autocast_inputs, make_call
+from ...call import autocast_inputs, make_call, sees_every_key
 from ...engine.functional import attention
 from ...engine.variants import pool_heads
 from ...kernels.reference import attend, attention_weights
@@ -35,6 +35,7 @@ from ...masks.tensor import KeyPadding
 from . import learned
 from .mask_view import as_spec
 from .cache import full_key_length, kept_mask, linear_state_layer
+from .fast import plain_attention
 from .heads import edit_heads
 from .kwargs import check_kwargs
 from .names import Implementation, parse_implementation
@@ -71,21 +72,44 @@ def weights_for(layers=None, heads=None):
         _state.request = old
 
 
+@functools.lru_cache(maxsize=1)
+def _collector():
+    """transformers' context variable of the outputs being captured, or None."""
+    try:
+        from transformers.utils.output_capturing import _active_collector
+    except ImportError:
+        return None
+    return _active_collector
+
+
 def _collecting_attentions() -> bool:
     """Is transformers collecting attention weights for this forward (``output_attentions``
     of a model whose outputs are captured by hooks; some models do not pass the flag on)?"""
+    var = _collector()
     try:
-        from transformers.utils.output_capturing import _active_collector
-        collected = _active_collector.get()
-    except (ImportError, LookupError):
+        collected = None if var is None else var.get()
+    except LookupError:
         return False
     return bool(collected) and any(k.endswith("attentions") for k in collected)
+
+
+def config_attr(cfg, name: str, default=None):
+    """``getattr(cfg, name, default)`` for an attribute transformers' config neither renames
+    (``attribute_map``) nor holds per layer: read past ``PreTrainedConfig.__getattribute__``
+    and its heterogeneity hook (a few us each, twice per layer and step). Plain getattr
+    while torch.compile traces."""
+    if torch.compiler.is_compiling():
+        return getattr(cfg, name, default)
+    try:
+        return object.__getattribute__(cfg, name)
+    except AttributeError:
+        return default
 
 
 def _wants_weights(module, kwargs) -> tuple[bool, bool]:
     """(weights asked for at all, and for this layer)."""
     cfg = getattr(module, "config", None)
-    asked = bool(kwargs.get("output_attentions") or getattr(cfg, "output_attentions", False)
+    asked = bool(kwargs.get("output_attentions") or config_attr(cfg, "output_attentions", False)
                  or _collecting_attentions())
     req = getattr(_state, "request", None)
     return asked, asked and (req is None or req.wants(module))
@@ -220,10 +244,16 @@ def attnkit_attention_forward(module, query: Tensor, key: Tensor, value: Tensor,
                               softcap=None, is_causal=None, position_bias=None, s_aux=None,
                               **kwargs):
     """transformers' attention interface, served by attnkit (see the module doc)."""
-    impl = parse_implementation(module.config._attn_implementation)
+    impl = parse_implementation(config_attr(module.config, "_attn_implementation"))
     check_kwargs(impl.name, kwargs)
     asked, want = _wants_weights(module, kwargs)
     spec = call_mask(attention_mask, module, query, key, is_causal)
+    if (impl.variant is None and impl.backend == "auto" and not asked and not dropout
+            and position_bias is None and softcap is None and s_aux is None
+            and (spec is None or sees_every_key(spec, query.shape[2], key.shape[2]))):
+        out = plain_attention(query, key, value, scaling)     # (B, H, Tq, Dv) or None
+        if out is not None:      # a decoding step of a dense model (see .fast)
+            return edit_heads(module, out.transpose(1, 2).contiguous()), None
     if impl.variant is not None and impl.variant.is_linear:
         out, w = _linear(impl, module, query, key, value, spec, dropout, want, softcap,
                          position_bias, s_aux), None
