@@ -212,3 +212,29 @@ def test_attnkit_gpt_generate_keeps_only_the_window():
     caches = model.new_cache(bounded=True)
     assert all(isinstance(c, SlidingWindowCache) and c.window == 5 for c in caches)
     assert all(type(c).__name__ == "KVCache" for c in model.new_cache())   # inspect: all keys
+
+
+@pytest.mark.parametrize("arch,variant", [("llama", "window:6"), ("mistral", "window:6"),
+                                          ("qwen2", "window:3")])
+def test_static_bounded_cache_greedy_equals_full_cache(arch, variant):
+    """cache_implementation="static": transformers' static sliding-window layers of W + 1
+    keys (Mistral: its own tighter window of 4 keys), tokens equal to the full dynamic cache's."""
+    model = attnkit.hf.use(decoder(arch, sliding_window=4), variant)
+    kept = 4 if arch == "mistral" else int(variant.split(":")[1]) + 1
+    for B, T, seed in [(1, 9, 0), (3, 12, 1), (2, 5, 2)]:
+        ids, mask = prompts(B, T, seed)
+        seq, cache = generate(model, ids, mask, cache_implementation="static")
+        ref, _ = generate(model, ids, mask, cache=transformers.DynamicCache())
+        assert torch.equal(seq, ref), (arch, variant, B, T)
+        assert all(type(layer) is transformers.cache_utils.StaticSlidingWindowLayer
+                   for layer in cache.layers)
+        assert attnkit.hf.cache_bytes(cache) == [2 * B * HKV * kept * D * 4] * L
+
+
+@pytest.mark.parametrize("variant,why", [("longformer:6:2", "two ranges of keys"),
+                                         ("linear:elu", "recurrent state")])
+def test_static_cache_without_a_static_bounded_form_is_refused(variant, why):
+    model = attnkit.hf.use(decoder("llama"), variant)
+    ids, mask = prompts(1, 6, 15)
+    with pytest.raises(ValueError, match=f"no static bounded cache for .*{why}"):
+        generate(model, ids, mask, n=3, cache_implementation="static")
