@@ -34,7 +34,7 @@ from ...masks.spec import AndMask
 from ...masks.tensor import KeyPadding
 from . import learned
 from .mask_view import as_spec
-from .cache import full_key_length, kept_mask, linear_state_layer
+from .cache import full_key_length, kept_mask, linear_state_layer, longformer_sizes
 from .fast import plain_attention
 from .heads import edit_heads
 from .kwargs import check_kwargs
@@ -140,6 +140,9 @@ def variant_mask(impl: Implementation, module, spec, Tk: int):
     v = impl.variant
     if v is None or not v.is_sparse:
         return spec
+    if v.name == "longformer" and Tk <= longformer_sizes(v)[1]:
+        return spec     # every key is a global token (a prompt shorter than the sinks): the
+        #                 pattern allows every pair, the model's own mask is the whole mask
     cfg = getattr(module, "config", None)
     n = max(Tk, int(getattr(cfg, "max_position_embeddings", 0) or 0))  # BigBird: fixed n
     causal = bool(getattr(module, "is_causal", False))

@@ -30,13 +30,18 @@ from .cache_marks import KEPT, STATE
 from .names import parse_implementation
 
 __all__ = ["bounded_cache", "static_bounded_cache", "cache_bytes", "install",
-           "cache_plan", "kept_mask", "full_key_length", "linear_state_layer", "check_static"]
+           "cache_plan", "longformer_sizes", "kept_mask", "full_key_length", "linear_state_layer", "check_static"]
 
 
 
 def _tf():
     from transformers import cache_utils
     return cache_utils
+
+
+def longformer_sizes(v) -> tuple[int, int]:
+    """(W, G) of a ``longformer:W[:G]`` variant: the window and the global (sink) tokens."""
+    return int(v.args[0]), int(v.args[1]) if len(v.args) > 1 else 1
 
 
 def cache_plan(config, implementation: str | None = None) -> list[tuple[str, dict]] | None:
@@ -54,7 +59,7 @@ def cache_plan(config, implementation: str | None = None) -> list[tuple[str, dic
                          "cache: its cross-attention reads every encoder key (use the full "
                          "cache: generate without a cache argument keeps it)")
     if v.name == "longformer":
-        W, G = v.args[0], (v.args[1] if len(v.args) > 1 else 1)
+        W, G = longformer_sizes(v)
         if G > W:
             raise ValueError(f"variant {v.text!r}: sinks G={G} larger than the window W={W}; "
                              "expected G <= W (StreamingLLM keeps a few sinks and a long window)")
