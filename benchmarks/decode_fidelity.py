@@ -5,7 +5,7 @@ attention swapped for the variant inside transformers (``attnkit.hf``).
 
 Data: the held-out split of its training run (``attnkit.tasks.text``: the last 5% of the
 stdlib corpus, never seen by the tokenizer or the model), cut into non-overlapping
-windows of 256 tokens + 1 (the next-token targets). Per variant and per window: the
+windows of 256 tokens + 1 (the next-token targets; ``--context``: another length). Per variant and per window: the
 next-token loss of every position, and KL(dense || variant) of the next-token
 distributions. Reported: perplexity exp(mean loss) over all positions, over the positions
 inside the window (p < W: a query there sees every earlier key, so the variant is dense
@@ -17,6 +17,11 @@ also decodes the first window token by token from the bounded cache ``generate``
 and reports the largest difference of its log-probabilities from the forward's.
 
     python benchmarks/decode_fidelity.py --windows 64 --decode
+    python benchmarks/decode_fidelity.py --windows 16 --context 1024 --batch 4 \
+        --variants window:64,longformer:64:4,window:32,longformer:32:4
+
+The second scores past the model's training context (256): the StreamingLLM setting,
+where a window keeps every distance the model was trained on and dense attention does not.
 """
 from __future__ import annotations
 
@@ -28,13 +33,19 @@ import time
 import torch
 
 VARIANTS = ("window:32", "longformer:32:4", "window:64", "longformer:64:4", "linear:elu")
-BANDS = ((0, 32), (32, 64), (64, 128), (128, 256))
+EDGES = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
-def heldout_windows(model_dir, n: int) -> torch.Tensor:
-    """(n, 257) token ids: the held-out split of the decoder's training run."""
+def bands(T: int) -> list[tuple[int, int]]:
+    """Position bands [lo, hi) up to the context T."""
+    e = [x for x in EDGES if x < T] + [T]
+    return list(zip(e[:-1], e[1:]))
+
+
+def heldout_windows(model_dir, n: int, T: int) -> torch.Tensor:
+    """(n, T + 1) token ids: the held-out split of the decoder's training run."""
     from attnkit.tasks.text import TextLM, stdlib_files
-    task = TextLM(seq_len=256, n_eval=n, text=tuple(stdlib_files()))
+    task = TextLM(seq_len=T, n_eval=n, text=tuple(stdlib_files()))
     task.prepare(model_dir, load=True)         # the shipped tokenizer.json; nothing written
     return task.eval_windows()
 
@@ -63,7 +74,7 @@ def decode_logprobs(model, ids: torch.Tensor) -> tuple[torch.Tensor, object]:
 def summarize(nll: torch.Tensor, kl: torch.Tensor | None, W: int | None) -> dict:
     """nll, kl: (n, T) per position."""
     row = {"ppl": math.exp(nll.mean())}
-    for lo, hi in BANDS:
+    for lo, hi in bands(nll.shape[1]):
         row[f"ppl_{lo}_{hi}"] = math.exp(nll[:, lo:hi].mean())
     if W is not None:
         row["ppl_inside"] = math.exp(nll[:, :W].mean())
@@ -75,17 +86,17 @@ def summarize(nll: torch.Tensor, kl: torch.Tensor | None, W: int | None) -> dict
     return row
 
 
-def run(n: int, variants, batch: int, decode: bool) -> list[dict]:
+def run(n: int, variants, batch: int, decode: bool, T: int = 256) -> list[dict]:
     import attnkit.hf
     from attnkit.loading import resolve
     d = resolve("stdlib-lm")
-    win = heldout_windows(d, n)                                  # (n, 257)
+    win = heldout_windows(d, n, T)                               # (n, T + 1)
     ids, target = win[:, :-1], win[:, 1:]
     model = attnkit.hf.from_pretrained(d).eval()                 # dense, attnkit
     t0 = time.perf_counter()
     dense = logprobs(model, ids, batch)                          # (n, T, V)
     nll_dense = -dense.gather(-1, target[..., None])[..., 0]     # (n, T)
-    rows = [{"variant": "dense", "windows": n, "tokens": target.numel(),
+    rows = [{"variant": "dense", "windows": n, "context": T, "tokens": target.numel(),
              "s": time.perf_counter() - t0, **summarize(nll_dense, None, None)}]
     print(json.dumps(rows[-1]), flush=True)
     for v in variants:
@@ -95,7 +106,7 @@ def run(n: int, variants, batch: int, decode: bool) -> list[dict]:
         nll = -lp.gather(-1, target[..., None])[..., 0]
         kl = (dense.exp() * (dense - lp)).sum(-1)                # (n, T)
         W = int(v.split(":")[1]) if v.split(":")[0] in ("window", "longformer") else None
-        row = {"variant": v, "windows": n, "s": time.perf_counter() - t0,
+        row = {"variant": v, "windows": n, "context": T, "s": time.perf_counter() - t0,
                **summarize(nll, kl, W)}
         if decode:
             dec, cache = decode_logprobs(model, ids[:1])
@@ -107,7 +118,8 @@ def run(n: int, variants, batch: int, decode: bool) -> list[dict]:
 
 
 def table(rows) -> str:
-    head = ["variant", "ppl", *(f"ppl_{lo}_{hi}" for lo, hi in BANDS), "ppl_past", "kl_past"]
+    head = ["variant", "ppl", *(f"ppl_{lo}_{hi}" for lo, hi in bands(rows[0]["context"])),
+            "ppl_past", "kl_past"]
     out = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in rows:
         cells = [f"`{r['variant']}`"] + [
@@ -119,7 +131,9 @@ def table(rows) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--windows", type=int, default=64, help="held-out windows of 256 tokens")
+    p.add_argument("--windows", type=int, default=64, help="held-out windows of --context tokens")
+    p.add_argument("--context", type=int, default=256, help="tokens per window (the model was "
+                   "trained at 256; longer: scoring past its training context)")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
@@ -128,7 +142,7 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="also write the rows here")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    rows = run(a.windows, a.variants.split(","), a.batch, a.decode)
+    rows = run(a.windows, a.variants.split(","), a.batch, a.decode, a.context)
     print(table(rows))
     if a.json:
         with open(a.json, "w") as f:
