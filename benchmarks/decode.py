@@ -19,7 +19,8 @@ and the per-round ratio attnkit/sdpa (median, min..max).
 
 ``--op``: one attention call of a decoding step instead (transformers' mask function and
 attention function, ``attnkit`` vs ``sdpa``, GQA 8/2, D 64; 200 calls per round, rounds
-interleaved), the per-layer overhead without the rest of the model; runs against any
+interleaved; median and minimum us per call), the per-layer overhead without the rest
+of the model (a small ``--contexts 128`` isolates the Python); runs against any
 attnkit tree (``PYTHONPATH=OTHER/src`` for a before/after).
 
 ``--clock cpu`` times with this thread's CPU time (``time.thread_time``; with one torch
@@ -182,7 +183,8 @@ def op_ratio(contexts, batches, reps: int):
                     res[name].append((CLOCK() - t0) / 200 * 1e6)
             ratios = [a / s for a, s in zip(res["attnkit"], res["sdpa"])]
             row = {"context": N, "batch": B, "attnkit_us": statistics.median(res["attnkit"]),
-                   "sdpa_us": statistics.median(res["sdpa"]), "ratio": statistics.median(ratios),
+                   "sdpa_us": statistics.median(res["sdpa"]), "attnkit_min_us": min(res["attnkit"]),
+                   "sdpa_min_us": min(res["sdpa"]), "ratio": statistics.median(ratios),
                    "ratio_range": (min(ratios), max(ratios))}
             rows.append(row)
             print(json.dumps(row), flush=True)
