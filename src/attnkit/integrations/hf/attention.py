@@ -72,8 +72,7 @@ def weights_for(layers=None, heads=None):
         _state.request = old
 
 
-@functools.lru_cache(maxsize=1)
-def _collector():
+def _find_collector():
     """transformers' context variable of the outputs being captured, or None."""
     try:
         from transformers.utils.output_capturing import _active_collector
@@ -82,10 +81,19 @@ def _collector():
     return _active_collector
 
 
+_COLLECTOR: list = []   # _find_collector()'s answer, kept (read only outside torch.compile,
+#                        whose guards on a filled-in list would recompile)
+
+
 def _collecting_attentions() -> bool:
     """Is transformers collecting attention weights for this forward (``output_attentions``
     of a model whose outputs are captured by hooks; some models do not pass the flag on)?"""
-    var = _collector()
+    if torch.compiler.is_compiling():
+        var = _find_collector()
+    else:
+        if not _COLLECTOR:
+            _COLLECTOR.append(_find_collector())
+        var = _COLLECTOR[0]
     try:
         collected = None if var is None else var.get()
     except LookupError:
