@@ -19,8 +19,13 @@ and the per-round ratio attnkit/sdpa (median, min..max).
 
 ``--op``: one attention call of a decoding step instead (transformers' mask function and
 attention function, ``attnkit`` vs ``sdpa``, GQA 8/2, D 64; 200 calls per round, rounds
-interleaved), the per-layer overhead without the rest of the model; runs against any
+interleaved; median and minimum us per call), the per-layer overhead without the rest
+of the model (a small ``--contexts 128`` isolates the Python); runs against any
 attnkit tree (``PYTHONPATH=OTHER/src`` for a before/after).
+
+``--clock cpu`` times with this thread's CPU time (``time.thread_time``; with one torch
+thread all the work is on it) instead of wall time: on a machine shared with other jobs
+it leaves out the time the process waits for a core, which wall time adds at random.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ import statistics
 import time
 
 import torch
+
+CLOCK = time.perf_counter   # --clock cpu: time.thread_time
 
 IMPLS = ("sdpa", "attnkit", "attnkit:window:512", "attnkit:longformer:512:4",
          "attnkit:linear:elu")
@@ -114,9 +121,9 @@ def run(contexts, batches, impls, reps: int, layers: int):
                 for impl in order:
                     model.set_attn_implementation(impl)
                     cache, snap, _ = caches[impl]
-                    t0 = time.perf_counter()
+                    t0 = CLOCK()
                     step(model, cache, B, N)
-                    dt = time.perf_counter() - t0
+                    dt = CLOCK() - t0
                     restore(cache, snap)
                     if r:
                         times[impl].append(dt)
@@ -170,13 +177,14 @@ def op_ratio(contexts, batches, reps: int):
             res = {"attnkit": [], "sdpa": []}
             for r in range(reps):
                 for name, f in (("attnkit", run_ak), ("sdpa", run_sd))[::1 if r % 2 else -1]:
-                    t0 = time.perf_counter()
+                    t0 = CLOCK()
                     for _ in range(200):
                         f()
-                    res[name].append((time.perf_counter() - t0) / 200 * 1e6)
+                    res[name].append((CLOCK() - t0) / 200 * 1e6)
             ratios = [a / s for a, s in zip(res["attnkit"], res["sdpa"])]
             row = {"context": N, "batch": B, "attnkit_us": statistics.median(res["attnkit"]),
-                   "sdpa_us": statistics.median(res["sdpa"]), "ratio": statistics.median(ratios),
+                   "sdpa_us": statistics.median(res["sdpa"]), "attnkit_min_us": min(res["attnkit"]),
+                   "sdpa_min_us": min(res["sdpa"]), "ratio": statistics.median(ratios),
                    "ratio_range": (min(ratios), max(ratios))}
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -205,8 +213,11 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the rows here")
     p.add_argument("--op", action="store_true", help="one attention call, not the model")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    global CLOCK
+    CLOCK = time.thread_time if a.clock == "cpu" else time.perf_counter
     if a.op:
         op_ratio([int(x) for x in a.contexts.split(",")], [int(x) for x in a.batches.split(",")],
                  a.reps)

@@ -212,3 +212,68 @@ def test_attnkit_gpt_generate_keeps_only_the_window():
     caches = model.new_cache(bounded=True)
     assert all(isinstance(c, SlidingWindowCache) and c.window == 5 for c in caches)
     assert all(type(c).__name__ == "KVCache" for c in model.new_cache())   # inspect: all keys
+
+
+@pytest.mark.parametrize("arch,variant", [("llama", "window:6"), ("mistral", "window:6"),
+                                          ("qwen2", "window:3")])
+def test_static_bounded_cache_greedy_equals_full_cache(arch, variant):
+    """cache_implementation="static": transformers' static sliding-window layers of W + 1
+    keys (Mistral: its own tighter window of 4 keys), tokens equal to the full dynamic cache's."""
+    model = attnkit.hf.use(decoder(arch, sliding_window=4), variant)
+    kept = 4 if arch == "mistral" else int(variant.split(":")[1]) + 1
+    for B, T, seed in [(1, 9, 0), (3, 12, 1), (2, 5, 2)]:
+        ids, mask = prompts(B, T, seed)
+        seq, cache = generate(model, ids, mask, cache_implementation="static")
+        ref, _ = generate(model, ids, mask, cache=transformers.DynamicCache())
+        assert torch.equal(seq, ref), (arch, variant, B, T)
+        assert all(type(layer) is transformers.cache_utils.StaticSlidingWindowLayer
+                   for layer in cache.layers)
+        assert attnkit.hf.cache_bytes(cache) == [2 * B * HKV * kept * D * 4] * L
+
+
+@pytest.mark.parametrize("variant,why", [("longformer:6:2", "two ranges of keys"),
+                                         ("linear:elu", "recurrent state")])
+def test_static_cache_without_a_static_bounded_form_is_refused(variant, why):
+    model = attnkit.hf.use(decoder("llama"), variant)
+    ids, mask = prompts(1, 6, 15)
+    with pytest.raises(ValueError, match=f"no static bounded cache for .*{why}"):
+        generate(model, ids, mask, n=3, cache_implementation="static")
+
+
+@pytest.mark.parametrize("variant", [None, "window:6", "longformer:6:2"])
+def test_gpt_oss_learned_sinks_decode_from_the_bounded_cache(variant):
+    """GPT-OSS (learned per-head sink logits s_aux, random; sliding layers of 4 keys and full
+    layers): the bounded cache gives the full cache's tokens (dense: transformers' own
+    cache, and eager's tokens); window:W also from a static cache."""
+    import copy
+    from hf_models import gpt_oss, with_sinks
+    torch.manual_seed(4)
+    base = with_sinks(gpt_oss()).eval()
+    model = attnkit.hf.use(copy.deepcopy(base), variant)
+    for B, T, seed in [(1, 9, 0), (3, 12, 1)]:
+        ids, mask = prompts(B, T, seed)
+        seq, cache = generate(model, ids, mask)
+        ref, _ = generate(model, ids, mask, cache=transformers.DynamicCache())
+        assert torch.equal(seq, ref), (variant, B)
+        if variant is None:
+            base.set_attn_implementation("eager")
+            assert torch.equal(seq, generate(base, ids, mask)[0])
+            continue
+        kept = 6 + (2 if variant.startswith("longformer") else 0)   # W keys (+ G sinks)
+        assert attnkit.hf.cache_bytes(cache) == [2 * B * HKV * kept * D * 4] * L
+        if variant.startswith("window"):
+            assert torch.equal(generate(model, ids, mask, cache_implementation="static")[0], ref)
+
+
+def test_a_prompt_shorter_than_the_sinks_decodes():
+    """longformer:W:G with a prompt of fewer than G tokens: every key is a sink at first."""
+    model = attnkit.hf.use(decoder("llama"), "longformer:5:4")
+    ids = torch.randint(3, V, (2, 2), generator=torch.Generator().manual_seed(16))
+    mask = torch.ones_like(ids)
+    seq, cache = generate(model, ids, mask, n=14)
+    ref, _ = generate(model, ids, mask, n=14, cache=transformers.DynamicCache())
+    assert torch.equal(seq, ref) and isinstance(cache.layers[0], SinkWindowLayer)
+    with torch.no_grad():   # the first step alone (one key): the dense model's logits
+        one = model(input_ids=ids[:, :1], use_cache=False).logits
+        model.set_attn_implementation(attnkit.hf.register())
+        assert torch.allclose(one, model(input_ids=ids[:, :1], use_cache=False).logits)

@@ -17,7 +17,7 @@ from torch import Tensor
 from .bias import BiasSpec, as_bias
 from ..masks import MaskSpec, as_mask, split_additive
 
-__all__ = ["AttentionCall", "make_call", "validate_qkv", "autocast_inputs"]
+__all__ = ["AttentionCall", "make_call", "validate_qkv", "autocast_inputs", "sees_every_key"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -207,6 +207,13 @@ def _sinks(sinks, H: int, q: Tensor) -> Tensor | None:
     return sinks
 
 
+def sees_every_key(spec: MaskSpec | None, Tq: int, Tk: int) -> bool:
+    """Does a resolved boolean spec allow every pair of a (Tq, Tk) call: ``full()``, or a
+    band holding every distance of the call (a decoding step under ``causal()``)?"""
+    band = None if spec is None else spec.band()
+    return band is not None and band[0] <= 1 - Tq and band[1] >= Tk - 1
+
+
 def make_call(q, k, v, *, mask=None, bias=None, scale=None, softcap=None,
               dropout_p=0.0, sinks=None, allow_empty: bool = False) -> AttentionCall:
     """Validate the arguments and build the :class:`AttentionCall` backends receive
@@ -223,10 +230,8 @@ def make_call(q, k, v, *, mask=None, bias=None, scale=None, softcap=None,
     spec = as_mask(mask)
     spec = None if spec is None else spec.resolve(Tq, Tk)    # length-dependent patterns
     spec, additive = split_additive(spec)
-    band = None if spec is None else spec.band()
-    if band is not None and band[0] <= 1 - Tq and band[1] >= Tk - 1:
-        spec = None     # full(), or a band holding every distance of this call (a decoding
-        #                 step under causal()): the unmasked fast paths
+    if sees_every_key(spec, Tq, Tk):
+        spec = None     # the unmasked fast paths
     bias_spec = as_bias(list(additive) + [bias] if additive else bias)
     for obj in (spec, bias_spec):
         if obj is not None:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ... import masks as M
-from ...call import autocast_inputs, make_call
+from ...call import autocast_inputs, make_call, sees_every_key
 from ...engine.functional import attention
 from ...engine.variants import pool_heads
 from ...kernels.reference import attend, attention_weights
@@ -34,8 +34,9 @@ from ...masks.spec import AndMask
 from ...masks.tensor import KeyPadding
 from . import learned
 from .mask_view import as_spec
-from .cache import full_key_length, kept_mask, linear_state_layer
-from .calls import implementation_of, note_call, recording
+from .cache import full_key_length, kept_mask, linear_state_layer, longformer_sizes
+from .calls import note_call, own_implementation, recording
+from .fast import plain_attention
 from .heads import edit_heads
 from .kwargs import check_kwargs
 from .names import Implementation, parse_implementation
@@ -72,21 +73,52 @@ def weights_for(layers=None, heads=None):
         _state.request = old
 
 
+def _find_collector():
+    """transformers' context variable of the outputs being captured, or None."""
+    try:
+        from transformers.utils.output_capturing import _active_collector
+    except ImportError:
+        return None
+    return _active_collector
+
+
+_COLLECTOR: list = []   # _find_collector()'s answer, kept (read only outside torch.compile,
+#                        whose guards on a filled-in list would recompile)
+
+
 def _collecting_attentions() -> bool:
     """Is transformers collecting attention weights for this forward (``output_attentions``
     of a model whose outputs are captured by hooks; some models do not pass the flag on)?"""
+    if torch.compiler.is_compiling():
+        var = _find_collector()
+    else:
+        if not _COLLECTOR:
+            _COLLECTOR.append(_find_collector())
+        var = _COLLECTOR[0]
     try:
-        from transformers.utils.output_capturing import _active_collector
-        collected = _active_collector.get()
-    except (ImportError, LookupError):
+        collected = None if var is None else var.get()
+    except LookupError:
         return False
     return bool(collected) and any(k.endswith("attentions") for k in collected)
+
+
+def config_attr(cfg, name: str, default=None):
+    """``getattr(cfg, name, default)`` for an attribute transformers' config neither renames
+    (``attribute_map``) nor holds per layer: read past ``PreTrainedConfig.__getattribute__``
+    and its heterogeneity hook (a few us each, twice per layer and step). Plain getattr
+    while torch.compile traces."""
+    if torch.compiler.is_compiling():
+        return getattr(cfg, name, default)
+    try:
+        return object.__getattribute__(cfg, name)
+    except AttributeError:
+        return default
 
 
 def _wants_weights(module, kwargs) -> tuple[bool, bool]:
     """(weights asked for at all, and for this layer)."""
     cfg = getattr(module, "config", None)
-    asked = bool(kwargs.get("output_attentions") or getattr(cfg, "output_attentions", False)
+    asked = bool(kwargs.get("output_attentions") or config_attr(cfg, "output_attentions", False)
                  or _collecting_attentions())
     req = getattr(_state, "request", None)
     return asked, asked and (req is None or req.wants(module))
@@ -117,6 +149,9 @@ def variant_mask(impl: Implementation, module, spec, Tk: int):
     v = impl.variant
     if v is None or not v.is_sparse:
         return spec
+    if v.name == "longformer" and Tk <= longformer_sizes(v)[1]:
+        return spec     # every key is a global token (a prompt shorter than the sinks): the
+        #                 pattern allows every pair, the model's own mask is the whole mask
     cfg = getattr(module, "config", None)
     n = max(Tk, int(getattr(cfg, "max_position_embeddings", 0) or 0))  # BigBird: fixed n
     causal = bool(getattr(module, "is_causal", False))
@@ -221,7 +256,8 @@ def attnkit_attention_forward(module, query: Tensor, key: Tensor, value: Tensor,
                               softcap=None, is_causal=None, position_bias=None, s_aux=None,
                               **kwargs):
     """transformers' attention interface, served by attnkit (see the module doc)."""
-    impl = parse_implementation(implementation_of(module))   # a layer's own name first
+    impl = parse_implementation(own_implementation(module)     # a layer's own name first
+                                or config_attr(module.config, "_attn_implementation"))
     check_kwargs(impl.name, kwargs)
     if recording():                    # calls.record(): a tool keeps the call to rerun it
         note_call(module, query, key, value, attention_mask,
@@ -229,6 +265,12 @@ def attnkit_attention_forward(module, query: Tensor, key: Tensor, value: Tensor,
                        is_causal=is_causal, position_bias=position_bias, s_aux=s_aux))
     asked, want = _wants_weights(module, kwargs)
     spec = call_mask(attention_mask, module, query, key, is_causal)
+    if (impl.variant is None and impl.backend == "auto" and not asked and not dropout
+            and position_bias is None and softcap is None and s_aux is None
+            and (spec is None or sees_every_key(spec, query.shape[2], key.shape[2]))):
+        out = plain_attention(query, key, value, scaling)     # (B, H, Tq, Dv) or None
+        if out is not None:      # a decoding step of a dense model (see .fast)
+            return edit_heads(module, out.transpose(1, 2).contiguous()), None
     if impl.variant is not None and impl.variant.is_linear:
         out, w = _linear(impl, module, query, key, value, spec, dropout, want, softcap,
                          position_bias, s_aux), None

@@ -29,14 +29,19 @@ from ... import masks as M
 from .cache_marks import KEPT, STATE
 from .names import parse_implementation
 
-__all__ = ["bounded_cache", "cache_bytes", "install",
-           "cache_plan", "kept_mask", "full_key_length", "linear_state_layer", "check_static"]
+__all__ = ["bounded_cache", "static_bounded_cache", "cache_bytes", "install",
+           "cache_plan", "longformer_sizes", "kept_mask", "full_key_length", "linear_state_layer", "check_static"]
 
 
 
 def _tf():
     from transformers import cache_utils
     return cache_utils
+
+
+def longformer_sizes(v) -> tuple[int, int]:
+    """(W, G) of a ``longformer:W[:G]`` variant: the window and the global (sink) tokens."""
+    return int(v.args[0]), int(v.args[1]) if len(v.args) > 1 else 1
 
 
 def cache_plan(config, implementation: str | None = None) -> list[tuple[str, dict]] | None:
@@ -54,7 +59,7 @@ def cache_plan(config, implementation: str | None = None) -> list[tuple[str, dic
                          "cache: its cross-attention reads every encoder key (use the full "
                          "cache: generate without a cache argument keeps it)")
     if v.name == "longformer":
-        W, G = v.args[0], (v.args[1] if len(v.args) > 1 else 1)
+        W, G = longformer_sizes(v)
         if G > W:
             raise ValueError(f"variant {v.text!r}: sinks G={G} larger than the window W={W}; "
                              "expected G <= W (StreamingLLM keeps a few sinks and a long window)")
@@ -92,6 +97,32 @@ def bounded_cache(model_or_config, implementation: str | None = None):
     cache = cu.DynamicCache()
     cache.layers = [make[kind](kw) for kind, kw in plan]
     cache.layer_class_to_replicate = None
+    return cache
+
+
+def static_bounded_cache(model_or_config, static):
+    """The static (compilable) form of :func:`bounded_cache` for ``generate(...,
+    cache_implementation="static")``, sized as transformers sized ``static`` (a
+    ``StaticCache``): ``window:W`` -> transformers' ``StaticSlidingWindowLayer`` of W + 1
+    keys. ValueError for the variants that have no static form here: sinks + window (the
+    kept keys are two ranges, transformers' static mask sizes one) and linear attention (a
+    recurrent state, not keys)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    plan = cache_plan(config)
+    name = config._attn_implementation
+    other = sorted({kind for kind, _ in plan or []} - {"window"})
+    if plan is None or other:
+        why = {"sinks": "a sinks + window cache keeps two ranges of keys (the first G and the "
+                        "last W), which transformers' static layers and mask sizes cannot "
+                        "describe", "linear": "linear attention decodes from its recurrent "
+                        "state, not from a static buffer of keys"}
+        raise ValueError(f"cache_implementation='static': no static bounded cache for "
+                         f"{name!r}: " + (why[other[0]] if other else "it reads every key")
+                         + "; generate without cache_implementation uses its bounded cache")
+    max_len = max(int(layer.max_cache_len) for layer in static.layers)
+    cu = _tf()
+    cache = cu.StaticCache(config=config, max_cache_len=max_len)
+    cache.layers = [cu.StaticSlidingWindowLayer(max_cache_len=max_len, **kw) for _, kw in plan]
     return cache
 
 
@@ -164,11 +195,14 @@ def install() -> None:
         impl = getattr(self.config, "_attn_implementation", None)
         if isinstance(impl, str) and impl.split(":")[0] == "attnkit":
             check_static(cache, generation_config.max_length - 1)
-        if (type(cache) is _tf().DynamicCache and not getattr(cache, "_is_user_defined", False)
+        kind = type(cache)
+        if (kind in (_tf().DynamicCache, _tf().StaticCache)
+                and not getattr(cache, "_is_user_defined", False)
                 and not self.config.is_encoder_decoder and not cache.offloading
                 and isinstance(impl, str) and impl.split(":")[0] == "attnkit"
                 and cache_plan(self.config) is not None):
-            model_kwargs["cache"] = bounded_cache(self)
+            model_kwargs["cache"] = (bounded_cache(self) if kind is _tf().DynamicCache
+                                     else static_bounded_cache(self, cache))
             if generation_config.is_assistant:
                 raise ValueError(f"attn_implementation {impl!r}: a bounded cache cannot serve an "
                                  "assistant model (it must roll back); pass cache=DynamicCache()")

@@ -26,11 +26,15 @@ ATTR = "attnkit_implementation"
 _state = threading.local()
 
 
+def own_implementation(module) -> str | None:
+    """``module``'s own implementation name (:data:`ATTR`), or None (the model's)."""
+    return vars(module).get(ATTR)     # a plain attribute: no nn.Module.__getattr__ miss
+
+
 def implementation_of(module) -> str:
     """The attnkit name ``module``'s attention runs: its own (:data:`ATTR`), else the
     model's."""
-    own = vars(module).get(ATTR)     # a plain attribute: no nn.Module.__getattr__ miss
-    return own or module.config._attn_implementation
+    return own_implementation(module) or module.config._attn_implementation
 
 
 def set_implementation(module, name: str | None) -> None:
