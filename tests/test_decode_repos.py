@@ -121,6 +121,12 @@ def test_refusals():
         rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})))
     with pytest.raises(ValueError, match="rope_type 'dynamic'; expected one of default"):
         attnkit.hf.bounded_cache(dyn, reposition=True)
+    partial = model_of(lambda: transformers.Phi3ForCausalLM(transformers.Phi3Config(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        pad_token_id=0, partial_rotary_factor=0.5)))
+    with pytest.raises(ValueError, match="partial or interleaved rotary"):
+        attnkit.hf.bounded_cache(partial, reposition=True)
     model = model_of(llama)
     with pytest.raises(ValueError, match="expected the model"):
         attnkit.hf.bounded_cache(model.config, reposition=True)

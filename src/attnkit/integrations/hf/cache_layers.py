@@ -109,7 +109,8 @@ def rope_frequencies(model) -> Tensor:
     attn = getattr(layers[0], "self_attn", None) if layers is not None and len(layers) else None
     apply = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
     D = 2 * rot.inv_freq.numel()
-    if apply is None or not _rotates_as_shift(rot, apply, D):
+    if (apply is None or getattr(attn, "head_dim", None) != D
+            or not _rotates_as_shift(rot, apply, D)):
         raise ValueError(f"reposition=True: model {name}'s RoPE does not compose as "
                          "rotate_half rotations of the whole head (partial or interleaved "
                          "rotary); re-positioned sinks are not served for it")
