@@ -22,6 +22,9 @@ and reports the largest difference of its log-probabilities from the forward's.
 
 The second scores past the model's training context (256): the StreamingLLM setting,
 where a window keeps every distance the model was trained on and dense attention does not.
+A variant ending in ``+repos`` (``longformer:64:4+repos``) re-positions the sinks just
+before the window (``bounded_cache(model, reposition=True)``, StreamingLLM); no masked
+forward computes that, so those rows decode every window token by token.
 """
 from __future__ import annotations
 
@@ -59,10 +62,12 @@ def logprobs(model, ids: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def decode_logprobs(model, ids: torch.Tensor) -> tuple[torch.Tensor, object]:
-    """log p (1, T, V) of one window decoded token by token from generate's bounded cache."""
+def decode_logprobs(model, ids: torch.Tensor, reposition: bool = False
+                    ) -> tuple[torch.Tensor, object]:
+    """log p (B, T, V) of windows decoded token by token from generate's bounded cache
+    (``reposition``: the sinks re-positioned before the window, StreamingLLM)."""
     import attnkit.hf
-    cache = attnkit.hf.bounded_cache(model)
+    cache = attnkit.hf.bounded_cache(model, reposition=reposition)
     out = []
     with torch.no_grad():
         for t in range(ids.shape[1]):
@@ -100,15 +105,20 @@ def run(n: int, variants, batch: int, decode: bool, T: int = 256) -> list[dict]:
              "s": time.perf_counter() - t0, **summarize(nll_dense, None, None)}]
     print(json.dumps(rows[-1]), flush=True)
     for v in variants:
-        attnkit.hf.use(model, v)
+        base, repos = v.removesuffix("+repos"), v.endswith("+repos")
+        attnkit.hf.use(model, base)
         t0 = time.perf_counter()
-        lp = logprobs(model, ids, batch)
+        if repos:       # no masked forward computes moved sinks: decode token by token
+            lp = torch.cat([decode_logprobs(model, c, reposition=True)[0]
+                            for c in ids.split(batch)])
+        else:
+            lp = logprobs(model, ids, batch)
         nll = -lp.gather(-1, target[..., None])[..., 0]
         kl = (dense.exp() * (dense - lp)).sum(-1)                # (n, T)
-        W = int(v.split(":")[1]) if v.split(":")[0] in ("window", "longformer") else None
+        W = int(base.split(":")[1]) if base.split(":")[0] in ("window", "longformer") else None
         row = {"variant": v, "windows": n, "context": T, "s": time.perf_counter() - t0,
                **summarize(nll, kl, W)}
-        if decode:
+        if decode and not repos:
             dec, cache = decode_logprobs(model, ids[:1])
             row["decode_max_abs_diff"] = float((dec - lp[:1]).abs().max())
             row["decode_cache_bytes"] = sum(attnkit.hf.cache_bytes(cache))

@@ -16,9 +16,10 @@ and encoder-decoders keep transformers' own). Per layer:
 Every layer holds (B, Hkv, ., D): only the KV heads, never repeated per query head.
 
 Positions: HF models cache keys *after* RoPE, so a kept key keeps its original position
-(StreamingLLM re-positions keys inside the cache instead; that needs the keys before
-RoPE and is not what these layers do). The outputs are therefore exactly those of the
-same variant over a full cache (tested: greedy tokens equal).
+and the outputs are exactly those of the same variant over a full cache (tested: greedy
+tokens equal). ``bounded_cache(model, reposition=True)`` re-positions the sinks instead,
+as StreamingLLM does: each decoding step rotates a copy of the G sink keys so that they sit
+just before the window (RoPE models with fixed frequencies; others refused by name).
 """
 from __future__ import annotations
 
@@ -80,20 +81,31 @@ def cache_plan(config, implementation: str | None = None) -> list[tuple[str, dic
     return plan
 
 
-def bounded_cache(model_or_config, implementation: str | None = None):
+def bounded_cache(model_or_config, implementation: str | None = None, reposition: bool = False):
     """A ``DynamicCache`` whose layers keep only what the variant reads (see the module doc);
-    ValueError when the variant reads every key or cannot serve the model."""
+    ValueError when the variant reads every key or cannot serve the model. ``reposition``:
+    sinks re-positioned just before the window (StreamingLLM; a RoPE model, not a config)."""
     config = getattr(model_or_config, "config", model_or_config)
     plan = cache_plan(config, implementation)
+    name = implementation or config._attn_implementation
     if plan is None:
-        name = implementation or config._attn_implementation
         raise ValueError(f"attn_implementation {name!r}: this variant reads every key (or the "
                          "model has layers other than attention); a bounded cache would drop "
                          "keys it needs (use DynamicCache)")
-    from .cache_layers import LinearStateLayer, SinkWindowLayer
+    from .cache_layers import LinearStateLayer, SinkWindowLayer, rope_frequencies
+    inv_freq = None
+    if reposition:
+        if not any(kind == "sinks" for kind, _ in plan):
+            raise ValueError(f"reposition=True: {name!r} keeps no sink tokens; expected a "
+                             "longformer:W:G (sinks + window) variant")
+        if model_or_config is config:
+            raise ValueError("reposition=True: expected the model (its RoPE frequencies), "
+                             "got a config")
+        inv_freq = rope_frequencies(model_or_config)
     cu = _tf()
     make = {"window": lambda kw: cu.DynamicSlidingWindowLayer(**kw),
-            "sinks": lambda kw: SinkWindowLayer(**kw), "linear": lambda kw: LinearStateLayer()}
+            "sinks": lambda kw: SinkWindowLayer(**kw, inv_freq=inv_freq),
+            "linear": lambda kw: LinearStateLayer()}
     cache = cu.DynamicCache()
     cache.layers = [make[kind](kw) for kind, kw in plan]
     cache.layer_class_to_replicate = None

@@ -2,25 +2,34 @@
 rest of ``attnkit.hf`` imports it only when used)."""
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import Tensor
 from transformers.cache_utils import DynamicLayer
 
 from .cache_marks import KEPT, STATE
 
-__all__ = ["SinkWindowLayer", "LinearStateLayer"]
+__all__ = ["SinkWindowLayer", "LinearStateLayer", "rope_frequencies", "rope_shift"]
 
 
 class SinkWindowLayer(DynamicLayer):
     """The first ``sinks`` keys and the last ``window`` keys (each query at p reads the sinks
     and p-window..p). The mask is built for the full key range (``get_mask_sizes``); the
-    keys returned carry which columns they are (:func:`kept_mask`)."""
+    keys returned carry which columns they are (:func:`kept_mask`).
+
+    ``inv_freq`` (the model's RoPE frequencies, :func:`rope_frequencies`): re-positioned
+    sinks (StreamingLLM). The keys are stored as the model rotated them (original
+    positions); for a query at cache index s past the first G + W + 1 keys, a copy of the
+    G sinks is rotated by s - W - G, so that they sit just before the window (distances
+    W + G .. W + 1 from the query, as if the kept keys were contiguous)."""
 
     is_croppable = False
 
-    def __init__(self, sinks: int, window: int, **kwargs):
+    def __init__(self, sinks: int, window: int, inv_freq: Tensor | None = None, **kwargs):
         super().__init__()
         self.sinks, self.window, self.cumulative_length = int(sinks), int(window), 0
+        self.inv_freq = inv_freq                                 # (D/2,) or None
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs):
         if not self.is_initialized:
@@ -35,6 +44,16 @@ class SinkWindowLayer(DynamicLayer):
             self.values = torch.cat([values[:, :, :G], values[:, :, -W:]], dim=-2)
         else:
             self.keys, self.values = keys, values
+        shift = self.cumulative_length - 1 - W - G   # the last query's sinks: s - W - G
+        if self.inv_freq is not None and shift > 0:
+            if key_states.shape[-2] > 1:
+                raise ValueError(
+                    f"reposition=True: a chunk of {key_states.shape[-2]} tokens reaching cache "
+                    f"index {self.cumulative_length - 1} needs a different sink position per "
+                    f"query; expected at most G + W + 1 = {G + W + 1} tokens before decoding "
+                    "one token per step")
+            keys = torch.cat([rope_shift(keys[:, :, :G], shift, self.inv_freq),
+                              keys[:, :, G:]], dim=-2)           # (B, Hkv, G + W + 1, D)
         if evicted:
             setattr(keys, KEPT, (G, self.cumulative_length))
         return keys, values
@@ -55,6 +74,63 @@ class SinkWindowLayer(DynamicLayer):
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove:
             raise ValueError("crop: a sinks+window cache has dropped keys and cannot roll back")
+
+
+def rope_shift(x: Tensor, delta: int, inv_freq: Tensor) -> Tensor:
+    """Keys ``x`` (..., D) already rotated by RoPE (transformers' rotate_half layout) moved
+    ``delta`` positions further: R(p + delta) = R(delta) R(p); angles in fp64."""
+    ang = float(delta) * inv_freq.to(device=x.device, dtype=torch.float64)   # (D/2,)
+    cos, sin = torch.cat([ang, ang]).cos(), torch.cat([ang, ang]).sin()      # (D,)
+    xf = x.to(torch.float64)
+    half = x.shape[-1] // 2
+    rot = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
+    return (xf * cos + rot * sin).to(x.dtype)
+
+
+_SHIFTABLE = ("default", "linear", "llama3", "yarn")   # frequencies fixed in the length
+
+
+def rope_frequencies(model) -> Tensor:
+    """The RoPE ``inv_freq`` (D/2,) of a transformers decoder, for :func:`rope_shift`;
+    ValueError when the model has no standard RoPE (learned positions, ALiBi, frequencies
+    that change with the length, per-layer RoPE, another rotation layout)."""
+    base = getattr(model, "model", model)
+    rot = getattr(base, "rotary_emb", None)
+    name = type(model).__name__
+    kind = getattr(rot, "rope_type", None)
+    if rot is None or not isinstance(getattr(rot, "inv_freq", None), Tensor):
+        raise ValueError(f"reposition=True: model {name} has no standard RoPE "
+                         "(model.model.rotary_emb with inv_freq); re-positioned sinks need "
+                         "rotary positions (use reposition=False: original positions)")
+    if kind not in _SHIFTABLE:
+        raise ValueError(f"reposition=True: model {name} has rope_type {kind!r}; expected one "
+                         f"of {', '.join(_SHIFTABLE)} (frequencies fixed in the length)")
+    layers = getattr(base, "layers", None)
+    attn = getattr(layers[0], "self_attn", None) if layers is not None and len(layers) else None
+    apply = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
+    D = 2 * rot.inv_freq.numel()
+    if (apply is None or getattr(attn, "head_dim", None) != D
+            or not _rotates_as_shift(rot, apply, D)):
+        raise ValueError(f"reposition=True: model {name}'s RoPE does not compose as "
+                         "rotate_half rotations of the whole head (partial or interleaved "
+                         "rotary); re-positioned sinks are not served for it")
+    return rot.inv_freq.detach().clone()
+
+
+def _rotates_as_shift(rot, apply, D: int) -> bool:
+    """The model's own RoPE at positions a equals its RoPE at 0 moved by a (:func:`rope_shift`)."""
+    g = torch.Generator().manual_seed(0)
+    dev = rot.inv_freq.device
+    x = torch.randn(1, 1, 3, D, generator=g).to(dev)              # (B, H, T, D)
+    at = torch.tensor([[5, 17, 40]], device=dev)
+    try:
+        y = apply(x, x, *rot(x, at))[1]
+        y0 = apply(x, x, *rot(x, torch.zeros_like(at)))[1]
+    except (RuntimeError, ValueError, TypeError, IndexError):
+        return False
+    moved = torch.cat([rope_shift(y0[:, :, i:i + 1], int(a), rot.inv_freq)
+                       for i, a in enumerate(at[0].tolist())], dim=2)
+    return bool(torch.allclose(moved, y, atol=1e-4, rtol=1e-4))
 
 
 class LinearStateLayer(DynamicLayer):
