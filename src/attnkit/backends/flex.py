@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..call import AttentionCall
-from ..kernels.tiles import Uncacheable, fingerprint
+from ..call.blocks import Uncacheable, fingerprint
 from .base import Backend, auto_priority
 
 __all__ = ["FlexBackend", "compile_flex", "compiled_configurations", "MAX_CONFIGURATIONS",
