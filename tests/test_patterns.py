@@ -282,8 +282,8 @@ def test_patterns_are_plain_masks_for_attention():
 # bad parameters
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("make, exc, match", [
-    (lambda: P.window(-1), ValueError, "window"),
-    (lambda: P.window(2.5), TypeError, "window"),
+    (lambda: P.window(-1), ValueError, "left"),
+    (lambda: P.window(2.5), TypeError, "left"),
     (lambda: P.strided(0), ValueError, "stride"),
     (lambda: P.fixed(4, summary=5), ValueError, "summary"),
     (lambda: P.fixed(0), ValueError, "stride"),

@@ -38,9 +38,10 @@ def layout(call: AttentionCall) -> list | None:
     log-sum-exp as a differentiable output; softcap with diagonal pieces, whose kernel
     has none). Worked out once per call."""
     m = call.mask
-    if not isinstance(m, Pattern) or call.Tq != call.Tk or call.bias is not None or (
-            call.dropout_p > 0 or call.sinks is not None):
-        return None
+    if not isinstance(m, Pattern) or type(m).components is Pattern.components or (
+            call.Tq != call.Tk or call.bias is not None or call.dropout_p > 0
+            or call.sinks is not None):
+        return None  # (the default components: itself in natural order)
     pieces = call.once("pieces", lambda: _pieces(m, call.Tk))
     if pieces and call.softcap is not None and any(isinstance(p, OffsetPiece) for p in pieces):
         return None
