@@ -313,3 +313,59 @@ def test_too_many_globals_and_wrong_calls():
         attnkit.sparse_attention(q, q, q, "local")
     with pytest.raises(TypeError, match="at\\(n\\)"):
         (P.bigbird(4) & masks.causal()).dense(8, 8)
+
+
+# ---------------------------------------------------------------------------
+# attention(mask=pattern): the one fast path (auto -> tiled -> the pattern's pieces)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("make, n_pieces", [
+    (lambda: P.strided(8), 2), (lambda: P.fixed(8, 2), 2), (lambda: P.dilated(4, 3), 1),
+    (lambda: P.dilated(4, 3, causal=False), 1), (lambda: P.log_sparse(), 1)])
+def test_attention_runs_a_pattern_at_its_pair_cost(make, n_pieces):
+    from attnkit.kernels.pieces import layout
+    p, n = make(), 96
+    g = torch.Generator().manual_seed(3)
+    q, k, v, w = (torch.randn(1, 2, n, 8, generator=g) for _ in range(4))
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    call = attnkit.make_call(*x, mask=p)
+    name, reason = attnkit.select_backend(call)
+    assert name == "tiled" and "pair cost" in reason, reason
+    pieces = layout(call)                       # not the natural order: permuted or diagonal
+    assert len(pieces) == n_pieces and not all(c.natural for c in pieces)
+    out = attnkit.attention(*x, mask=p)
+    y = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = attnkit.attention(*y, mask=p.at(n).dense(n, n), backend="reference")
+    assert rel(out, ref) < 1e-5
+    for a, b in zip(torch.autograd.grad((out * w).sum(), x),
+                    torch.autograd.grad((ref * w.double()).sum(), y)):
+        assert rel(a, b) < 1e-5
+
+
+def test_a_pattern_with_bias_softcap_or_decoding_stays_exact():
+    """Pieces serve self-attention without a bias (softcap too, on tiled pieces); ALiBi
+    and decoding (Tq < Tk) need the natural positions: tiled runs the same mask there."""
+    from attnkit.kernels.pieces import layout
+    p, n = P.strided(5), 40
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 4, n, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    cases = [dict(bias=attnkit.alibi(4)), dict(softcap=2.0), dict(q=q[:, :, -3:])]
+    for kw in cases:
+        qq = kw.pop("q", q)
+        served = layout(attnkit.make_call(qq, k, v, mask=p, **kw))
+        assert (served is not None) == ("softcap" in kw)
+        out = attnkit.attention(qq, k, v, mask=p, backend="tiled", **kw)
+        ref = attnkit.attention(qq, k, v, mask=p, backend="reference", **kw)
+        torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-11)
+
+
+def test_one_window_and_one_dilated():
+    """One function and one type each: the mask spec is the pattern."""
+    assert P.window is masks.window and P.dilated is masks.dilated
+    n = 30
+    for p, kind, a in [(P.window(4), "local", dict(w=4, causal=True)),
+                       (P.window(3, 3), "local", dict(w=3, causal=False)),
+                       (P.dilated(3, 2, causal=False), "dilated", dict(w=3, dil=2, causal=False))]:
+        assert isinstance(p, masks.MaskSpec) and isinstance(p, masks.Pattern)
+        m = p.dense(n, n)[0, 0].numpy()
+        np.testing.assert_array_equal(m, direct(kind, n, **a))
+        assert p.pairs(n) == int(m.sum())
