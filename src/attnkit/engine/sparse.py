@@ -8,6 +8,7 @@ from torch import Tensor
 from ..backends.selection import resolve_backend
 from ..backends.tiled import TiledBackend
 from ..call import make_call
+from ..core.errors import UnsupportedCall
 from ..kernels import TileConfig
 from ..masks import MaskSpec
 
@@ -27,7 +28,8 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, pattern, *, scale: float |
     if not isinstance(pattern, MaskSpec):
         raise TypeError(f"pattern: expected a Pattern or MaskSpec, got {type(pattern).__name__}")
     call = make_call(q, k, v, mask=pattern, scale=scale)  # validates shapes and the pattern
-    if call.Tq != call.Tk:
-        raise ValueError(f"q, k: sparse_attention is self-attention and expects Tq == Tk, got "
-                         f"Tq={call.Tq}, Tk={call.Tk} (use attnkit.attention for decoding)")
+    if call.Tq != call.Tk:  # its pieces need self-attention: say so, never run it otherwise
+        raise UnsupportedCall(f"q, k: sparse_attention runs a pattern at its pair cost, which "
+                              f"needs self-attention, Tq == Tk; got Tq={call.Tq}, Tk={call.Tk}"
+                              " (attnkit.attention serves decoding, in natural order)")
     return (resolve_backend("tiled", call) if cfg is None else TiledBackend(cfg)).forward(call)
