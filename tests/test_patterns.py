@@ -369,3 +369,13 @@ def test_one_window_and_one_dilated():
         m = p.dense(n, n)[0, 0].numpy()
         np.testing.assert_array_equal(m, direct(kind, n, **a))
         assert p.pairs(n) == int(m.sum())
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bigbird_drawn_for_n_counts_its_prefixes(causal):
+    """at(n) is a pattern too: its pairs at m <= n count the prefix it serves (decoding)."""
+    d = P.bigbird(8, 1, 1, 2, seed=1, causal=causal).at(100)
+    for m in (100, 57, 8, 1):
+        assert d.pairs(m) == int(d.dense(m, m).sum())
+    with pytest.raises(ValueError, match="at most 100 tokens"):
+        d.pairs(101)

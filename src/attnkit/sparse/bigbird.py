@@ -98,21 +98,27 @@ class BigBirdPattern(SpecPattern):
             blk[rows[R >= 0], R[R >= 0]] = True
             spec = BlockMatrix(blk, self.block, n)
             spec = spec & causal_mask() if self.causal else spec
-            self._cache[n] = (blk, DrawnBlocks(spec, self.block, f"{self.name} at n={n}"))
+            self._cache[n] = (blk, DrawnBlocks(spec, self.block, f"{self.name} at n={n}", blk,
+                                               n, self.causal))
         return self._cache[n]
 
     def pairs(self, n):
-        blk = self.blocks(n).double()
-        lens = torch.full((blk.shape[0],), float(self.block), dtype=torch.float64)
-        lens[-1] = n - self.block * (blk.shape[0] - 1)
-        full = lens[:, None] * lens[None, :] * blk
-        if not self.causal:
-            return int(full.sum())
-        # causal: strictly-lower blocks count whole, diagonal blocks a triangle
-        return int(full.tril(-1).sum() + (lens * (lens + 1) / 2 * blk.diagonal()).sum())
+        return block_pairs(self.blocks(n), self.block, n, self.causal)
 
     def components(self, n):
         return self.at(n).components(n)
+
+
+def block_pairs(blk: Tensor, block: int, n: int, causal: bool) -> int:
+    """Pairs of a block-level mask ``blk (nb, nb)`` over n tokens in blocks of ``block``."""
+    blk = blk.double()
+    lens = torch.full((blk.shape[0],), float(block), dtype=torch.float64)
+    lens[-1] = n - block * (blk.shape[0] - 1)
+    full = lens[:, None] * lens[None, :] * blk
+    if not causal:
+        return int(full.sum())
+    # causal: strictly-lower blocks count whole, diagonal blocks a triangle
+    return int(full.tril(-1).sum() + (lens * (lens + 1) / 2 * blk.diagonal()).sum())
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -122,10 +128,19 @@ class DrawnBlocks(SpecPattern):
     blocks: MaskSpec
     block: int
     label: str
+    M: Tensor = field(repr=False)  # (nb, nb) bool: the drawn block-level mask
+    n: int = 0                     # drawn for n tokens: serves any length <= n
+    causal: bool = False
 
     @property
     def name(self):
         return self.label
+
+    def pairs(self, n):
+        if check_int("n", n, 1) > self.n:
+            raise ValueError(f"n: {self.label} serves at most {self.n} tokens, got n={n}")
+        nb = math.ceil(n / self.block)
+        return block_pairs(self.M[:nb, :nb], self.block, n, self.causal)
 
     def make_spec(self) -> MaskSpec:
         return self.blocks
