@@ -90,7 +90,7 @@ class Window(Pattern):
     def __repr__(self):
         if self.is_causal:
             return "causal()"
-        return f"window({self.left})" if self.right == 0 else f"window({self.left}, {self.right})"
+        return f"window({self.left}, {self.right})"
 
 
 @dataclass(frozen=True, repr=False)
