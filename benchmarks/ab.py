@@ -5,7 +5,8 @@ torch threads); the driver asks them for one timed call at a time, alternating t
 order every round (A B, B A, ...), so a burst of load from other processes hits both
 alike. Workloads are those of ``benchmarks/attention.py`` (``attn:BACKEND:MODE:N``:
 B 1, H 8, D 64 fp32, MODE causal or window = causal window-256, through
-``get_backend(BACKEND).forward(make_call(...))``) and of ``benchmarks/scaling.py``
+``get_backend(BACKEND).forward(make_call(...))``, or ``attnkit.attention(...)`` for
+BACKEND ``auto``: selection included) and of ``benchmarks/scaling.py``
 (``scale:VARIANT:N``: B 1, H 4, D 64, built by *that tree's* ``benchmarks/scaling.py``).
 
 For each workload: min / median / max of each tree, the ratio of medians B/A and the
@@ -42,8 +43,11 @@ def _worker(threads: int) -> None:  # runs inside the tree under test
             backend, mode, n = rest[0], rest[1], int(rest[2])
             shape = (1, 8, n, 64)
             mask = workload_mask(mode)
-            be = get_backend(backend)
-            fn = lambda q, k, v: be.forward(make_call(q, k, v, mask=mask))  # noqa: E731
+            if backend == "auto":
+                fn = lambda q, k, v: attnkit.attention(q, k, v, mask=mask)  # noqa: E731
+            else:
+                be = get_backend(backend)
+                fn = lambda q, k, v: be.forward(make_call(q, k, v, mask=mask))  # noqa: E731
         elif kind == "scale":
             sys.path.insert(0, os.path.join(os.environ["AB_TREE"], "benchmarks"))
             import scaling

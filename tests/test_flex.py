@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import attnkit
 from attnkit import masks as M
 from attnkit.backends import flex as F
-from attnkit.kernels.tiles import Uncacheable, fingerprint
+from attnkit.call.blocks import Uncacheable, fingerprint
 
 pytest.importorskip("torch.nn.attention.flex_attention")
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: E402

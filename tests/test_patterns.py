@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import attnkit
 from attnkit import masks, sparse as P
 from attnkit.backends.tiled import TileConfig
-from attnkit.engine.sparse import SparseFunction
+from attnkit.kernels.pieces import PiecesFunction
 from attnkit.masks import EMPTY, FULL
 from attnkit.sparse import OffsetPiece as _OffsetPiece, TiledPiece as _TiledPiece
 
@@ -50,7 +50,7 @@ def direct(kind, n, **a):
 
 
 def build(kind, **a):
-    return {"local": lambda: P.window(a["w"], causal=a["causal"]),
+    return {"local": lambda: P.window(a["w"], 0 if a["causal"] else a["w"]),
             "strided": lambda: P.strided(a["s"]),
             "fixed": lambda: P.fixed(a["s"], a["c"]),
             "dilated": lambda: P.dilated(a["w"], a["dil"], causal=a["causal"]),
@@ -242,7 +242,7 @@ def test_offset_piece_row_blocks(rows):
     n = 45
     piece = _OffsetPiece(P.log_sparse().offsets(n), rows=rows)
     x = [torch.randn(1, h, n, 8, dtype=torch.float64, requires_grad=True) for h in (4, 2, 2)]
-    out = SparseFunction.apply(*x, [piece], 8 ** -0.5, None)
+    out = PiecesFunction.apply(*x, [piece], attnkit.make_call(*x, scale=8 ** -0.5), None)
     ref = attnkit.attention(*x, mask=P.log_sparse().at(n).dense(n, n), backend="reference")
     w = torch.randn_like(out)
     for a, b in zip([out, *torch.autograd.grad((out * w).sum(), x)],
@@ -282,8 +282,8 @@ def test_patterns_are_plain_masks_for_attention():
 # bad parameters
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("make, exc, match", [
-    (lambda: P.window(-1), ValueError, "window"),
-    (lambda: P.window(2.5), TypeError, "window"),
+    (lambda: P.window(-1), ValueError, "left"),
+    (lambda: P.window(2.5), TypeError, "left"),
     (lambda: P.strided(0), ValueError, "stride"),
     (lambda: P.fixed(4, summary=5), ValueError, "summary"),
     (lambda: P.fixed(0), ValueError, "stride"),
@@ -313,3 +313,69 @@ def test_too_many_globals_and_wrong_calls():
         attnkit.sparse_attention(q, q, q, "local")
     with pytest.raises(TypeError, match="at\\(n\\)"):
         (P.bigbird(4) & masks.causal()).dense(8, 8)
+
+
+# ---------------------------------------------------------------------------
+# attention(mask=pattern): the one fast path (auto -> tiled -> the pattern's pieces)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("make, n_pieces", [
+    (lambda: P.strided(8), 2), (lambda: P.fixed(8, 2), 2), (lambda: P.dilated(4, 3), 1),
+    (lambda: P.dilated(4, 3, causal=False), 1), (lambda: P.log_sparse(), 1)])
+def test_attention_runs_a_pattern_at_its_pair_cost(make, n_pieces):
+    from attnkit.kernels.pieces import layout
+    p, n = make(), 96
+    g = torch.Generator().manual_seed(3)
+    q, k, v, w = (torch.randn(1, 2, n, 8, generator=g) for _ in range(4))
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    call = attnkit.make_call(*x, mask=p)
+    name, reason = attnkit.select_backend(call)
+    assert name == "tiled" and "pair cost" in reason, reason
+    pieces = layout(call)                       # not the natural order: permuted or diagonal
+    assert len(pieces) == n_pieces and not all(c.natural for c in pieces)
+    out = attnkit.attention(*x, mask=p)
+    y = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = attnkit.attention(*y, mask=p.at(n).dense(n, n), backend="reference")
+    assert rel(out, ref) < 1e-5
+    for a, b in zip(torch.autograd.grad((out * w).sum(), x),
+                    torch.autograd.grad((ref * w.double()).sum(), y)):
+        assert rel(a, b) < 1e-5
+
+
+def test_a_pattern_with_bias_softcap_or_decoding_stays_exact():
+    """Pieces serve self-attention without a bias (softcap too, on tiled pieces); ALiBi
+    and decoding (Tq < Tk) need the natural positions: tiled runs the same mask there."""
+    from attnkit.kernels.pieces import layout
+    p, n = P.strided(5), 40
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 4, n, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    cases = [dict(bias=attnkit.alibi(4)), dict(softcap=2.0), dict(q=q[:, :, -3:])]
+    for kw in cases:
+        qq = kw.pop("q", q)
+        served = layout(attnkit.make_call(qq, k, v, mask=p, **kw))
+        assert (served is not None) == ("softcap" in kw)
+        out = attnkit.attention(qq, k, v, mask=p, backend="tiled", **kw)
+        ref = attnkit.attention(qq, k, v, mask=p, backend="reference", **kw)
+        torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-11)
+
+
+def test_one_window_and_one_dilated():
+    """One function and one type each: the mask spec is the pattern."""
+    assert P.window is masks.window and P.dilated is masks.dilated
+    n = 30
+    for p, kind, a in [(P.window(4), "local", dict(w=4, causal=True)),
+                       (P.window(3, 3), "local", dict(w=3, causal=False)),
+                       (P.dilated(3, 2, causal=False), "dilated", dict(w=3, dil=2, causal=False))]:
+        assert isinstance(p, masks.MaskSpec) and isinstance(p, masks.Pattern)
+        m = p.dense(n, n)[0, 0].numpy()
+        np.testing.assert_array_equal(m, direct(kind, n, **a))
+        assert p.pairs(n) == int(m.sum())
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bigbird_drawn_for_n_counts_its_prefixes(causal):
+    """at(n) is a pattern too: its pairs at m <= n count the prefix it serves (decoding)."""
+    d = P.bigbird(8, 1, 1, 2, seed=1, causal=causal).at(100)
+    for m in (100, 57, 8, 1):
+        assert d.pairs(m) == int(d.dense(m, m).sum())
+    with pytest.raises(ValueError, match="at most 100 tokens"):
+        d.pairs(101)

@@ -172,3 +172,39 @@ def test_tile_sizes_per_call():
     assert call(M.window(512, 512)).mask is None
     assert config_for(call(M.causal() & M.window(2000))) == TileConfig()
     assert config_for(call(M.causal())) == TileConfig() == config_for(call(None))
+
+
+class _Counted(M.MaskSpec):
+    """A spec that counts what planning asks it (tile classes, distance bounds)."""
+
+    def __init__(self, inner, counts):
+        self.inner, self._counts = inner, counts
+
+    def allowed(self, b, h, q, k, offset):
+        return self.inner.allowed(b, h, q, k, offset)
+
+    def tile_classes(self, q0, q1, k0, k1, offset):
+        self._counts["tile_classes"] += 1
+        return self.inner.tile_classes(q0, q1, k0, k1, offset)
+
+    def distance_bounds(self):
+        self._counts["distance_bounds"] += 1
+        return self.inner.distance_bounds()
+
+
+def test_auto_plans_once_per_call():
+    """What auto works out to choose (tile sizes from distance bounds, the block map) is
+    what the tiled backend then runs on: asked once per call, not again in the kernel."""
+    from collections import Counter
+    counts = Counter()
+    n = 1337                                 # a size no other test uses: a cache miss
+    spec = _Counted(M.causal() & (M.window(20) | M.global_tokens([0])), counts)
+    q, k, v = (torch.randn(1, 2, n, 8) for _ in range(3))
+    call = make_call(q, k, v, mask=spec)
+    assert attnkit.select_backend(call)[0] == "tiled"
+    attnkit.backends.get_backend("tiled").forward(call)
+    assert counts == {"tile_classes": 1, "distance_bounds": 1}
+    out = attnkit.attention(q, k, v, mask=spec)  # a new call: the block map from the cache
+    assert counts["tile_classes"] == 1 and counts["distance_bounds"] == 2
+    ref = attnkit.attention(q.double(), k.double(), v.double(), mask=spec, backend="reference")
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5)

@@ -71,8 +71,10 @@ AUTO_PRIORITY = {
                               "Tq*Tk >= 2^28, where flex measured 1.10x tiled"),
     "triton:skip": (35.0, "above tiled's 30: softcap or a mask under half full, the same "
                           "tile skipping as tiled in compiled GPU kernels (not yet measured)"),
-    "tiled:skip": (30.0, "above sdpa's 20: softcap (SDPA cannot apply it) or a mask under half "
-                         "full (SDPA computes every tile, tiled skips the empty ones)"),
+    "tiled:skip": (30.0, "above sdpa's 20: softcap (SDPA cannot apply it), a sparse pattern "
+                         "under half its pairs (tiled runs its pieces at the pair cost) or a "
+                         "mask under half full (SDPA computes every tile, tiled skips the empty "
+                         "ones)"),
     "sdpa": (20.0, "torch's fused kernels: no mask, causal, or a mask/bias whose dense form "
                    "fits the 256 MiB budget"),
     "triton:large": (15.0, "above tiled's 10: a mask/bias too large to materialise, on the GPU "

@@ -33,7 +33,8 @@ import torch
 from torch import Tensor
 
 from ..call import AttentionCall
-from ..kernels.tiles import Uncacheable, fingerprint
+from ..call.blocks import Uncacheable, fingerprint
+from ..sparse.pattern import SpecPattern
 from .base import Backend, auto_priority
 
 __all__ = ["FlexBackend", "compile_flex", "compiled_configurations", "MAX_CONFIGURATIONS",
@@ -147,7 +148,8 @@ def _has_window(spec) -> bool:
     lo, hi = spec.distance_bounds()
     if math.isfinite(hi) or (math.isfinite(lo) and lo < 0):
         return True
-    return any(_has_window(p) for p in getattr(spec, "parts", ()))
+    inner = (spec.spec,) if isinstance(spec, SpecPattern) else ()  # a named pattern's mask
+    return any(_has_window(p) for p in (*getattr(spec, "parts", ()), *inner))
 
 
 class FlexBackend(Backend):

@@ -9,8 +9,9 @@ The built-ins' numbers, each with the reason for it, are one table,
 0. on CUDA, softcap or a mask under half full -> ``triton`` (35), a mask too large to
    materialise -> ``triton`` (15); on CPU, forward, an opaque mask_mod at Tq*Tk >= 2^28
    -> ``flex`` (35);
-1. softcap, or a mask whose block map is under half non-empty -> ``tiled`` (30):
-   it skips empty tiles and has a backward; SDPA cannot skip and has no softcap;
+1. softcap, a sparse pattern under half its pairs (run as its pieces, at its pair cost),
+   or a mask whose block map is under half non-empty -> ``tiled`` (30): it skips empty
+   tiles and has a backward; SDPA cannot skip and has no softcap;
 2. no mask or ``causal()`` with Tq == Tk, and no bias -> ``sdpa`` (20);
 3. other masks/biases whose dense form needs <= 256 MiB -> ``sdpa`` (20);
 4. otherwise -> ``tiled`` (10 for a mask over that budget; 5, the fallback, when

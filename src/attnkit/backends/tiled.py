@@ -1,5 +1,11 @@
 """The ``tiled`` backend: attnkit's FlashAttention (:mod:`attnkit.kernels.tiled`) --
-online softmax over key tiles, block-sparse by the mask's block map, O(T*D) memory."""
+online softmax over key tiles, block-sparse by the mask's block map, O(T*D) memory -- and
+the sparse backend: a sparse pattern (:class:`attnkit.masks.Pattern`) runs at its pair
+cost, as its disjoint components (:mod:`attnkit.kernels.pieces`), whenever the call allows
+it (self-attention without bias, dropout or sinks); otherwise in natural order.
+
+What ``auto`` works out for a call here (the tile sizes, a pattern's pieces, the block
+map) is kept on the call (:meth:`AttentionCall.once`), so ``forward`` does not redo it."""
 from __future__ import annotations
 
 import math
@@ -9,8 +15,9 @@ from torch import Tensor
 
 from ..call import AttentionCall
 from ..kernels.merge import with_sinks
+from ..kernels.pieces import layout, pieces_attention
 from ..kernels.tiled import tiled_attention
-from ..kernels.tiles import TileConfig, cached_block_map, config_for
+from ..kernels.tiles import TileConfig, config_for, single_threaded_caller
 from ..masks import EMPTY
 from .base import Backend, auto_priority
 from .sdpa import DENSE_MASK_BUDGET
@@ -56,7 +63,8 @@ def mask_density(call: AttentionCall, block_q: int, block_k: int) -> float:
     band = call.mask.band()
     if band is not None:
         return band_density(band, call.Tq, call.Tk, block_q, block_k)
-    bm = cached_block_map(call, block_q, block_k)
+    with single_threaded_caller():
+        bm = call.block_map(block_q, block_k)
     return float((bm != EMPTY).float().mean()) if bm.numel() else 1.0
 
 
@@ -78,6 +86,13 @@ class TiledBackend(Backend):
             return None  # it plans tiles in Python (a graph break): sdpa/reference trace
         if call.softcap is not None:
             return auto_priority("tiled:skip"), "softcap: SDPA cannot apply it"
+        pieces = layout(call)
+        if pieces is not None and not all(p.natural for p in pieces):
+            density = call.mask.density(call.Tk)
+            if density < SPARSE_DENSITY:
+                return auto_priority("tiled:skip"), (
+                    f"sparse pattern {call.mask.name} ({_num(density, '.0%')} of pairs): tiled "
+                    f"runs it at its pair cost, as {len(pieces)} piece(s)")
         if call.mask is not None:
             cfg = self.config or config_for(call)
             density = mask_density(call, cfg.block_q, cfg.block_k)
@@ -93,5 +108,8 @@ class TiledBackend(Backend):
     serves_sinks = True  # its log-sum-exp is differentiable (kernels.merge.with_sinks)
 
     def forward(self, call: AttentionCall) -> Tensor:
+        pieces = layout(call)
+        if pieces is not None:
+            return pieces_attention(call, pieces, self.config)
         out, lse = tiled_attention(call, self.config)
         return out if call.sinks is None else with_sinks(out, lse, call.sinks)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .bias import BiasSpec, as_bias
+from .blocks import Blocks, blocks_for
 from ..masks import MaskSpec, as_mask, split_additive
 
 __all__ = ["AttentionCall", "make_call", "validate_qkv", "autocast_inputs", "sees_every_key"]
@@ -101,14 +102,23 @@ class AttentionCall:
         return self.mask.dense(self.Tq, self.Tk, device=self.device)
 
     def block_map(self, block_q: int, block_k: int) -> Tensor | None:
-        """The mask's block map at this tiling (cached on the call), or None if unmasked."""
-        if self.mask is None:
-            return None
-        cache = self.__dict__.setdefault("_block_maps", {})
-        key = (block_q, block_k)
-        if key not in cache:
-            cache[key] = self.mask.block_map(self.Tq, self.Tk, block_q, block_k)
-        return cache[key]
+        """The mask's block map at this tiling, or None if unmasked (see :meth:`blocks`)."""
+        return None if self.mask is None else self.blocks(block_q, block_k).map
+
+    def blocks(self, block_q: int, block_k: int) -> Blocks:
+        """The block-map cache entry of the (non-None) mask at this tiling
+        (:func:`attnkit.call.blocks.blocks_for`), looked up once per call."""
+        return self.once(("blocks", block_q, block_k),
+                         lambda: blocks_for(self.mask, self.Tq, self.Tk, block_q, block_k))
+
+    def once(self, key, compute):
+        """``compute()`` the first time ``key`` is asked on this call, the same object
+        after: what ``auto`` works out to choose a backend (tile sizes, a pattern's
+        pieces, the block map) reaches the chosen backend instead of being redone."""
+        memo = self.__dict__.setdefault("_once", {})
+        if key not in memo:
+            memo[key] = compute()
+        return memo[key]
 
     def dense_bytes(self) -> int:
         """Bytes a dense (B, H, Tq, Tk) mask/bias for this call would take."""

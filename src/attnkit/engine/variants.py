@@ -126,8 +126,7 @@ class Variant:
         spec = self.pattern(q.shape[2], causal)
         if not self.is_sparse:
             return attention(q, k, v, mask=spec, backend="sdpa")
-        from .sparse import sparse_attention
-        return sparse_attention(q, k, v, spec)
+        return attention(q, k, v, mask=spec, backend="tiled")  # at the pattern's pair cost
 
     def pairs(self, n: int, causal: bool) -> int | None:
         """Attended (query, key) pairs for n tokens; None for linear/ssm."""

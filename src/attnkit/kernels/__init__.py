@@ -6,6 +6,7 @@
                          returning ``(out, lse)``, block-sparse by the mask's block map
 :mod:`.tiles`            tile sizes and the plan of visited key chunks
 :mod:`.diagonals`        attention on fixed offsets (LogSparse), forward/backward
+:mod:`.pieces`           a sparse pattern at its pair cost: its pieces, merged
 :mod:`.merge`            the log-sum-exp merge of partial results (sparse, ring)
 =======================  ==========================================================
 

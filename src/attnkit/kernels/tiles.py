@@ -8,18 +8,16 @@ import math
 import os
 import queue
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..call.bias import BiasSpec
 from ..call import AttentionCall
-from ..masks import EMPTY, PARTIAL, MaskSpec
+from ..masks import EMPTY, PARTIAL
 
-__all__ = ["TileConfig", "config_for", "Chunk", "plan", "cached_block_map", "fingerprint", "Uncacheable",
-           "run_parallel", "single_threaded_caller", "workers"]
+__all__ = ["TileConfig", "config_for", "Chunk", "plan", "run_parallel", "single_threaded_caller",
+           "workers"]
 
 
 @dataclass(frozen=True)
@@ -51,9 +49,13 @@ BAND_MAX_WIDTH = 1024
 
 
 def config_for(call: AttentionCall) -> TileConfig:
-    """The tiles a call gets when none are given: ``TileConfig()``, with ``block_q``
-    :data:`BAND_BLOCK_Q` when the mask bounds ``(q + offset) - k`` within a band of at
-    most :data:`BAND_MAX_WIDTH` (``distance_bounds``)."""
+    """The tiles a call gets when none are given (worked out once per call): ``TileConfig()``,
+    with ``block_q`` :data:`BAND_BLOCK_Q` when the mask bounds ``(q + offset) - k`` within
+    a band of at most :data:`BAND_MAX_WIDTH` (``distance_bounds``)."""
+    return call.once("tile_config", lambda: _config_for(call))
+
+
+def _config_for(call: AttentionCall) -> TileConfig:
     cfg = TileConfig()
     if call.mask is not None:
         lo, hi = call.mask.distance_bounds()
@@ -71,20 +73,20 @@ class Chunk:
 
 
 def plan(call: AttentionCall, cfg: TileConfig) -> list[list[Chunk]]:
-    """For each query tile, the key chunks to visit (empty blocks skipped); cached with
-    the block map (see :func:`cached_block_map`), never to be modified.
+    """For each query tile, the key chunks to visit (empty blocks skipped); kept with the
+    block map in its cache entry (:meth:`AttentionCall.blocks`), never to be modified.
 
     A chunk is a run of consecutive non-empty blocks, cut every ``max_chunk // block_k``
     blocks; its ``partial`` ranges are the runs of PARTIAL blocks inside it. The Python
     work is proportional to the number of runs and chunks (O(nQ) for a window), not to
     nQ * nK: the runs are found by tensor ops on the block map."""
+    if call.mask is None:
+        return call.once(("plan", cfg), lambda: _plan(None, cfg, call.Tq, call.Tk))
     with single_threaded_caller():
-        bm, plans = _lookup(call, cfg.block_q, cfg.block_k)
-        if plans is not None and cfg.max_chunk in plans:
-            return plans[cfg.max_chunk]
-        out = _plan(bm, cfg, call.Tq, call.Tk)
-    if plans is not None:
-        plans[cfg.max_chunk] = out
+        entry = call.blocks(cfg.block_q, cfg.block_k)
+        out = entry.plans.get(cfg.max_chunk)
+        if out is None:
+            out = entry.plans[cfg.max_chunk] = _plan(entry.map, cfg, call.Tq, call.Tk)
     return out
 
 
@@ -124,78 +126,6 @@ def _runs(flags: Tensor, nq: int) -> list[list[tuple[int, int]]]:
     for (i, s), (_, e) in zip(starts, ends):  # both row-major: the n-th start pairs the n-th end
         rows[i].append((s, e))
     return rows
-
-
-# ---------------------------------------------------------------------------
-# block maps, cached across calls
-# ---------------------------------------------------------------------------
-BLOCK_MAP_CACHE = 64  # block maps kept (LRU)
-_block_maps: OrderedDict = OrderedDict()
-_block_maps_lock = threading.Lock()
-
-
-class Uncacheable(Exception):
-    """Raised by :func:`fingerprint` for objects whose value it cannot vouch for."""
-
-
-def fingerprint(obj, content: bool = True):
-    """A hashable description of a mask or bias spec: its type and public attributes,
-    recursively. Tensors by metadata and, with ``content``, by value (up to 4096
-    elements) or by identity and version counter (larger ones: an in-place change makes
-    a new fingerprint; a cache holding the key must keep the tensor alive). Functions
-    and other objects by identity (``content``: raises :class:`Uncacheable`, since what
-    a function reads may change behind it)."""
-    if obj is None or isinstance(obj, (bool, int, float, str, torch.dtype)):
-        return obj
-    if isinstance(obj, Tensor):
-        meta = ("tensor", str(obj.dtype), tuple(obj.shape), obj.stride(), str(obj.device))
-        if not content:
-            return meta
-        if obj.numel() <= 4096:
-            return meta + (tuple(obj.flatten().tolist()),)
-        try:
-            return meta + (id(obj), obj._version)
-        except RuntimeError:  # inference tensors have no version counter
-            raise Uncacheable(obj) from None
-    if isinstance(obj, (tuple, list)):
-        return (type(obj).__name__,) + tuple(fingerprint(x, content) for x in obj)
-    if isinstance(obj, (MaskSpec, BiasSpec)) and not getattr(obj, "opaque", False):
-        state = sorted((k, v) for k, v in vars(obj).items() if not k.startswith("_"))
-        return (type(obj).__module__, type(obj).__qualname__) + tuple(
-            (k, fingerprint(v, content)) for k, v in state)
-    if content:
-        raise Uncacheable(obj)
-    return ("id", id(obj))
-
-
-def cached_block_map(call: AttentionCall, block_q: int, block_k: int) -> Tensor | None:
-    """``call.block_map(block_q, block_k)``, computed once per (mask, Tq, Tk, tiling)
-    across calls: a spec without analytic tile classes (``Document``, a tensor mask)
-    reduces its dense mask, O(Tq * Tk) -- 4 s at 16k tokens, 20x the forward itself.
-    Opaque masks (``from_mask_mod``) are evaluated every call."""
-    with single_threaded_caller():
-        return _lookup(call, block_q, block_k)[0]
-
-
-def _lookup(call: AttentionCall, block_q: int, block_k: int):
-    """(block map, the dict of plans by max_chunk) from the cache, computed on a miss;
-    (block map, None) when the mask cannot be cached."""
-    try:
-        key = (fingerprint(call.mask), call.Tq, call.Tk, block_q, block_k)
-    except Uncacheable:
-        return call.block_map(block_q, block_k), None
-    with _block_maps_lock:
-        hit = _block_maps.get(key)
-        if hit is not None:
-            _block_maps.move_to_end(key)
-            return hit[0], hit[2]
-    bm = call.block_map(block_q, block_k)
-    plans: dict = {}
-    with _block_maps_lock:
-        _block_maps[key] = (bm, call.mask, plans)  # the spec keeps its tensors (ids) alive
-        while len(_block_maps) > BLOCK_MAP_CACHE:
-            _block_maps.popitem(last=False)
-    return bm, plans
 
 
 # ---------------------------------------------------------------------------

@@ -16,12 +16,15 @@ document ids, tensors, mask_mods) use raw indices.
 =====================  ========================================================
 :mod:`.spec`           the protocol, the algebra, length-dependent specs
 :mod:`.position`       full, causal, window, periodic, dilated, global_tokens
+:mod:`.pattern`        Pattern: a spec with exact pair counts and components (the
+                       pieces ``tiled`` runs a pattern as, at its pair cost)
 :mod:`.tensor`         padding, key_padding, document, from_tensor (as SDPA broadcasts)
 :mod:`.mask_mod`       from_mask_mod: FlexAttention / Hugging Face predicates
 =====================  ========================================================
 """
 from .mask_mod import (MaskModSpec, from_mask_mod, register_mask_mod_reader,
                        unregister_mask_mod_reader)
+from .pattern import Pattern
 from .position import (Dilated, FullMask, GlobalTokens, Periodic, Window, causal, dilated, full,
                        global_tokens, periodic, window)
 from .spec import (EMPTY, FULL, PARTIAL, AndMask, MaskSpec, NotMask, OrMask, PerLength,
@@ -35,4 +38,5 @@ __all__ = ["MaskSpec", "causal", "padding", "key_padding", "window", "periodic",
            "unregister_mask_mod_reader", "EMPTY",
            "PARTIAL", "FULL", "AndMask", "OrMask", "NotMask", "PerLength", "Window", "Periodic",
            "Dilated", "GlobalTokens", "FullMask", "Padding", "KeyPadding", "Document",
-           "TensorMask", "AdditiveMask", "MaskModSpec", "reduce_dense", "check_additive"]
+           "TensorMask", "AdditiveMask", "MaskModSpec", "reduce_dense", "check_additive",
+           "Pattern"]

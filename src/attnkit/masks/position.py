@@ -1,5 +1,8 @@
 """Position predicates: which keys a query sees, by the distance ``d = p - k`` between the
-query's aligned position ``p = q + (Tk - Tq)`` and the key ``k``.
+query's aligned position ``p = q + (Tk - Tq)`` and the key ``k``. ``window`` and
+``dilated`` are also patterns (:class:`~.pattern.Pattern`: exact pair counts, and
+dilated's components for execution at its pair cost); ``attnkit.sparse`` exports the same
+two functions.
 
 =============================  ============================================
 ``full()``                     every pair
@@ -20,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..core.checks import check_int
+from .pattern import Pattern, Segments, TiledPiece, band_pairs, residue_order
 from .spec import EMPTY, FULL, INF, PARTIAL, MaskSpec
 
 __all__ = ["FullMask", "Window", "Periodic", "Dilated", "GlobalTokens", "full", "causal",
@@ -45,9 +49,10 @@ class FullMask(MaskSpec):
 
 
 @dataclass(frozen=True, repr=False)
-class Window(MaskSpec):
+class Window(Pattern):
     """Key k visible from aligned position p iff ``p - left <= k <= p + right``
-    (``left = inf, right = 0`` is causal)."""
+    (``left = inf, right = 0`` is causal). A pattern run in natural order: the tiled
+    kernel skips the tiles off the band."""
     left: float
     right: float
     toeplitz = True
@@ -78,6 +83,9 @@ class Window(MaskSpec):
     @property
     def is_causal(self):
         return self.left == INF and self.right == 0
+
+    def pairs(self, n):
+        return band_pairs(check_int("n", n, 1), self.left, self.right)
 
     def __repr__(self):
         if self.is_causal:
@@ -110,9 +118,14 @@ class Periodic(MaskSpec):
 
 
 @dataclass(frozen=True, repr=False)
-class Dilated(MaskSpec):
+class Dilated(Pattern):
     """Dilated window: keys at distance 0, d, 2d, ... up to ``window`` steps back
-    (both directions unless causal)."""
+    (both directions unless causal); Longformer's dilated heads. As a pattern it runs on
+    positions sorted by (p mod d, p div d), where it is a plain window inside each
+    residue's segment (full tiles)::
+
+        pairs(n) ~ n (w + 1)   /   n (2w + 1)
+    """
     window: int
     dilation: int
     causal: bool
@@ -135,8 +148,21 @@ class Dilated(MaskSpec):
         span = self.window * self.dilation
         return (0 if self.causal else -span), span
 
+    def pairs(self, n):
+        t = torch.arange(1, self.window + 1, dtype=torch.float64) * self.dilation
+        one_side = int((n - t).clamp(min=0).sum())
+        return check_int("n", n, 1) + one_side * (1 if self.causal else 2)
+
+    def components(self, n):
+        band = Window(self.window, 0 if self.causal else self.window)
+        if self.dilation == 1:
+            return [TiledPiece(band)]
+        perm, starts = residue_order(n, self.dilation)
+        return [TiledPiece(Segments(starts) & band, perm, perm)]
+
     def __repr__(self):
-        return f"dilated({self.window}, {self.dilation}, causal={self.causal})"
+        return (f"dilated({self.window}, {self.dilation}"
+                f"{'' if self.causal else ', causal=False'})")
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -193,11 +219,12 @@ def causal() -> MaskSpec:
     return Window(INF, 0)
 
 
-def window(left: int, right: int = 0) -> MaskSpec:
+def window(left: int, right: int = 0) -> Window:
     """Sliding window: query at position p sees keys p-left .. p+right (inclusive).
 
-    ``window(w)`` is a causal window of ``w`` keys back (w+1 keys including itself);
-    ``window(w, w)`` is bidirectional (Longformer local attention).
+    ``window(w)`` is a causal window of ``w`` keys back (w+1 keys including itself;
+    Mistral's sliding window); ``window(w, w)`` is bidirectional (Longformer's local
+    attention). Pairs ~ n (left + right + 1).
     """
     return Window(check_int("left", left, minimum=0), check_int("right", right, minimum=0))
 
@@ -211,7 +238,7 @@ def periodic(period: int) -> MaskSpec:
     return Periodic(check_int("period", period, minimum=1))
 
 
-def dilated(window: int, dilation: int, *, causal: bool = True) -> MaskSpec:
+def dilated(window: int, dilation: int, *, causal: bool = True) -> Dilated:
     """Dilated window: keys at distances 0, d, 2d, ..., window*d (both sides if not causal)."""
     return Dilated(check_int("window", window, minimum=0),
                    check_int("dilation", dilation, minimum=1), bool(causal))

@@ -162,12 +162,9 @@ _TENSOR_SPEC: list[Callable] = []  # from_tensor, registered by .tensor (no impo
 
 
 def coerce(mask, name: str = "mask") -> MaskSpec:
-    """A spec from a spec, a sparse pattern (anything with ``as_mask_spec()``) or a tensor."""
+    """A spec from a spec (sparse patterns are specs) or a tensor."""
     if isinstance(mask, MaskSpec):
         return mask
-    to_spec = getattr(mask, "as_mask_spec", None)
-    if callable(to_spec):
-        return to_spec()
     if isinstance(mask, Tensor) and _TENSOR_SPEC:
         return _TENSOR_SPEC[0](mask, name)
     raise TypeError(f"{name}: expected a MaskSpec, a sparse pattern, a bool/float tensor or "

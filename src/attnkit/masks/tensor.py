@@ -282,8 +282,7 @@ def check_additive(values: Tensor, name: str) -> None:
 
 
 def as_mask(mask, name: str = "mask") -> MaskSpec | None:
-    """``None`` / a spec / a tensor / a sparse pattern (anything with ``as_mask_spec()``)
-    as a spec (or None)."""
+    """``None`` / a spec (a sparse pattern is one) / a tensor as a spec (or None)."""
     return None if mask is None else coerce(mask, name)
 
 

@@ -20,13 +20,13 @@ from torch import Tensor
 
 from ..core.checks import check_int
 from ..masks import MaskSpec, causal as causal_mask
-from .pattern import BlockMatrix, Pattern, TiledPiece
+from .pattern import BlockMatrix, SpecPattern, TiledPiece
 
-__all__ = ["BigBirdPattern", "bigbird"]
+__all__ = ["BigBirdPattern", "DrawnBlocks", "bigbird"]
 
 
 @dataclass(frozen=True, repr=False, eq=False)
-class BigBirdPattern(Pattern):
+class BigBirdPattern(SpecPattern):
     block: int = 64
     window_blocks: int = 1
     global_blocks: int = 1
@@ -36,6 +36,7 @@ class BigBirdPattern(Pattern):
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     length_dependent = True
+    toeplitz = opaque = False  # known without drawing the blocks
 
     @property
     def name(self):
@@ -43,9 +44,11 @@ class BigBirdPattern(Pattern):
                 f"globals={self.global_blocks}, random={self.random_blocks_per_row}, "
                 f"seed={self.seed}{', causal=True' if self.causal else ''})")
 
-    @property
-    def spec(self) -> MaskSpec:
+    def make_spec(self) -> MaskSpec:
         raise TypeError(f"{self.name}: its mask depends on n (random blocks); use at(n)")
+
+    def resolve(self, Tq, Tk):
+        return self.at(Tk)
 
     def check(self, n):
         g, b = self.global_blocks, self.block
@@ -80,8 +83,9 @@ class BigBirdPattern(Pattern):
         return self._drawn(n)[0]
 
     def at(self, n: int) -> MaskSpec:
-        """The plain mask spec drawn for n tokens (composable); it also serves Tk < n as the
-        prefix of those positions (cached decoding), never Tk > n."""
+        """The pattern drawn for n tokens (a plain block mask, composable, whose tiles are
+        BigBird's blocks); it also serves Tk < n as the prefix of those positions (cached
+        decoding), never Tk > n."""
         return self._drawn(n)[1]
 
     def _drawn(self, n: int):
@@ -93,25 +97,60 @@ class BigBirdPattern(Pattern):
             rows = torch.arange(nb)[:, None].expand_as(R)
             blk[rows[R >= 0], R[R >= 0]] = True
             spec = BlockMatrix(blk, self.block, n)
-            self._cache[n] = (blk, spec & causal_mask() if self.causal else spec)
+            spec = spec & causal_mask() if self.causal else spec
+            self._cache[n] = (blk, DrawnBlocks(spec, self.block, f"{self.name} at n={n}", blk,
+                                               n, self.causal))
         return self._cache[n]
 
     def pairs(self, n):
-        blk = self.blocks(n).double()
-        lens = torch.full((blk.shape[0],), float(self.block), dtype=torch.float64)
-        lens[-1] = n - self.block * (blk.shape[0] - 1)
-        full = lens[:, None] * lens[None, :] * blk
-        if not self.causal:
-            return int(full.sum())
-        # causal: strictly-lower blocks count whole, diagonal blocks a triangle
-        return int(full.tril(-1).sum() + (lens * (lens + 1) / 2 * blk.diagonal()).sum())
+        return block_pairs(self.blocks(n), self.block, n, self.causal)
 
     def components(self, n):
-        return [TiledPiece(self.at(n), block=self.block)]
+        return self.at(n).components(n)
+
+
+def block_pairs(blk: Tensor, block: int, n: int, causal: bool) -> int:
+    """Pairs of a block-level mask ``blk (nb, nb)`` over n tokens in blocks of ``block``."""
+    blk = blk.double()
+    lens = torch.full((blk.shape[0],), float(block), dtype=torch.float64)
+    lens[-1] = n - block * (blk.shape[0] - 1)
+    full = lens[:, None] * lens[None, :] * blk
+    if not causal:
+        return int(full.sum())
+    # causal: strictly-lower blocks count whole, diagonal blocks a triangle
+    return int(full.tril(-1).sum() + (lens * (lens + 1) / 2 * blk.diagonal()).sum())
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class DrawnBlocks(SpecPattern):
+    """A block mask drawn for one length (BigBird at n): run in natural order with tiles
+    of its ``block`` size, so every tile is one of its blocks (full or empty)."""
+    blocks: MaskSpec
+    block: int
+    label: str
+    M: Tensor = field(repr=False)  # (nb, nb) bool: the drawn block-level mask
+    n: int = 0                     # drawn for n tokens: serves any length <= n
+    causal: bool = False
+
+    @property
+    def name(self):
+        return self.label
+
+    def pairs(self, n):
+        if check_int("n", n, 1) > self.n:
+            raise ValueError(f"n: {self.label} serves at most {self.n} tokens, got n={n}")
+        nb = math.ceil(n / self.block)
+        return block_pairs(self.M[:nb, :nb], self.block, n, self.causal)
+
+    def make_spec(self) -> MaskSpec:
+        return self.blocks
+
+    def components(self, n):
+        return [TiledPiece(self.blocks, block=self.block)]
 
 
 def bigbird(block: int = 64, window_blocks: int = 1, global_blocks: int = 1,
-            random_blocks: int = 2, seed: int = 0, *, causal: bool = False) -> Pattern:
+            random_blocks: int = 2, seed: int = 0, *, causal: bool = False) -> SpecPattern:
     """BigBird, block-level (see the module doc). ``causal``: keys after the query are
     masked and random blocks are drawn from earlier blocks."""
     return BigBirdPattern(check_int("block", block, 1), check_int("window_blocks", window_blocks, 0),

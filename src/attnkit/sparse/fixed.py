@@ -12,14 +12,13 @@ gathered into one contiguous run of keys.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 
 from ..core.checks import check_int
 from ..masks import EMPTY, PARTIAL, MaskSpec
 from ..masks import causal as causal_mask
-from .pattern import KeyBlockBefore, Pattern, Segments, TiledPiece
+from .pattern import KeyBlockBefore, SpecPattern, Segments, TiledPiece
 
 __all__ = ["FixedPattern", "fixed"]
 
@@ -46,7 +45,7 @@ class _Fixed(MaskSpec):
 
 
 @dataclass(frozen=True, repr=False)
-class FixedPattern(Pattern):
+class FixedPattern(SpecPattern):
     s: int
     c: int = 1
 
@@ -54,8 +53,7 @@ class FixedPattern(Pattern):
     def name(self):
         return f"fixed({self.s}, c={self.c})"
 
-    @cached_property
-    def spec(self) -> MaskSpec:
+    def make_spec(self) -> MaskSpec:
         return _Fixed(self.s, self.c)
 
     def pairs(self, n):
@@ -70,7 +68,7 @@ class FixedPattern(Pattern):
                 TiledPiece(KeyBlockBefore(summary // self.s, self.s), None, summary)]
 
 
-def fixed(stride: int, summary: int = 1) -> Pattern:
+def fixed(stride: int, summary: int = 1) -> SpecPattern:
     """Sparse Transformer fixed (causal): keys in the query's block of ``stride``, plus
     the last ``summary`` positions of every block."""
     check_int("stride", stride, 1)

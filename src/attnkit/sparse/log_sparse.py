@@ -9,13 +9,12 @@ Runs one diagonal per offset (:mod:`attnkit.kernels.diagonals`), no tiles.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 
 from ..core.checks import check_int
 from ..masks import EMPTY, PARTIAL, MaskSpec
-from .pattern import OffsetPiece, Pattern
+from .pattern import OffsetPiece, SpecPattern
 
 __all__ = ["LogSparsePattern", "log_sparse"]
 
@@ -42,13 +41,12 @@ class _LogSparse(MaskSpec):
 
 
 @dataclass(frozen=True, repr=False)
-class LogSparsePattern(Pattern):
+class LogSparsePattern(SpecPattern):
     @property
     def name(self):
         return "log_sparse()"
 
-    @cached_property
-    def spec(self) -> MaskSpec:
+    def make_spec(self) -> MaskSpec:
         return _LogSparse()
 
     def offsets(self, n: int) -> tuple[int, ...]:
@@ -61,6 +59,6 @@ class LogSparsePattern(Pattern):
         return [OffsetPiece(self.offsets(n))]
 
 
-def log_sparse() -> Pattern:
+def log_sparse() -> SpecPattern:
     """LogSparse (causal): itself and the keys at distance 1, 2, 4, 8, ..."""
     return LogSparsePattern()

@@ -11,7 +11,6 @@ Runs in natural order (global rows and columns, the band).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Sequence
 
 import torch
@@ -20,13 +19,13 @@ from torch import Tensor
 from ..core.checks import check_int
 from ..masks import MaskSpec, causal, global_tokens
 from ..masks import window as window_mask
-from .pattern import Pattern
+from .pattern import SpecPattern
 
 __all__ = ["LongformerPattern", "longformer"]
 
 
 @dataclass(frozen=True, repr=False, eq=False)
-class LongformerPattern(Pattern):
+class LongformerPattern(SpecPattern):
     w: int
     idx: Tensor = field(repr=False)   # (G,) sorted global positions
     label: str = ""
@@ -36,8 +35,7 @@ class LongformerPattern(Pattern):
     def name(self):
         return f"longformer({self.w}, globals={self.label}{', causal=True' if self.causal else ''})"
 
-    @cached_property
-    def spec(self) -> MaskSpec:
+    def make_spec(self) -> MaskSpec:
         band = window_mask(self.w, 0 if self.causal else self.w) | global_tokens(self.idx)
         return band & causal() if self.causal else band
 
@@ -62,7 +60,7 @@ class LongformerPattern(Pattern):
         return int(torch.where(is_g, everything, row).sum())
 
 
-def longformer(window: int, globals: int | Sequence[int] = 1, *, causal: bool = False) -> Pattern:
+def longformer(window: int, globals: int | Sequence[int] = 1, *, causal: bool = False) -> SpecPattern:
     """Longformer: window plus global tokens (attend to and attended by all; with
     ``causal``, all earlier). ``globals`` is a count (the first tokens) or positions."""
     check_int("window", window, 0)

@@ -8,14 +8,13 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from ..masks import dilated, window
 from .bigbird import bigbird
-from .dilated import dilated
 from .fixed import fixed
 from .log_sparse import log_sparse
 from .longformer import longformer
 from .pattern import Pattern
 from .strided import strided
-from .window import window
 
 __all__ = ["PatternEntry", "PATTERNS", "build_pattern"]
 
@@ -38,7 +37,7 @@ def _sqrt(n: int) -> int:
 
 PATTERNS: dict[str, PatternEntry] = {e.name: e for e in [
     PatternEntry("window", "window:W", 1, 1,
-                 lambda a, n, c: window(a[0], causal=c),
+                 lambda a, n, c: window(a[0], 0 if c else a[0]),
                  "sliding window, W keys back (and W ahead if not causal)"),
     PatternEntry("strided", "strided[:S]", 0, 1,
                  lambda a, n, c: strided(a[0] if a else _sqrt(n)),

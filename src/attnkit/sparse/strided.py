@@ -12,27 +12,25 @@ segments (so their tiles are full, not scattered).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 
 from ..core.checks import check_int
 from ..masks import MaskSpec, causal, periodic, window
-from .pattern import STRICT_CAUSAL, Pattern, Segments, TiledPiece, residue_order
+from .pattern import STRICT_CAUSAL, SpecPattern, Segments, TiledPiece, residue_order
 
 __all__ = ["StridedPattern", "strided"]
 
 
 @dataclass(frozen=True, repr=False)
-class StridedPattern(Pattern):
+class StridedPattern(SpecPattern):
     s: int
 
     @property
     def name(self):
         return f"strided({self.s})"
 
-    @cached_property
-    def spec(self) -> MaskSpec:
+    def make_spec(self) -> MaskSpec:
         return causal() & (window(self.s - 1) | periodic(self.s))
 
     def pairs(self, n):
@@ -46,7 +44,7 @@ class StridedPattern(Pattern):
                 TiledPiece(Segments(starts) & STRICT_CAUSAL, perm, perm)]
 
 
-def strided(stride: int) -> Pattern:
+def strided(stride: int) -> SpecPattern:
     """Sparse Transformer strided (causal): the last ``stride`` keys and every
     ``stride``-th one before. ~ n^1.5 pairs with ``stride = math.isqrt(n)``."""
     return StridedPattern(check_int("stride", stride, 1))
