@@ -51,10 +51,11 @@ class Policy:
 
 
 _state = threading.local()
+_NO_POLICY = Policy()        # (frozen: one shared instance, so the common case builds nothing)
 
 
 def current_policy() -> Policy:
-    return getattr(_state, "policy", None) or Policy()
+    return getattr(_state, "policy", None) or _NO_POLICY
 
 
 @contextlib.contextmanager
