@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..call import AttentionCall, make_call
+from ..call.blocks import blocks_for
 from ..kernels import TileConfig, merge_partial, tiled_backward, tiled_forward
 from ..kernels.autograd import first_order_only
 from ..masks import EMPTY, FULL, PARTIAL, AdditiveMask, MaskSpec, as_mask, causal as _causal
@@ -45,7 +46,6 @@ class ShiftedMask(MaskSpec):
 
     def __init__(self, inner: MaskSpec | None, q_start: int, k_start: int, length: int):
         self.inner, self.q_start, self.k_start, self.length = inner, q_start, k_start, length
-        self._maps: dict[tuple, Tensor] = {}
 
     def extent(self):
         return (1, 1) if self.inner is None else self.inner.extent()
@@ -92,12 +92,6 @@ class ShiftedMask(MaskSpec):
         out[..., :nq, :nk] = t
         return out
 
-    def block_map(self, Tq, Tk, block_q, block_k, *, device=None):
-        key = (Tq, Tk, block_q, block_k)  # memoised: the plan and the kernel share it
-        if key not in self._maps:
-            self._maps[key] = super().block_map(Tq, Tk, block_q, block_k)
-        return self._maps[key]
-
     def tensors(self):
         return [] if self.inner is None else self.inner.tensors()
 
@@ -137,7 +131,8 @@ def _plan(rank: int, world: int, length: int, layout: str, spec: MaskSpec | None
                     pairs.append(_Pair(ql, nq, kl, nk, None, nt))
                     continue
                 m = ShiftedMask(spec, qg, kg, length)
-                bm = m.block_map(nq, nk, cfg.block_q, cfg.block_k)
+                # the one block-map cache: the kernel's call looks up the same entry
+                bm = blocks_for(m, nq, nk, cfg.block_q, cfg.block_k).map
                 n = int((bm != EMPTY).sum())
                 if n:
                     pairs.append(_Pair(ql, nq, kl, nk, m if bool((bm != FULL).any()) else None,
@@ -161,7 +156,7 @@ def _spec(causal: bool, mask) -> MaskSpec | None:
 def _visible(p: _Pair, cfg: TileConfig) -> int:
     """(query, key) pairs a masked pair attends (batch 0, head 0), tile by tile."""
     bq, bk = cfg.block_q, cfg.block_k
-    bm = p.mask.block_map(p.nq, p.nk, bq, bk)
+    bm = blocks_for(p.mask, p.nq, p.nk, bq, bk).map
     n = 0
     for i, j in (bm != EMPTY).nonzero().tolist():
         q0, k0 = i * bq, j * bk
