@@ -85,9 +85,15 @@ class StaticSinkWindowLayer(StaticLayer):
     the mask covers the C slots (the pattern allows every pair among them); after it, the
     mask is built for the full key range and the keys returned carry which columns they
     are (``KEPT``, read by :func:`.cache.kept_mask`), as :class:`SinkWindowLayer`'s do.
-    Keys stay as the model rotated them: original positions, exact vs the full cache."""
+    Keys stay as the model rotated them: original positions, exact vs the full cache.
+
+    ``is_compileable`` is False: the tensors are fixed and written in place, but a decoding
+    step is not one graph (its mask covers the full key range, which grows every step), so
+    ``generate`` must not auto-compile it on a GPU (recompiling each step); an explicit
+    ``torch.compile`` still gives the same logits."""
 
     is_croppable = False
+    is_compileable = False
 
     def __init__(self, max_cache_len: int, sinks: int, window: int, **kwargs):
         self.sinks, self.window = int(sinks), int(window)
