@@ -332,3 +332,33 @@ def test_a_prompt_shorter_than_the_sinks_decodes():
         one = model(input_ids=ids[:, :1], use_cache=False).logits
         model.set_attn_implementation(attnkit.hf.register())
         assert torch.allclose(one, model(input_ids=ids[:, :1], use_cache=False).logits)
+
+
+@pytest.mark.slow
+def test_static_sinks_cache_under_torch_compile():
+    """torch.compile (dynamo, not fullgraph: the step is not one graph, see the README) of the
+    decoding steps on a static sinks cache: the in-place writes trace, the logits are the
+    full dynamic cache's."""
+    from torch._dynamo.testing import CompileCounter
+    model = attnkit.hf.use(decoder("llama"), "longformer:3:2")
+    ids, am = prompts(2, 5, 20)
+
+    def decode(f, cache, steps=5):
+        a, out = am, []
+        pos = (a.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=a, cache=cache, position_ids=pos).logits
+        for _ in range(steps):
+            out.append(logits[:, -1])
+            a, pos = torch.cat([a, torch.ones_like(a[:, :1])], 1), pos[:, -1:] + 1
+            logits = f(input_ids=out[-1].argmax(-1)[:, None], attention_mask=a, cache=cache,
+                       position_ids=pos).logits
+        return torch.stack(out, 1)
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ref = decode(model, transformers.DynamicCache())
+        got = decode(torch.compile(model, backend=CompileCounter()),
+                     static_bounded_cache(model, transformers.StaticCache(
+                         config=model.config, max_cache_len=16)))
+    torch._dynamo.reset()
+    assert torch.allclose(got, ref, atol=1e-5)
