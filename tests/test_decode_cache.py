@@ -104,6 +104,8 @@ def test_beam_search_from_a_bounded_cache(variant):
     ref, _ = generate(model, ids, mask, n=12, num_beams=3, cache=transformers.DynamicCache())
     assert torch.equal(seq, ref)
     assert type(cache.layers[0]) is not transformers.cache_utils.DynamicLayer
+    static, cache = generate(model, ids, mask, n=12, num_beams=3, cache_implementation="static")
+    assert torch.equal(static, ref) and "Static" in type(cache.layers[0]).__name__
 
 
 def recompute_greedy(model, ids, n):
