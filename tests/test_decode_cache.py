@@ -258,7 +258,8 @@ def test_static_sinks_cache_greedy_equals_full_cache(arch):
         per_layer = 2 * B * HKV * (2 + 5 + 1) * D * 4    # keys + values, fp32, KV heads
         assert attnkit.hf.cache_bytes(cache) == [per_layer] * L
         short, early = generate(model, ids, mask, n=4, cache_implementation="static")
-        assert attnkit.hf.cache_bytes(early) == [per_layer] * L and torch.equal(short, ref[:, :T + 4])
+        assert attnkit.hf.cache_bytes(early) == [per_layer] * L
+        assert torch.equal(short, ref[:, :T + 4])
         for s, f in zip(cache.layers, full.layers):    # original positions: the same keys
             for mine, theirs in ((s.keys, f.keys), (s.values, f.values)):   # first 2, last 6
                 kept = torch.cat([theirs[:, :, :2], theirs[:, :, -6:]], 2)

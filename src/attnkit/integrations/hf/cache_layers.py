@@ -10,7 +10,8 @@ from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from .cache_marks import KEPT, STATE
 
-__all__ = ["SinkWindowLayer", "StaticSinkWindowLayer", "LinearStateLayer", "rope_frequencies", "rope_shift"]
+__all__ = ["SinkWindowLayer", "StaticSinkWindowLayer", "LinearStateLayer", "rope_frequencies",
+           "rope_shift"]
 
 
 class SinkWindowLayer(DynamicLayer):
@@ -105,18 +106,21 @@ class StaticSinkWindowLayer(StaticLayer):
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        Tq, start, C, G = key_states.shape[-2], self.cumulative_length_int, self.max_cache_len, self.sinks
+        Tq, start = key_states.shape[-2], self.cumulative_length_int
+        C, G = self.max_cache_len, self.sinks
+        fits = not self.evicted and start + Tq <= C
+        if not fits and C < self.capacity:
+            raise ValueError(f"cache: a static sinks + window cache of max_cache_len={C} is too "
+                             f"short: position {start + Tq - 1} evicts keys, which needs G + W + 1 "
+                             f"= {self.capacity} slots; expected max_cache_len >= prompt + new "
+                             "tokens (as generate sizes it)")
         self.cumulative_length_int += Tq
-        if not self.evicted and start + Tq <= C:                 # every key still fits
+        if fits:                                                 # every key still fits
             pos = torch.arange(Tq, device=self.device) + self.cumulative_length
             self.keys.index_copy_(2, pos, key_states)           # (B, Hkv, C, D)
             self.values.index_copy_(2, pos, value_states)
             self.cumulative_length.add_(Tq)
             return self.keys, self.values
-        if C < self.capacity:
-            raise ValueError(f"cache: a static sinks + window cache of max_cache_len={C} is too "
-                             f"short: position {start + Tq - 1} needs G + W + 1 = "
-                             f"{self.capacity} slots (max_cache_len >= prompt + new tokens)")
         if self.evicted and Tq == 1:                             # a decoding step, in place
             win_k, win_v = self.keys[:, :, G:], self.values[:, :, G:]      # (B, Hkv, W+1, D)
             win_k.copy_(torch.cat([win_k[:, :, 1:], key_states], dim=-2))
