@@ -9,7 +9,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import attnkit.hf  # noqa: E402
-from attnkit.integrations.hf.cache_layers import LinearStateLayer, SinkWindowLayer  # noqa: E402
+from attnkit.integrations.hf.cache_layers import (  # noqa: E402
+    LinearStateLayer, SinkWindowLayer, StaticSinkWindowLayer)
+from attnkit.integrations.hf.cache import static_bounded_cache  # noqa: E402
 
 V, L, HKV, D = 97, 2, 2, 8
 
@@ -102,6 +104,8 @@ def test_beam_search_from_a_bounded_cache(variant):
     ref, _ = generate(model, ids, mask, n=12, num_beams=3, cache=transformers.DynamicCache())
     assert torch.equal(seq, ref)
     assert type(cache.layers[0]) is not transformers.cache_utils.DynamicLayer
+    static, cache = generate(model, ids, mask, n=12, num_beams=3, cache_implementation="static")
+    assert torch.equal(static, ref) and "Static" in type(cache.layers[0]).__name__
 
 
 def recompute_greedy(model, ids, n):
@@ -231,20 +235,75 @@ def test_static_bounded_cache_greedy_equals_full_cache(arch, variant):
         assert attnkit.hf.cache_bytes(cache) == [2 * B * HKV * kept * D * 4] * L
 
 
-@pytest.mark.parametrize("variant,why", [("longformer:6:2", "two ranges of keys"),
-                                         ("linear:elu", "recurrent state")])
-def test_static_cache_without_a_static_bounded_form_is_refused(variant, why):
-    model = attnkit.hf.use(decoder("llama"), variant)
+def test_static_cache_without_a_static_bounded_form_is_refused():
+    model = attnkit.hf.use(decoder("llama"), "linear:elu")
     ids, mask = prompts(1, 6, 15)
-    with pytest.raises(ValueError, match=f"no static bounded cache for .*{why}"):
+    with pytest.raises(ValueError, match="no static bounded cache for .*recurrent state"):
         generate(model, ids, mask, n=3, cache_implementation="static")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_static_sinks_cache_greedy_equals_full_cache(arch):
+    """cache_implementation="static" with longformer:5:2: G + W + 1 = 8 fixed slots per layer
+    (the first 2 keys, then the last 6), written in place; the tokens of the full dynamic
+    cache for prompts longer and shorter than the slots, left-padded batches; the bytes
+    do not grow with the generated length; the slots hold the full cache's keys."""
+    model = attnkit.hf.use(decoder(arch, sliding_window=64), "longformer:5:2")
+    for B, T, seed in [(1, 11, 0), (3, 12, 1), (2, 5, 2)]:
+        ids, mask = prompts(B, T, seed)
+        ref, full = generate(model, ids, mask, cache=transformers.DynamicCache())
+        seq, cache = generate(model, ids, mask, cache_implementation="static")
+        assert torch.equal(seq, ref), (arch, B, T)
+        assert all(type(layer) is StaticSinkWindowLayer for layer in cache.layers)
+        per_layer = 2 * B * HKV * (2 + 5 + 1) * D * 4    # keys + values, fp32, KV heads
+        assert attnkit.hf.cache_bytes(cache) == [per_layer] * L
+        short, early = generate(model, ids, mask, n=4, cache_implementation="static")
+        assert attnkit.hf.cache_bytes(early) == [per_layer] * L
+        assert torch.equal(short, ref[:, :T + 4])
+        for s, f in zip(cache.layers, full.layers):    # original positions: the same keys
+            for mine, theirs in ((s.keys, f.keys), (s.values, f.values)):   # first 2, last 6
+                kept = torch.cat([theirs[:, :, :2], theirs[:, :, -6:]], 2)
+                assert torch.allclose(mine, kept, atol=1e-6)
+
+
+def test_static_sinks_prompt_shorter_than_the_sinks():
+    model = attnkit.hf.use(decoder("qwen2"), "longformer:5:4")
+    ids, mask = prompts(2, 3, 17)
+    seq, cache = generate(model, ids, mask, n=16, cache_implementation="static")
+    ref, _ = generate(model, ids, mask, n=16, cache=transformers.DynamicCache())
+    assert torch.equal(seq, ref) and type(cache.layers[0]) is StaticSinkWindowLayer
+
+
+def test_static_sinks_chunks_after_eviction_and_too_short():
+    """Forward by hand: chunks of 4 tokens once keys were evicted (kept + new, as transformers'
+    static window does) give the full cache's logits; a static cache with fewer than
+    G + W + 1 slots is refused by name when it would have to evict."""
+    model = attnkit.hf.use(decoder("llama"), "longformer:5:2")
+    ids, mask = prompts(2, 8, 18)
+    more = torch.randint(3, V, (2, 12), generator=torch.Generator().manual_seed(19))
+    outs = []
+    for cache in (static_bounded_cache(model, transformers.StaticCache(
+            config=model.config, max_cache_len=20)), transformers.DynamicCache()):
+        am, logits = mask, []
+        with torch.no_grad():
+            logits.append(model(input_ids=ids, attention_mask=am, cache=cache).logits)
+            for chunk in more.split(4, 1):
+                am = torch.cat([am, torch.ones_like(chunk)], 1)
+                logits.append(model(input_ids=chunk, attention_mask=am, cache=cache).logits)
+        outs.append(torch.cat(logits, 1))
+    real = torch.cat([mask, torch.ones_like(more)], 1).bool()
+    assert torch.allclose(outs[0][real], outs[1][real], atol=1e-5)
+    tiny = static_bounded_cache(model, transformers.StaticCache(
+        config=model.config, max_cache_len=6))
+    with pytest.raises(ValueError, match="max_cache_len=6 is too short.*G \\+ W \\+ 1 = 8"):
+        model(input_ids=ids, attention_mask=mask, cache=tiny)
 
 
 @pytest.mark.parametrize("variant", [None, "window:6", "longformer:6:2"])
 def test_gpt_oss_learned_sinks_decode_from_the_bounded_cache(variant):
     """GPT-OSS (learned per-head sink logits s_aux, random; sliding layers of 4 keys and full
     layers): the bounded cache gives the full cache's tokens (dense: transformers' own
-    cache, and eager's tokens); window:W also from a static cache."""
+    cache, and eager's tokens), from a dynamic and from a static cache."""
     import copy
     from hf_models import gpt_oss, with_sinks
     torch.manual_seed(4)
@@ -261,8 +320,7 @@ def test_gpt_oss_learned_sinks_decode_from_the_bounded_cache(variant):
             continue
         kept = 6 + (2 if variant.startswith("longformer") else 0)   # W keys (+ G sinks)
         assert attnkit.hf.cache_bytes(cache) == [2 * B * HKV * kept * D * 4] * L
-        if variant.startswith("window"):
-            assert torch.equal(generate(model, ids, mask, cache_implementation="static")[0], ref)
+        assert torch.equal(generate(model, ids, mask, cache_implementation="static")[0], ref)
 
 
 def test_a_prompt_shorter_than_the_sinks_decodes():
@@ -277,3 +335,33 @@ def test_a_prompt_shorter_than_the_sinks_decodes():
         one = model(input_ids=ids[:, :1], use_cache=False).logits
         model.set_attn_implementation(attnkit.hf.register())
         assert torch.allclose(one, model(input_ids=ids[:, :1], use_cache=False).logits)
+
+
+@pytest.mark.slow
+def test_static_sinks_cache_under_torch_compile():
+    """torch.compile (dynamo, not fullgraph: the step is not one graph, see the README) of the
+    decoding steps on a static sinks cache: the in-place writes trace, the logits are the
+    full dynamic cache's."""
+    from torch._dynamo.testing import CompileCounter
+    model = attnkit.hf.use(decoder("llama"), "longformer:3:2")
+    ids, am = prompts(2, 5, 20)
+
+    def decode(f, cache, steps=5):
+        a, out = am, []
+        pos = (a.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=a, cache=cache, position_ids=pos).logits
+        for _ in range(steps):
+            out.append(logits[:, -1])
+            a, pos = torch.cat([a, torch.ones_like(a[:, :1])], 1), pos[:, -1:] + 1
+            logits = f(input_ids=out[-1].argmax(-1)[:, None], attention_mask=a, cache=cache,
+                       position_ids=pos).logits
+        return torch.stack(out, 1)
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ref = decode(model, transformers.DynamicCache())
+        got = decode(torch.compile(model, backend=CompileCounter()),
+                     static_bounded_cache(model, transformers.StaticCache(
+                         config=model.config, max_cache_len=16)))
+    torch._dynamo.reset()
+    assert torch.allclose(got, ref, atol=1e-5)

@@ -2,13 +2,14 @@
 
 ``generate`` builds one by default for a decoder running ``attnkit:...:VARIANT`` (the hook
 :func:`install` adds to ``GenerationMixin._prepare_cache_for_generation`` when
-:func:`attnkit.hf.register` runs; a cache the caller passes, a static or quantized cache,
+:func:`attnkit.hf.register` runs; a cache the caller passes, a quantized cache
 and encoder-decoders keep transformers' own). Per layer:
 
 * ``window:W``: transformers' ``DynamicSlidingWindowLayer(W + 1)``, the last W keys (a
   query at p reads p-W..p);
 * ``longformer:W:G`` (causal: G sinks + a window of W, StreamingLLM):
-  :class:`.cache_layers.SinkWindowLayer`, the first G keys and the last W;
+  :class:`.cache_layers.SinkWindowLayer`, the first G keys and the last W (static:
+  :class:`.cache_layers.StaticSinkWindowLayer`, G + W + 1 fixed slots);
 * ``linear:F``: :class:`.cache_layers.LinearStateLayer`, the recurrent state S (F x Dv)
   and z (F) per KV head; a decoding step is O(1) in the context;
 * anything else: transformers' default (every key).
@@ -116,25 +117,24 @@ def static_bounded_cache(model_or_config, static):
     """The static (compilable) form of :func:`bounded_cache` for ``generate(...,
     cache_implementation="static")``, sized as transformers sized ``static`` (a
     ``StaticCache``): ``window:W`` -> transformers' ``StaticSlidingWindowLayer`` of W + 1
-    keys. ValueError for the variants that have no static form here: sinks + window (the
-    kept keys are two ranges, transformers' static mask sizes one) and linear attention (a
-    recurrent state, not keys)."""
+    keys; ``longformer:W:G`` -> :class:`.cache_layers.StaticSinkWindowLayer` of G + W + 1.
+    ValueError for linear attention (a recurrent state, not keys) and dense variants."""
     config = getattr(model_or_config, "config", model_or_config)
     plan = cache_plan(config)
     name = config._attn_implementation
-    other = sorted({kind for kind, _ in plan or []} - {"window"})
+    other = sorted({kind for kind, _ in plan or []} - {"window", "sinks"})
     if plan is None or other:
-        why = {"sinks": "a sinks + window cache keeps two ranges of keys (the first G and the "
-                        "last W), which transformers' static layers and mask sizes cannot "
-                        "describe", "linear": "linear attention decodes from its recurrent "
-                        "state, not from a static buffer of keys"}
+        why = ("linear attention decodes from its recurrent state, not from a static buffer "
+               "of keys" if other else "it reads every key")
         raise ValueError(f"cache_implementation='static': no static bounded cache for "
-                         f"{name!r}: " + (why[other[0]] if other else "it reads every key")
-                         + "; generate without cache_implementation uses its bounded cache")
+                         f"{name!r}: {why}; generate without cache_implementation uses its "
+                         "bounded cache")
+    from .cache_layers import StaticSinkWindowLayer
     max_len = max(int(layer.max_cache_len) for layer in static.layers)
     cu = _tf()
+    make = {"window": cu.StaticSlidingWindowLayer, "sinks": StaticSinkWindowLayer}
     cache = cu.StaticCache(config=config, max_cache_len=max_len)
-    cache.layers = [cu.StaticSlidingWindowLayer(max_cache_len=max_len, **kw) for _, kw in plan]
+    cache.layers = [make[kind](max_cache_len=max_len, **kw) for kind, kw in plan]
     return cache
 
 

@@ -6,11 +6,12 @@ import sys
 
 import torch
 from torch import Tensor
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from .cache_marks import KEPT, STATE
 
-__all__ = ["SinkWindowLayer", "LinearStateLayer", "rope_frequencies", "rope_shift"]
+__all__ = ["SinkWindowLayer", "StaticSinkWindowLayer", "LinearStateLayer", "rope_frequencies",
+           "rope_shift"]
 
 
 class SinkWindowLayer(DynamicLayer):
@@ -74,6 +75,91 @@ class SinkWindowLayer(DynamicLayer):
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove:
             raise ValueError("crop: a sinks+window cache has dropped keys and cannot roll back")
+
+
+class StaticSinkWindowLayer(StaticLayer):
+    """The static (compilable) form of :class:`SinkWindowLayer`, following transformers'
+    ``StaticSlidingWindowLayer``: fixed tensors (B, Hkv, C, D) of C = min(G + W + 1,
+    max_cache_len) slots, written in place: slots 0..G-1 hold the first G keys (they stay),
+    slots G..C-1 the last W + 1 keys (a shifted buffer, the newest last; the window of a
+    query at p is p-W..p, itself included). Until the buffer fills, slot j is position j and
+    the mask covers the C slots (the pattern allows every pair among them); after it, the
+    mask is built for the full key range and the keys returned carry which columns they
+    are (``KEPT``, read by :func:`.cache.kept_mask`), as :class:`SinkWindowLayer`'s do.
+    Keys stay as the model rotated them: original positions, exact vs the full cache.
+
+    ``is_compileable`` is False: the tensors are fixed and written in place, but a decoding
+    step is not one graph (its mask covers the full key range, which grows every step), so
+    ``generate`` must not auto-compile it on a GPU (recompiling each step); an explicit
+    ``torch.compile`` still gives the same logits."""
+
+    is_croppable = False
+    is_compileable = False
+
+    def __init__(self, max_cache_len: int, sinks: int, window: int, **kwargs):
+        self.sinks, self.window = int(sinks), int(window)
+        self.capacity = self.sinks + self.window + 1          # what eviction needs
+        super().__init__(max_cache_len=min(self.capacity, int(max_cache_len)))
+        self.cumulative_length_int = 0                        # python int: no data-dependent flow
+        self.evicted = False
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        Tq, start = key_states.shape[-2], self.cumulative_length_int
+        C, G = self.max_cache_len, self.sinks
+        fits = not self.evicted and start + Tq <= C
+        if not fits and C < self.capacity:
+            raise ValueError(f"cache: a static sinks + window cache of max_cache_len={C} is too "
+                             f"short: position {start + Tq - 1} evicts keys, which needs G + W + 1 "
+                             f"= {self.capacity} slots; expected max_cache_len >= prompt + new "
+                             "tokens (as generate sizes it)")
+        self.cumulative_length_int += Tq
+        if fits:                                                 # every key still fits
+            pos = torch.arange(Tq, device=self.device) + self.cumulative_length
+            self.keys.index_copy_(2, pos, key_states)           # (B, Hkv, C, D)
+            self.values.index_copy_(2, pos, value_states)
+            self.cumulative_length.add_(Tq)
+            return self.keys, self.values
+        if self.evicted and Tq == 1:                             # a decoding step, in place
+            win_k, win_v = self.keys[:, :, G:], self.values[:, :, G:]      # (B, Hkv, W+1, D)
+            win_k.copy_(torch.cat([win_k[:, :, 1:], key_states], dim=-2))
+            win_v.copy_(torch.cat([win_v[:, :, 1:], value_states], dim=-2))
+            keys, values = self.keys, self.values
+        else:                    # a chunk that reaches past the buffer: kept + new, as theirs
+            n = C if self.evicted else start
+            keys = torch.cat([self.keys[:, :, :n], key_states], dim=-2)   # (B, Hkv, n + Tq, D)
+            values = torch.cat([self.values[:, :, :n], value_states], dim=-2)
+            self.keys[:, :, G:].copy_(keys[:, :, -(C - G):])
+            self.values[:, :, G:].copy_(values[:, :, -(C - G):])
+            if not self.evicted:                                # the first G keys, once
+                self.keys[:, :, :G].copy_(keys[:, :, :G])
+                self.values[:, :, :G].copy_(values[:, :, :G])
+                self.evicted = True
+                return keys, values                             # every position 0..start+Tq-1
+        setattr(keys, KEPT, (G, self.cumulative_length_int))
+        return keys, values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        total = self.cumulative_length_int + query_length
+        return (self.max_cache_len if not self.evicted and total <= self.max_cache_len
+                else total), 0
+
+    def get_seq_length(self) -> int:
+        return self.cumulative_length_int
+
+    def get_max_length(self) -> int:
+        return self.max_cache_len
+
+    def reset(self) -> None:
+        super().reset()
+        self.cumulative_length_int, self.evicted = 0, False
+        if self.is_initialized and hasattr(self.keys, KEPT):
+            delattr(self.keys, KEPT)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove:
+            raise ValueError("crop: a static sinks + window cache cannot roll back")
 
 
 def rope_shift(x: Tensor, delta: int, inv_freq: Tensor) -> Tensor:
