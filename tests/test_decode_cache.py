@@ -168,6 +168,17 @@ def test_refusals():
         lin.generate(input_ids=ids, max_new_tokens=2, cache=transformers.DynamicCache())
 
 
+def _chunked_logits(model, ids, mask, more, cache):
+    """The prompt, then ``more`` in chunks of 4 tokens, through ``cache``: all logits."""
+    am, logits = mask, []
+    with torch.no_grad():
+        logits.append(model(input_ids=ids, attention_mask=am, cache=cache).logits)
+        for chunk in more.split(4, 1):
+            am = torch.cat([am, torch.ones_like(chunk)], 1)
+            logits.append(model(input_ids=chunk, attention_mask=am, cache=cache).logits)
+    return torch.cat(logits, 1)
+
+
 @pytest.mark.parametrize("variant", ["window:5", "longformer:5:2", "linear:elu"])
 def test_chunks_after_eviction_match_the_full_cache(variant):
     """Forward by hand with past keys: several tokens per call once keys were dropped."""
@@ -180,13 +191,7 @@ def test_chunks_after_eviction_match_the_full_cache(variant):
         caches.append(transformers.DynamicCache())
     outs = []
     for cache in caches:
-        am, logits = mask, []
-        with torch.no_grad():
-            logits.append(model(input_ids=ids, attention_mask=am, cache=cache).logits)
-            for chunk in more.split(4, 1):
-                am = torch.cat([am, torch.ones_like(chunk)], 1)
-                logits.append(model(input_ids=chunk, attention_mask=am, cache=cache).logits)
-        outs.append(torch.cat(logits, 1))
+        outs.append(_chunked_logits(model, ids, mask, more, cache))
     if len(outs) == 1:   # linear: the whole sequence at once, no cache
         with torch.no_grad():
             outs.append(model(input_ids=torch.cat([ids, more], 1), use_cache=False).logits)
@@ -284,13 +289,7 @@ def test_static_sinks_chunks_after_eviction_and_too_short():
     outs = []
     for cache in (static_bounded_cache(model, transformers.StaticCache(
             config=model.config, max_cache_len=20)), transformers.DynamicCache()):
-        am, logits = mask, []
-        with torch.no_grad():
-            logits.append(model(input_ids=ids, attention_mask=am, cache=cache).logits)
-            for chunk in more.split(4, 1):
-                am = torch.cat([am, torch.ones_like(chunk)], 1)
-                logits.append(model(input_ids=chunk, attention_mask=am, cache=cache).logits)
-        outs.append(torch.cat(logits, 1))
+        outs.append(_chunked_logits(model, ids, mask, more, cache))
     real = torch.cat([mask, torch.ones_like(more)], 1).bool()
     assert torch.allclose(outs[0][real], outs[1][real], atol=1e-5)
     tiny = static_bounded_cache(model, transformers.StaticCache(
