@@ -30,7 +30,8 @@ forward computes that, so those rows decode every window token by token.
 directory ``attnkit adapt --variant VARIANT`` wrote (``attnkit.hf.from_pretrained(DIR)``:
 the adapted weights running the recorded variant), scored against the same dense
 ``stdlib-lm`` on the same windows; every row also reports the top-1 agreement with dense and
-the perplexity change.
+the perplexity change. The zero-shot row of ``linear:hedgehog`` (a learnable feature map)
+runs the identity maps that ``attnkit adapt`` starts from.
 
     python benchmarks/decode_fidelity.py --variants window:32,gqa:1 \
         --adapted window:32=/tmp/w32 --adapted gqa:1=/tmp/gqa1 --json out.json
@@ -126,6 +127,10 @@ def run(n: int, variants, batch: int, decode: bool, T: int = 256,
     print(json.dumps(rows[-1]), flush=True)
     for v in variants:
         base, repos = v.removesuffix("+repos"), v.endswith("+repos")
+        if base == "linear:hedgehog":   # zero-shot = adapt's start: identity feature maps
+            from attnkit.integrations.hf import learned
+            c = model.config
+            learned.install(model, c.num_attention_heads, c.num_key_value_heads, c.head_dim)
         attnkit.hf.use(model, base)
         t0 = time.perf_counter()
         if repos:       # no masked forward computes moved sinks: decode token by token
