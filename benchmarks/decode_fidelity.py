@@ -25,6 +25,16 @@ where a window keeps every distance the model was trained on and dense attention
 A variant ending in ``+repos`` (``longformer:64:4+repos``) re-positions the sinks just
 before the window (``bounded_cache(model, reposition=True)``, StreamingLLM); no masked
 forward computes that, so those rows decode every window token by token.
+
+``--adapted VARIANT=DIR`` (repeatable) adds, after VARIANT's zero-shot row, a row for the
+directory ``attnkit adapt --variant VARIANT`` wrote (``attnkit.hf.from_pretrained(DIR)``:
+the adapted weights running the recorded variant), scored against the same dense
+``stdlib-lm`` on the same windows; every row also reports the top-1 agreement with dense and
+the perplexity change. The zero-shot row of ``linear:hedgehog`` (a learnable feature map)
+runs the identity maps that ``attnkit adapt`` starts from.
+
+    python benchmarks/decode_fidelity.py --variants window:32,gqa:1 \
+        --adapted window:32=/tmp/w32 --adapted gqa:1=/tmp/gqa1 --json out.json
 """
 from __future__ import annotations
 
@@ -76,9 +86,12 @@ def decode_logprobs(model, ids: torch.Tensor, reposition: bool = False
     return torch.cat(out, 1), cache
 
 
-def summarize(nll: torch.Tensor, kl: torch.Tensor | None, W: int | None) -> dict:
-    """nll, kl: (n, T) per position."""
+def summarize(nll: torch.Tensor, kl: torch.Tensor | None, W: int | None,
+              agree: torch.Tensor | None = None) -> dict:
+    """nll, kl, agree (top-1 equal to dense): (n, T) per position."""
     row = {"ppl": math.exp(nll.mean())}
+    if agree is not None:
+        row["top1_agreement"] = float(agree.float().mean())
     for lo, hi in bands(nll.shape[1]):
         row[f"ppl_{lo}_{hi}"] = math.exp(nll[:, lo:hi].mean())
     if W is not None:
@@ -91,7 +104,15 @@ def summarize(nll: torch.Tensor, kl: torch.Tensor | None, W: int | None) -> dict
     return row
 
 
-def run(n: int, variants, batch: int, decode: bool, T: int = 256) -> list[dict]:
+def score(lp, dense, target, W) -> dict:
+    """The variant's log-probs lp (n, T, V) against dense's, on the targets (n, T)."""
+    nll = -lp.gather(-1, target[..., None])[..., 0]
+    kl = (dense.exp() * (dense - lp)).sum(-1)                    # (n, T)
+    return summarize(nll, kl, W, lp.argmax(-1) == dense.argmax(-1))
+
+
+def run(n: int, variants, batch: int, decode: bool, T: int = 256,
+        adapted: dict | None = None) -> list[dict]:
     import attnkit.hf
     from attnkit.loading import resolve
     d = resolve("stdlib-lm")
@@ -106,6 +127,10 @@ def run(n: int, variants, batch: int, decode: bool, T: int = 256) -> list[dict]:
     print(json.dumps(rows[-1]), flush=True)
     for v in variants:
         base, repos = v.removesuffix("+repos"), v.endswith("+repos")
+        if base == "linear:hedgehog":   # zero-shot = adapt's start: identity feature maps
+            from attnkit.integrations.hf import learned
+            c = model.config
+            learned.install(model, c.num_attention_heads, c.num_key_value_heads, c.head_dim)
         attnkit.hf.use(model, base)
         t0 = time.perf_counter()
         if repos:       # no masked forward computes moved sinks: decode token by token
@@ -113,27 +138,52 @@ def run(n: int, variants, batch: int, decode: bool, T: int = 256) -> list[dict]:
                             for c in ids.split(batch)])
         else:
             lp = logprobs(model, ids, batch)
-        nll = -lp.gather(-1, target[..., None])[..., 0]
-        kl = (dense.exp() * (dense - lp)).sum(-1)                # (n, T)
         W = int(base.split(":")[1]) if base.split(":")[0] in ("window", "longformer") else None
         row = {"variant": v, "windows": n, "context": T, "s": time.perf_counter() - t0,
-               **summarize(nll, kl, W)}
+               **score(lp, dense, target, W)}
+        row["ppl_change"] = row["ppl"] / rows[0]["ppl"] - 1
         if decode and not repos:
             dec, cache = decode_logprobs(model, ids[:1])
             row["decode_max_abs_diff"] = float((dec - lp[:1]).abs().max())
             row["decode_cache_bytes"] = sum(attnkit.hf.cache_bytes(cache))
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if adapted and v in adapted:
+            rows.append(adapted_row(v, adapted[v], ids, dense, target, W, batch, rows[0]))
+            print(json.dumps(rows[-1]), flush=True)
+    if adapted and set(adapted) - set(variants):
+        raise ValueError(f"adapted: expected variants among --variants, got "
+                         f"{sorted(set(adapted) - set(variants))}")
     return rows
+
+
+def adapted_row(v, path, ids, dense, target, W, batch, dense_row) -> dict:
+    """The row of the model ``attnkit adapt --variant v`` wrote to ``path``."""
+    import attnkit.hf
+    model = attnkit.hf.from_pretrained(path).eval()              # the recorded variant
+    rec = model.config.attnkit_adapted
+    if rec["variant"] != v:
+        raise ValueError(f"adapted: expected a directory adapted for {v!r}, got {path} "
+                         f"(adapted for {rec['variant']!r})")
+    t0 = time.perf_counter()
+    lp = logprobs(model, ids, batch)
+    row = {"variant": f"{v} adapted", "dir": str(path), "windows": len(ids),
+           "context": ids.shape[1], "s": time.perf_counter() - t0,
+           "steps": rec.get("steps"), "adapt_seconds": rec.get("seconds"),
+           **score(lp, dense, target, W)}
+    row["ppl_change"] = row["ppl"] / dense_row["ppl"] - 1
+    return row
 
 
 def table(rows) -> str:
     head = ["variant", "ppl", *(f"ppl_{lo}_{hi}" for lo, hi in bands(rows[0]["context"])),
-            "ppl_past", "kl_past"]
+            "ppl_past", "kl", "kl_past", "top1_agreement", "ppl_change"]
     out = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in rows:
         cells = [f"`{r['variant']}`"] + [
-            "" if k not in r else f"{r[k]:.4f}" if k.startswith("kl") else f"{r[k]:.2f}"
+            "" if k not in r else f"{r[k]:+.1%}" if k == "ppl_change"
+            else f"{r[k]:.4f}" if k.startswith("kl") else f"{r[k]:.3f}" if k.startswith("top")
+            else f"{r[k]:.2f}"
             for k in head[1:]]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
@@ -149,10 +199,16 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--decode", action="store_true", help="also decode one window from the "
                    "bounded cache and compare with the forward")
+    p.add_argument("--adapted", action="append", default=[], metavar="VARIANT=DIR",
+                   help="also score the directory attnkit adapt wrote for VARIANT")
     p.add_argument("--json", default=None, help="also write the rows here")
     a = p.parse_args(argv)
+    bad = [x for x in a.adapted if "=" not in x]
+    if bad:
+        p.error(f"--adapted: expected VARIANT=DIR, got {bad[0]!r}")
     torch.set_num_threads(a.threads)
-    rows = run(a.windows, a.variants.split(","), a.batch, a.decode, a.context)
+    rows = run(a.windows, a.variants.split(","), a.batch, a.decode, a.context,
+               dict(x.split("=", 1) for x in a.adapted))
     print(table(rows))
     if a.json:
         with open(a.json, "w") as f:
