@@ -82,3 +82,35 @@ def test_bad_input_is_still_refused_by_name():
         attnkit.hf.attnkit_attention_forward(Layer(), q, k[:, :1].expand(2, 3, -1, -1)
                                              .contiguous(), v[:, :1].expand(2, 3, -1, -1)
                                              .contiguous(), mask, scaling=0.25)
+
+
+def test_config_reads_past_the_properties_equal_getattr():
+    """config_attr reads two config properties from their instance fields (the hot path);
+    on this transformers version they must be what the properties return, set or not."""
+    cfg = transformers.LlamaConfig()
+    for name in ("_attn_implementation", "output_attentions"):
+        assert hf_attention.config_attr(cfg, name) == getattr(cfg, name)
+    cfg._attn_implementation = "eager"
+    cfg.output_attentions = True
+    for name in ("_attn_implementation", "output_attentions"):
+        assert hf_attention.config_attr(cfg, name) == getattr(cfg, name)
+    assert hf_attention.config_attr(cfg, "output_attentions") is True
+
+
+def test_validate_at_once_agrees_with_the_checks():
+    """The one-line acceptance of validate_qkv accepts only what the full checks accept."""
+    from attnkit.call import _valid_at_once, validate_qkv
+    shapes = [((2, 8, 1, 16), (2, 2, 5, 16), (2, 2, 5, 8)), ((2, 8, 1, 16), (2, 3, 5, 16),
+              (2, 3, 5, 16)), ((2, 8, 1, 16), (1, 2, 5, 16), (1, 2, 5, 16)),
+              ((2, 8, 1, 16), (2, 2, 5, 8), (2, 2, 5, 16)), ((2, 8, 0, 16), (2, 2, 5, 16),
+              (2, 2, 5, 16)), ((2, 8, 1, 16), (2, 2, 4, 16), (2, 2, 5, 16))]
+    for sq, sk, sv in shapes:
+        q, k, v = torch.randn(sq), torch.randn(sk), torch.randn(sv)
+        for empty in (False, True):
+            if _valid_at_once(q, k, v, empty):
+                validate_qkv(q, k, v, allow_empty=empty)     # must not raise
+            else:
+                with pytest.raises((ValueError, TypeError)):   # none has Hkv = 0
+                    validate_qkv(q, k, v, allow_empty=empty)
+    assert not _valid_at_once(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 3, 4).double(),
+                              torch.randn(1, 2, 3, 4), False)

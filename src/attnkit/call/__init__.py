@@ -133,12 +133,30 @@ def _shape(t: Tensor) -> str:
     return "(" + ", ".join(map(str, t.shape)) + ")"
 
 
+def _valid_at_once(q, k, v, allow_empty: bool) -> bool:
+    """True when q, k, v pass every check of :func:`validate_qkv` with Hkv >= 1 (False:
+    let the checks below find and name what is wrong, or accept an empty call)."""
+    if not (isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)
+            and q.dim() == 4 and k.dim() == 4 and v.dim() == 4):
+        return False
+    B, H, Tq, D = q.shape
+    Bk, Hk, Tk, Dk = k.shape
+    Bv, Hv, Tv, Dv = v.shape
+    dt = q.dtype
+    return (dt.is_floating_point and k.dtype == dt and v.dtype == dt and Bk == B == Bv
+            and Dk == D >= 1 and Hv == Hk >= 1 and Tv == Tk and H % Hk == 0
+            and (allow_empty or min(B, H, Tq, Tk, Dv) >= 1)
+            and q.device == k.device == v.device)
+
+
 def validate_qkv(q, k, v, *, allow_empty: bool = False) -> None:
     """Raise TypeError/ValueError naming the tensor, the expected and the received.
 
     ``allow_empty``: B, H, Hkv (only with H = 0), Tq, Tk and Dv may be 0 (``attention``
     then returns what SDPA returns: the empty output, or zeros when only Tk is 0); D must
     stay >= 1."""
+    if _valid_at_once(q, k, v, allow_empty):      # the common case in ~1 us; errors below
+        return
     for name, t, layout in (("q", q, "(B, H, Tq, D)"), ("k", k, "(B, Hkv, Tk, D)"),
                             ("v", v, "(B, Hkv, Tk, Dv)")):
         if not isinstance(t, Tensor):

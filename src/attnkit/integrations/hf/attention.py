@@ -109,10 +109,22 @@ def config_attr(cfg, name: str, default=None):
     while torch.compile traces."""
     if torch.compiler.is_compiling():
         return getattr(cfg, name, default)
+    field = _STORED_IN.get(name)
+    if field is not None:       # a property returning this field: read it from the instance
+        try:
+            return object.__getattribute__(cfg, "__dict__")[field]
+        except (AttributeError, KeyError):
+            pass
     try:
         return object.__getattribute__(cfg, name)
     except AttributeError:
         return default
+
+
+# transformers' config properties that return a plain instance field (5.4 .. 5.25); a
+# test checks each against getattr on every version CI runs.
+_STORED_IN = {"_attn_implementation": "_attn_implementation_internal",
+              "output_attentions": "_output_attentions"}
 
 
 def _wants_weights(module, kwargs) -> tuple[bool, bool]:

@@ -28,6 +28,19 @@ from torch import Tensor
 __all__ = ["HeadEdit", "edit", "record", "Recorder", "edit_heads"]
 
 _state = threading.local()
+_ACTIVE = [0]   # edit/record blocks open in any thread (edit_heads returns at once when 0)
+_ACTIVE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _opened():
+    with _ACTIVE_LOCK:
+        _ACTIVE[0] += 1
+    try:
+        yield
+    finally:
+        with _ACTIVE_LOCK:
+            _ACTIVE[0] -= 1
 
 
 @dataclasses.dataclass
@@ -97,7 +110,8 @@ def edit(edits: dict):
     old = getattr(_state, "edits", None)
     _state.edits = {**(old or {}), **edits}
     try:
-        yield
+        with _opened():
+            yield
     finally:
         _state.edits = old
 
@@ -109,13 +123,16 @@ def record(keep_grad: bool = False):
     old = getattr(_state, "recorder", None)
     _state.recorder = Recorder(keep_grad)
     try:
-        yield _state.recorder
+        with _opened():
+            yield _state.recorder
     finally:
         _state.recorder = old
 
 
 def edit_heads(module, out: Tensor) -> Tensor:
     """Called by the attention function with ``out (B, Tq, H, Dv)``; returns it edited."""
+    if not _ACTIVE[0]:      # no edit or recording block open in any thread: nothing to read
+        return out
     edits = getattr(_state, "edits", None)
     if edits:
         e = edits.get(module)
