@@ -99,7 +99,7 @@ def test_linear_attention_in_multihead_attention_matches_functional():
 
 @pytest.mark.parametrize("call, msg", [
     (dict(return_weights=True), "return_weights: linear attention never forms"),
-    (dict(cache=KVCache()), "cache: linear attention decodes with a LinearAttentionState"),
+    (dict(cache=KVCache()), "cache: linear attention decodes from its recurrent state"),
     (dict(mask=masks.window(3)), "mask: linear attention serves no mask or causal"),
 ])
 def test_linear_attention_refusals(call, msg):

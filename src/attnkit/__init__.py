@@ -44,7 +44,8 @@ from . import linear, models, modules
 from .linear import FavorPlus, LinearAttentionState, linear_attention, linear_attention_step
 from .engine.sparse import sparse_attention
 from .loading import load
-from .modules import KVCache, MultiHeadAttention, SlidingWindowCache
+from .modules import (KVCache, LinearStateCache, MultiHeadAttention, SinkWindowCache,
+                      SlidingWindowCache)
 from .models import BERT, GPT, Transformer, ViT
 
 from .core.version import __version__  # noqa: E402
@@ -55,7 +56,8 @@ __all__ = ["attention", "select_backend", "make_call", "use_backends", "masks", 
            "available_backends", "get_backend", "register_backend", "unregister_backend",
            "linear", "linear_attention", "linear_attention_step", "LinearAttentionState",
            "FavorPlus", "sparse_attention", "models", "modules", "load", "MultiHeadAttention",
-           "KVCache", "SlidingWindowCache", "BERT", "GPT", "Transformer", "ViT"]
+           "KVCache", "SlidingWindowCache", "SinkWindowCache", "LinearStateCache", "BERT", "GPT",
+           "Transformer", "ViT"]
 
 
 def __getattr__(name):

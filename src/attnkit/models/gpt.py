@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import masks
-from ..modules import (Block, KVCache, LayerConfig, LearnedPositions, SinusoidalPositions,
-                       SlidingWindowCache, make_norm)
+from ..modules import (Block, KVCache, LayerConfig, LearnedPositions, LinearStateCache,
+                       SinkWindowCache, SinusoidalPositions, SlidingWindowCache, make_norm)
+from ..modules.cache import kept_keys
 from ..modules.attention import UNSET
 from .common import TextModel, init_weights, preset_config, set_attention, wants_weights
 
@@ -129,16 +130,26 @@ class GPT(TextModel):
 
     def new_cache(self, bounded: bool = False) -> list[KVCache]:
         """One cache per layer; sliding-window models get a :class:`SlidingWindowCache`.
-        ``bounded`` (what :meth:`generate` uses): a layer whose pattern reads at most w keys
-        back (``set_attention(pattern=window(w))``...) keeps only the last w; each call
+        ``bounded`` (what :meth:`generate` uses), from the layer's pattern's structure
+        (:func:`~attnkit.modules.cache.kept_keys`): a pattern that reads at most w keys
+        back (``window(w)``) keeps only the last w; one that also reads the first G <= w
+        tokens (``longformer(w, G, causal=True)``, ``window(w) | global_tokens(range(G))``)
+        a :class:`SinkWindowCache` of those G and the last w (more sinks than w: every key);
+        a linear-attention layer its recurrent state (:class:`LinearStateCache`). Each call
         checks that no dropped key is read (``MultiHeadAttention._check_window``)."""
         out = []
         for layer in self.layers:
-            reach = [self.cfg.window - 1] if self.cfg.window is not None else []
-            if bounded and layer.attn.pattern is not None and layer.attn.linear is None:
-                hi = layer.attn.pattern.resolve(1, self.max_tokens).distance_bounds()[1]
-                reach += [hi] if hi != float("inf") else []
-            out.append(SlidingWindowCache(max(1, int(min(reach)))) if reach else KVCache())
+            attn = layer.attn
+            if bounded and attn.linear is not None:
+                out.append(LinearStateCache())
+                continue
+            own = [(0, self.cfg.window - 1)] if self.cfg.window is not None else []
+            if bounded and attn.pattern is not None:
+                own.append(kept_keys(attn.pattern.resolve(1, self.max_tokens)))
+            G, w = min(own, key=lambda r: r[0] + r[1], default=(0, float("inf")))
+            w = max(1, w)
+            out.append(KVCache() if w == float("inf") or G > w else
+                       SlidingWindowCache(int(w)) if not G else SinkWindowCache(G, int(w)))
         return out
 
     def forward(self, idx: Tensor, attention_mask: Tensor | None = None,

@@ -19,6 +19,7 @@ stay ``(B, Hkv, T, D)`` all the way into the kernel (never repeated per head).
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -27,7 +28,7 @@ from ..call.bias import alibi
 from ..engine.functional import attention
 from ..linear import linear_attention, make_feature_map
 from ..masks import MaskSpec, as_mask, causal, key_padding
-from .cache import KVCache
+from .cache import KVCache, LinearStateCache, kept_keys
 from .positional import RotaryEmbedding
 
 __all__ = ["MultiHeadAttention", "key_padding_mask", "UNSET"]
@@ -60,8 +61,9 @@ class MultiHeadAttention(nn.Module):
         backend: passed to :func:`attnkit.attention`. fused: one qkv weight.
 
     ``set_attention(linear="elu" | "relu" | FeatureMap)`` replaces softmax attention by
-    :func:`attnkit.linear_attention` (O(T)); it serves no mask or ``causal()`` only,
-    and no KV cache, weights, ALiBi or attention dropout (each refused with a reason).
+    :func:`attnkit.linear_attention` (O(T)); it serves no mask or ``causal()`` only, and
+    no weights, ALiBi or attention dropout (each refused with a reason); it decodes from
+    a :class:`~attnkit.modules.LinearStateCache` (its recurrent state), not a KVCache.
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, *,
@@ -173,9 +175,12 @@ class MultiHeadAttention(nn.Module):
         ``mask``: anything :func:`attnkit.attention` accepts (spec, bool or additive
         tensor), AND-ed with the pattern. ``cache``: a :class:`KVCache`; for
         self-attention new keys/values are appended (RoPE positions continue from
-        ``cache.seen``); for cross-attention a filled cache is reused as is and
-        ``context`` may then be None. ``positions``: RoPE positions of the queries,
-        ``(Tq,)`` or ``(B, Tq)`` (default: consecutive after the cache).
+        ``cache.seen``; a bounded cache's kept keys are masked at their absolute
+        positions, and a pattern that could read a dropped key raises); for
+        cross-attention a filled cache is reused as is and ``context`` may then be None.
+        Linear attention takes a :class:`LinearStateCache` instead. ``positions``: RoPE
+        positions of the queries, ``(Tq,)`` or ``(B, Tq)`` (default: consecutive after the
+        cache).
 
         Returns ``out (B, Tq, d_model)``, or ``(out, weights (B, H, Tq, Tk))`` when
         ``return_weights``.
@@ -183,6 +188,9 @@ class MultiHeadAttention(nn.Module):
         self._check_input("x", x)
         if cache is not None and not isinstance(cache, KVCache):
             raise TypeError(f"cache: expected a KVCache or None, got {type(cache).__name__}")
+        if isinstance(cache, LinearStateCache) and self.linear is None:
+            raise ValueError("cache: a LinearStateCache holds linear attention's state; this "
+                             "layer runs softmax attention (use a KVCache)")
         cross = context is not None or (cache is not None and cache.cross)
         if cross:
             if self.rope is not None or self.alibi is not None:
@@ -210,10 +218,8 @@ class MultiHeadAttention(nn.Module):
             offset = 0 if cache is None else cache.seen
             if self.rope is not None:
                 q, k = self.rope(q, k, offset, positions)
-            if cache is not None:
+            if cache is not None and not isinstance(cache, LinearStateCache):
                 k, v = cache.update(k, v)
-                if cache.seen > k.shape[2]:       # positions before k[0] were evicted
-                    self._check_window(q.shape[2], k.shape[2], cache)
 
         spec = self.pattern
         if mask is not None:
@@ -222,7 +228,10 @@ class MultiHeadAttention(nn.Module):
             out = self._linear_attention(q, k, v, spec, cache, return_weights)
             B, H, Tq, D = out.shape
             return self.o_proj(out.transpose(1, 2).reshape(B, Tq, H * D))
-        res = attention(q, k, v, mask=spec, bias=self.alibi,
+        bias = self.alibi
+        if not cross and cache is not None and cache.seen > k.shape[2]:   # keys were dropped
+            spec, bias = self._kept(q, k.shape[2], cache, spec)
+        res = attention(q, k, v, mask=spec, bias=bias,
                         dropout_p=self.dropout if self.training else 0.0,
                         backend=self.backend, return_weights=return_weights)
         out, w = res if return_weights else (res, None)
@@ -232,10 +241,14 @@ class MultiHeadAttention(nn.Module):
 
     def _linear_attention(self, q, k, v, spec, cache, return_weights) -> Tensor:
         """Linear attention on ``(B, H, T, D)`` heads; refuses what it cannot serve."""
+        state = isinstance(cache, LinearStateCache)
         why = ("return_weights: linear attention never forms attention weights"
                if return_weights
-               else "cache: linear attention decodes with a LinearAttentionState "
-               "(attnkit.linear_attention_step), not a KVCache" if cache is not None
+               else "cache: linear attention decodes from its recurrent state, a "
+               "LinearStateCache (GPT.new_cache(bounded=True)), not a KVCache"
+               if cache is not None and not state
+               else "mask: a LinearStateCache decodes causal linear attention; expected a "
+               "causal() pattern, got none" if state and spec is None
                else "positions: ALiBi is a softmax bias; linear attention cannot apply it"
                if self.alibi is not None
                else "dropout: linear attention has no weights to drop; build the module with "
@@ -244,16 +257,45 @@ class MultiHeadAttention(nn.Module):
                else f"mask: linear attention serves no mask or causal() only, got {spec!r}")
         if why:
             raise ValueError(why)
+        if state:
+            return cache.attend(q, k, v, self.linear)
         return linear_attention(q, k, v, self.linear, causal=spec is not None)
 
-    def _check_window(self, Tq: int, Tk: int, cache: KVCache) -> None:
-        """A sliding cache dropped positions: the pattern must not see any of them."""
-        p, n = self.pattern, cache.seen - Tk
-        p = None if p is None else p.resolve(Tq, Tk + n)
-        if p is None or not p.toeplitz or bool(p.tile(0, Tq, 0, n, Tq=Tq, Tk=Tk + n).any()):
-            raise ValueError(f"cache: {cache!r} has dropped {n} positions that the pattern "
-                             f"{p!r} would attend to; use a pattern like window(w) with "
-                             f"w < the cache window, or a full KVCache")
+    def _kept(self, q: Tensor, Tk: int, cache: KVCache, spec):
+        """``cache`` returned ``Tk`` keys at positions 0..G-1 (its sinks) and
+        ``seen - Tk + G .. seen - 1``, having dropped those between. Raises if the pattern
+        could read a dropped key; else returns the mask and bias of the kept keys: the full
+        problem's columns at their absolute positions (unchanged for a plain window)."""
+        Tq, full = q.shape[2], cache.seen
+        G = min(getattr(cache, "sinks", 0), Tk)
+        self._check_window(Tq, Tk, cache, G)
+        bias = self.alibi
+        if not G and spec.toeplitz and (bias is None or bias.toeplitz):
+            return spec, bias             # distances only: the end-aligned mask is the same
+        spec = spec.resolve(Tq, full).to(q.device)
+        spec.validate(q.shape[0], self.n_heads, Tq, full)
+
+        def columns(m, **kw):                                      # (Bm, Hm, Tq, Tk)
+            return torch.cat([m.tile(0, Tq, 0, G, Tq=Tq, Tk=full, device=q.device, **kw),
+                              m.tile(0, Tq, full - Tk + G, full, Tq=Tq, Tk=full,
+                                     device=q.device, **kw)], dim=-1)
+        keep = columns(spec)
+        return (None if bool(keep.all()) else as_mask(keep),
+                None if bias is None else columns(bias, dtype=torch.float32))
+
+    def _check_window(self, Tq: int, Tk: int, cache: KVCache, G: int = 0) -> None:
+        """A bounded cache dropped positions G..seen-Tk+G-1: the pattern must see none."""
+        p, n, full = self.pattern, cache.seen - Tk, cache.seen
+        p = None if p is None else p.resolve(Tq, full)
+        if p is not None:
+            g, w = kept_keys(p)       # its structure proves it (O(1)), else evaluate
+            if g <= G and w <= Tk - G - Tq or not bool(
+                    p.tile(0, Tq, G, G + n, Tq=Tq, Tk=full).any()):
+                return
+        raise ValueError(f"cache: {cache!r} has dropped {n} positions that the pattern "
+                         f"{p!r} would attend to; use a pattern that reads only what it keeps "
+                         f"(window(w) with w <= the cache window, plus its sinks) or a full "
+                         f"KVCache")
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "

@@ -11,15 +11,36 @@ pattern never looks further back (``window(w - 1)`` or narrower, Mistral-style).
 :class:`~attnkit.modules.MultiHeadAttention` checks this on every call: a pattern
 that could see a dropped position raises instead of silently changing the output.
 
+:class:`SinkWindowCache` keeps the first ``sinks`` positions and the last ``window``
+(StreamingLLM's attention sinks, Xiao et al. 2023): exact for a causal window with the
+first G tokens global (``longformer(w, G, causal=True)``, ``window(w) |
+global_tokens(range(G))``). Keys keep their original positions (RoPE is applied before
+caching); attention masks the kept keys with the columns of the full mask at their
+absolute positions (sinks 0..G-1, then the window).
+
+:class:`LinearStateCache` holds causal linear attention's recurrent state instead of
+keys (:class:`attnkit.linear.LinearAttentionState`: S = sum phi(k) v^T (B, Hkv, F, Dv),
+z = sum phi(k) (B, Hkv, F)): a decoding step costs O(1) in the context.
+
+:func:`kept_keys` reads from a pattern's structure which keys it can read (sinks, reach
+back); ``GPT.new_cache(bounded=True)`` picks the cache from it.
+
 Cross-attention caches are filled once (the encoder output does not change while
 decoding) and then reused as they are.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
-__all__ = ["KVCache", "SlidingWindowCache", "cache_nbytes"]
+from ..linear import linear_attention
+from ..masks import AndMask, GlobalTokens, MaskSpec, OrMask
+
+__all__ = ["KVCache", "SlidingWindowCache", "SinkWindowCache", "LinearStateCache",
+           "cache_nbytes", "kept_keys"]
 
 
 class KVCache:
@@ -110,6 +131,101 @@ class SlidingWindowCache(KVCache):
 
     def __repr__(self):
         return super().__repr__()[:-1] + f", window={self.window})"
+
+
+class SinkWindowCache(KVCache):
+    """Keeps the first ``sinks`` positions and the last ``window`` (``k (B, Hkv, sinks +
+    window, D)``, sinks first). ``update`` returns the stored keys plus the new ones, so
+    they are at positions 0..sinks-1, then a contiguous run ending at ``seen - 1``."""
+
+    def __init__(self, sinks: int, window: int):
+        super().__init__()
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window: expected an int >= 1, got {window!r}")
+        if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
+            raise ValueError(f"sinks: expected an int >= 0, got {sinks!r}")
+        if sinks > window:
+            raise ValueError(f"sinks: expected <= window={window} (a few sink tokens and a "
+                             f"longer window), got {sinks}")
+        self.sinks, self.window = sinks, window
+
+    def _store(self, k, v):
+        G, w = self.sinks, self.window
+        if k.shape[2] > G + w:  # a new tensor, so the evicted part is freed
+            k = torch.cat((k[:, :, :G], k[:, :, -w:]), dim=2)
+            v = torch.cat((v[:, :, :G], v[:, :, -w:]), dim=2)
+        self.k, self.v = k, v
+
+    def __repr__(self):
+        return super().__repr__()[:-1] + f", sinks={self.sinks}, window={self.window})"
+
+
+class LinearStateCache(KVCache):
+    """Causal linear attention's recurrent state instead of keys: :meth:`attend` runs
+    :func:`attnkit.linear_attention` from the state and keeps the next one. ``state``:
+    a :class:`~attnkit.linear.LinearAttentionState` or None (nothing seen); ``seen``
+    counts the tokens folded in. Holds no keys (``k``, ``v`` stay None)."""
+
+    def __init__(self):
+        super().__init__()
+        self.state = None
+
+    def update(self, k, v):
+        raise TypeError("cache: a LinearStateCache holds no keys (linear attention's "
+                        "recurrent state); MultiHeadAttention with linear= calls attend()")
+
+    def set(self, k, v):
+        raise ValueError("cache: a LinearStateCache serves causal self-attention only; "
+                         "cross-attention needs a KVCache")
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, feature_map) -> Tensor:
+        """``q (B, H, T, D)``, the new ``k (B, Hkv, T, D)``, ``v (B, Hkv, T, Dv)`` ->
+        ``out (B, H, T, Dv)``, causal over every token seen; the state advances."""
+        out, self.state = linear_attention(q, k, v, feature_map, causal=True,
+                                           state=self.state, return_state=True)
+        self.seen += k.shape[2]
+        return out
+
+    def reorder(self, index: Tensor) -> None:
+        st = self.state
+        if st is not None:
+            self.state = replace(st, S=st.S.index_select(0, index),
+                                 z=st.z.index_select(0, index), m=st.m.index_select(0, index))
+
+    def reset(self) -> None:
+        super().reset()
+        self.state = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the state (S, z and the stabiliser m), independent of ``seen``."""
+        st = self.state
+        return 0 if st is None else sum(t.numel() * t.element_size() for t in (st.S, st.z, st.m))
+
+    def __repr__(self):
+        shape = None if self.state is None else tuple(self.state.S.shape)
+        return f"LinearStateCache(S={shape}, seen={self.seen}, nbytes={self.nbytes})"
+
+
+def kept_keys(spec: MaskSpec | None) -> tuple[int, float]:
+    """``(G, w)``: a query at p >= G reads only keys k < G (sinks) or p - w <= k, read
+    from the spec's structure (``&``, ``|``, windows, global tokens, named patterns' specs;
+    any other spec by its ``distance_bounds``); ``w = inf``: no bound. Queries p < G (a
+    global row) see no dropped key: a cache drops nothing before G + w tokens."""
+    if spec is None:
+        return 0, math.inf
+    if isinstance(spec, AndMask):   # each side bounds it: the smaller cache
+        return min((kept_keys(p) for p in spec.parts), key=lambda r: r[0] + r[1])
+    if isinstance(spec, OrMask):
+        (a, b), (c, d) = (kept_keys(p) for p in spec.parts)
+        return max(a, c), max(b, d)
+    if isinstance(spec, GlobalTokens):
+        idx = spec.indices
+        return (int(idx.max()) + 1 if idx.numel() else 0), -math.inf
+    inner = getattr(spec, "spec", None)          # a named pattern: its composed spec
+    if isinstance(inner, MaskSpec) and inner is not spec:
+        return kept_keys(inner)
+    return 0, spec.distance_bounds()[1]
 
 
 def cache_nbytes(caches) -> int:
