@@ -225,6 +225,15 @@ def test_bench_help_states_the_defaults_it_uses():
             assert text == "text with --model, random without"
             assert (modes["random"].inputs, modes["model"].inputs) == ("random", "text")
             continue
+        if opt in ("--adapt-dir", "--adapt-every", "--adapt-batch-size", "--eval-text"):
+            # decided by --out / attnkit adapt's own defaults (AdaptConfig), checked there
+            from attnkit.adaptation import AdaptConfig
+            assert getattr(modes["model"], dest) is None, opt
+            if opt == "--adapt-batch-size":
+                assert int(text) == AdaptConfig.batch_size
+            if opt == "--eval-text":
+                assert f"{AdaptConfig.eval_fraction:.0%}" in text
+            continue
         if " with random inputs, " in text:
             rand, model = text.split(" with random inputs, ")
             assert getattr(modes["random"], dest) == rand, opt

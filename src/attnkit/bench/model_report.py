@@ -4,13 +4,15 @@ PNGs: ``mass_vs_window.png`` (attention mass within w tokens vs w, per layer, ev
 faint and the layer mean bold; dashed lines at the window variants measured),
 ``layers.png`` (each variant's attention-output error per layer on the dense run's
 q/k/v, and the mass each sparse pattern keeps per layer) and ``fidelity_speed.png``
-(fidelity against model-forward speed vs dense, with the quartile interval).
+(fidelity against model-forward speed vs dense, with the quartile interval); with
+``--adapt N`` also the adapted table and ``adapt_curve.png`` (:mod:`.adapted`).
 """
 from __future__ import annotations
 
 import json
 import os
 
+from . import adapted
 from .timing import fmt_ratio, fmt_spread
 
 __all__ = ["tables", "markdown", "write", "NOTES"]
@@ -165,7 +167,8 @@ def notes(res: dict) -> list[str]:
     layer = c["layers"][0] if c["layers"] else 0
     return [NOTES[0], NOTES[1].format(tol=c["rel_tol"], budget=c["time_budget_s"]),
             NOTES[2].format(layer=layer),
-            f"Memory: peak extra memory of one forward ({res['rows'][0]['memory_method']})."]
+            f"Memory: peak extra memory of one forward ({res['rows'][0]['memory_method']})."] + \
+        (adapted.notes(res) if "adaptation" in res else [])
 
 
 def markdown(res: dict) -> str:
@@ -182,6 +185,8 @@ def markdown(res: dict) -> str:
     lines += _md_table(head, rows) + [""]
     rec = res["recommendation"]
     lines += [f"**Recommendation:** {rec['text']}", ""]
+    if "adaptation" in res:
+        lines += adapted.markdown_lines(res)
     lines += ["![mass vs window](mass_vs_window.png)", "![per layer](layers.png)",
               "![fidelity vs speed](fidelity_speed.png)", ""]
     lines += [f"* {x}" for x in notes(res)] + [""]
@@ -299,4 +304,7 @@ def write(res: dict, out_dir: str) -> list[str]:
     plot_mass(res, paths[2])
     plot_layers(res, paths[3])
     plot_fidelity_speed(res, paths[4])
+    if "adaptation" in res:
+        paths.append(os.path.join(out_dir, adapted.CURVE_PNG))
+        adapted.plot_curve(res, paths[-1])
     return paths

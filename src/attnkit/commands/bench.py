@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from ..core.errors import UsageError
+from . import bench_adapt
 
 # option -> (default with random inputs, default with --model); None = no default
 MODE_DEFAULTS = {
@@ -58,6 +59,7 @@ def resolve(args) -> None:
             setattr(args, k, d)
     if not model_mode and args.layers is not None:
         raise UsageError("--layers: used with --model (inputs text) only")
+    bench_adapt.check(args)
 
 
 def _check_common(args) -> None:
@@ -139,6 +141,7 @@ def run_model(args) -> int:
     from ..bench.model_bench import ModelBenchConfig, check_config, run_model_bench, validate
     from ..bench.runner import parse_seqs, parse_size
     variants = _variants(args.variants)
+    measured = bench_adapt.zero_shot_variants(variants) if args.adapt else variants
     try:
         seqs = parse_seqs(args.seq)
         budget = parse_size(args.memory_budget) if args.memory_budget else None
@@ -148,7 +151,7 @@ def run_model(args) -> int:
         if "invalid literal" in msg:
             msg = f"--layers: expected layer numbers like '0,5', got {args.layers!r}"
         raise UsageError(msg) from None
-    cfg = ModelBenchConfig(seqs=seqs, variants=variants, layers=layers,
+    cfg = ModelBenchConfig(seqs=seqs, variants=measured, layers=layers,
                            max_windows=args.max_windows, min_cosine=args.min_cosine,
                            max_kl=args.max_kl, memory_budget=budget,
                            time_budget_s=args.time_budget, min_runs=args.repeats)
@@ -162,6 +165,7 @@ def run_model(args) -> int:
         validate(source, text, cfg)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    prepared = bench_adapt.prepare(args, source, variants, seqs) if args.adapt else None
     con = Console()
     with con.status("bench") as status:
         res = run_model_bench(source, text, cfg, text_name=text_name,
@@ -173,6 +177,8 @@ def run_model(args) -> int:
     con.print("Recommendation: " + res["recommendation"]["text"], style="bold", markup=False)
     for note in model_report.notes(res):
         con.print(f"* {note}", style="dim", markup=False)
+    if prepared:
+        bench_adapt.run(args, res, prepared, text, cfg, con)
     if args.out:
         for p in model_report.write(res, args.out):
             con.print(f"wrote {p}")
@@ -262,8 +268,10 @@ def add_parser(sub) -> None:
         "fastest variant meeting --min-cosine / --max-kl. With --inputs random: random q/k/v "
         "at --seq lengths (each point in its own process; error on random inputs).",
         epilog="Variants: dense, window:W, strided[:S], fixed[:S[:C]], dilated:W:D, "
-        "longformer:W[:G], bigbird[:B], logsparse, linear:elu|relu|favor[:M]. "
+        "longformer:W[:G], bigbird[:B], logsparse, linear:elu|relu|favor[:M]; with --adapt also "
+        "the learned gqa:N and linear:hedgehog. "
         "Examples: attnkit bench --model minilm --out report; "
+        "attnkit bench --model minilm --text my.txt --variants window:64 --adapt 50 --out r; "
         "attnkit bench --model ./my-hf-decoder --seq 512 --variants dense,window:128,linear:elu; "
         "attnkit bench --inputs random --seq 1k,4k,16k --variants dense,window:256,linear:elu")
     p.add_argument("--model", help="'minilm' or a Hugging Face checkpoint directory: "
@@ -300,6 +308,7 @@ def add_parser(sub) -> None:
                    "torch's default (all cores), which on a shared machine makes times swing "
                    "with other processes' load (default: 1)")
     p.add_argument("--out", help="directory for bench.md, bench.json and PNGs (default: none)")
+    bench_adapt.add_arguments(p)
     g = p.add_argument_group("random inputs (--inputs random)")
     g.add_argument("--batch", type=int, default=None, help="batch size (default: 1)")
     g.add_argument("--heads", type=int, default=None, help="query heads (default: 12; with "

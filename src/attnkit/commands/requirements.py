@@ -54,3 +54,5 @@ def check_command(args) -> None:
     """Before a command starts its work: the packages its arguments will need."""
     if args.command in ("inspect", "bench") and getattr(args, "out", None):
         require("matplotlib")
+    if args.command == "bench" and getattr(args, "adapt", None) is not None:
+        require("transformers")
