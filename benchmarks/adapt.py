@@ -57,6 +57,10 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-windows", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr1", type=float, default=None, help="stage-1 lr (default: adapt's)")
+    ap.add_argument("--lr2", type=float, default=None, help="stage-2 lr (default: adapt's)")
+    ap.add_argument("--stage1-steps", type=int, default=None,
+                    help="attention-transfer steps (default: adapt's, a quarter)")
     args = ap.parse_args(argv)
     import attnkit
     torch.set_num_threads(args.threads)
@@ -72,7 +76,9 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         rec = attnkit.adapt("minilm", variant, str(train), steps, str(d), eval_text=str(held),
                             seq=seq, batch_size=args.batch_size, eval_windows=args.eval_windows,
-                            eval_every=max(1, steps // 4), seed=args.seed, progress=False)
+                            eval_every=max(1, steps // 4), seed=args.seed, progress=False,
+                            **{k: getattr(args, k) for k in ("lr1", "lr2", "stage1_steps")
+                               if getattr(args, k) is not None})
         shutil.rmtree(d / "ckpt", ignore_errors=True)      # the run's checkpoint (resume)
         h0, h1 = rec["history"][0], rec["history"][-1]
         rows.append((variant, seq, steps, h0["embedding_cosine"], h0["embedding_cosine_min"],
