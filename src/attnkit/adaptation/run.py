@@ -8,6 +8,27 @@ time spent are checkpointed with :mod:`attnkit.train.checkpoint` (atomic, surviv
 student runs in eval mode (dropout off: it is distilled towards a deterministic teacher),
 so a resumed run repeats the same steps exactly. Ctrl-C: the step in flight completes, a
 checkpoint is written, the run says how to resume.
+
+Data parallel (``torchrun --nproc_per_node P -m attnkit adapt ...``; gloo on CPU), with
+:class:`attnkit.train.dist.DistEnv`: every process loads the same teacher and student and
+draws the same global batch, keeps its rows ``[r*B/P, (r+1)*B/P)`` (``--batch-size`` must
+divide by P) and computes its additive share of the global loss
+(:mod:`.objectives`: numerators over its rows, denominators summed over the processes);
+after ``backward`` the gradients are summed over the processes explicitly
+(:meth:`DistEnv.sum_grads`), then clipped and stepped -- the same on every process, so the
+weights stay identical and a step equals the single-process step on the whole batch up to
+the order of float sums. Not DistributedDataParallel: stage 1 calls the student's
+attention modules directly (on the teacher's inputs), outside any wrapper's forward, so
+DDP's reducer would never be prepared for that backward; and the trainable set changes
+between the stages (``requires_grad``), which a DDP wrapper fixes at construction.
+Evaluation runs on every process, identically (no collective to time out on a long
+evaluation); only rank 0 writes (run file, checkpoints, the adapted directory), prints
+and shows the progress bar. The loss and Ctrl-C are agreed in one collective per step,
+so every process stops at the same step: a terminal's Ctrl-C reaches torchrun's agent,
+which forwards SIGINT once to each worker; they finish the step, checkpoint and exit
+(tested, as is SIGKILL of the whole job). ``--resume DIR`` under torchrun with the same
+process count continues exactly; with another count (or none) it continues the same run,
+equal up to the order of float sums.
 """
 from __future__ import annotations
 
@@ -19,6 +40,7 @@ import torch
 
 from ..train.checkpoint import (clean_partial, latest_checkpoint, load_checkpoint,
                                 save_checkpoint, write_atomic)
+from ..train.dist import DistEnv
 from ..train.loop import SigintFlag
 from ..train.progress import ProgressBar
 from .config import AdaptConfig
@@ -99,40 +121,56 @@ def _set_stage(pair, opt, cfg: AdaptConfig, step: int) -> str:
 
 def adapt(model: str | None = None, variant: str | None = None, text=None, steps=None,
           out=None, *, resume: bool = False, progress: bool = True, log=print,
-          **options) -> dict:
+          dist_timeout: float = 60.0, **options) -> dict:
     """Adapt ``model`` to ``variant`` on ``text`` (a file) for ``steps`` and write the
     adapted Hugging Face directory ``out``; ``resume=True`` continues the run in ``out``
     (``steps`` may extend it). ``options``: the other :class:`AdaptConfig` fields.
-    Returns the record stored in the directory's config (fidelity before, during and
-    after; time spent). ValueError (one line) on bad input."""
+    Under torchrun (WORLD_SIZE > 1): data parallel, see the module doc (``dist_timeout``:
+    the process group's, seconds). Returns the record stored in the directory's config
+    (fidelity before, during and after; time spent). ValueError (one line) on bad input."""
     out = Path(out) if out is not None else None
     if out is None:
         raise ValueError("--out: expected a directory for the adapted model")
     check_out(out, resume)
     if resume:
-        clean_partial(out)
         saved = json.loads((out / RUN_FILE).read_text())
         if steps is not None:
             saved["steps"] = steps
         cfg = AdaptConfig.from_dict(saved)
     else:
         cfg = AdaptConfig(model=model, variant=variant, text=text, steps=steps, **options)
+    env = DistEnv.from_env("cpu", dist_timeout)
+    try:
+        env.check_batch(cfg.batch_size, "--batch-size")
+        return _adapt(cfg, out, env, resume, progress and env.main,
+                      log if env.main else (lambda *a: None))
+    finally:
+        env.close()
+
+
+def _adapt(cfg: AdaptConfig, out: Path, env: DistEnv, resume: bool, progress: bool,
+           log) -> dict:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     pair = open_pair(cfg.model, cfg.variant)
     train, held = split_windows(pair, cfg)
     opt = torch.optim.AdamW(pair.student.parameters(), lr=cfg.lr2, weight_decay=0.0)
+    env.barrier()                   # every process has checked `out` before rank 0 writes
     step, history, elapsed = 0, [], 0.0
+    if resume and env.main:
+        clean_partial(out)
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, pair.student, opt)
         step, history, elapsed = state["step"], state["history"], state["elapsed"]
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / RUN_FILE, json.dumps(cfg.to_dict(), indent=1))
+        if env.main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_atomic(out / RUN_FILE, json.dumps(cfg.to_dict(), indent=1))
         history.append({"step": 0, **evaluate(pair, held, cfg.batch_size)})
         log(f"{cfg.variant} zero-shot: {headline(pair.kind, history[0])}")
+    total = env.all_sum if env.world > 1 else None
     bar = ProgressBar(cfg.label(), cfg.steps, step, progress, fields=("stage", "loss", "fid"))
     t0 = time.perf_counter()
     interrupted = False
@@ -142,30 +180,39 @@ def adapt(model: str | None = None, variant: str | None = None, text=None, steps
                 step += 1
                 stage = _set_stage(pair, opt, cfg, step)
                 opt.zero_grad(set_to_none=True)
-                ids = _batch(train, cfg, step)
-                loss = (transfer_loss if stage == "stage 1" else distill_loss)(pair, ids)
+                ids = env.shard({"ids": _batch(train, cfg, step)})["ids"]   # (B/P, seq)
+                loss = (transfer_loss if stage == "stage 1" else distill_loss)(pair, ids, total)
                 loss.backward()
+                env.sum_grads(pair.student.parameters())
                 torch.nn.utils.clip_grad_norm_(
                     [p for p in pair.student.parameters() if p.grad is not None], 1.0)
                 opt.step()
-                bar.update(step, stage=stage, loss=f"loss {loss.item():.4f}")
+                # one collective: the global loss, Ctrl-C on any process
+                agreed = env.all_sum(torch.tensor([loss.item(), sig.raised],
+                                                  dtype=torch.float64))
+                stop = float(agreed[1]) > 0
+                bar.update(step, stage=stage, loss=f"loss {float(agreed[0]):.4f}")
                 last = step == cfg.steps
                 if step % cfg.every == 0 or last:
                     history.append({"step": step, "stage": stage,
                                     **evaluate(pair, held, cfg.batch_size)})
                     bar.update(step, fid=headline(pair.kind, history[-1]).split(",")[0])
-                if step % (cfg.ckpt_every or cfg.every) == 0 or last or sig.raised:
-                    save_checkpoint(out, step, pair.student, opt, {
-                        "history": history, "elapsed": elapsed + time.perf_counter() - t0},
-                        keep=1)
-                if sig.raised and not last:
+                if step % (cfg.ckpt_every or cfg.every) == 0 or last or stop:
+                    if env.main:
+                        save_checkpoint(out, step, pair.student, opt, {
+                            "history": history,
+                            "elapsed": elapsed + time.perf_counter() - t0}, keep=1)
+                    env.barrier()
+                if stop and not last:
                     interrupted = True
                     break
     finally:
         bar.close()
     elapsed += time.perf_counter() - t0
     if interrupted:
-        log(f"interrupted at step {step}; continue with: attnkit adapt --resume {out}")
+        launch = (f"torchrun --nproc_per_node {env.world} -m attnkit adapt" if env.world > 1
+                  else "attnkit adapt")
+        log(f"interrupted at step {step}; continue with: {launch} --resume {out}")
         raise KeyboardInterrupt
     record = {"teacher": str(pair.source.plan.directory), "steps": cfg.steps,
               "stage1": {"steps": cfg.stage1, "trains": pair.stage1_what, "lr": cfg.lr1,
@@ -173,9 +220,10 @@ def adapt(model: str | None = None, variant: str | None = None, text=None, steps
               "stage2": {"steps": cfg.steps - cfg.stage1, "trains": STAGE2, "lr": cfg.lr2,
                          "loss": ("pooled-embedding cosine + per-layer hidden MSE"
                                   if pair.kind == "encoder" else "KL(teacher || student)")},
-              "seq": cfg.seq, "batch_size": cfg.batch_size, "held_out_windows": len(held),
-              "seconds": round(elapsed, 1), "history": history}
-    rec = save_adapted(pair, out, record)
+              "seq": cfg.seq, "batch_size": cfg.batch_size, "processes": env.world,
+              "held_out_windows": len(held), "seconds": round(elapsed, 1), "history": history}
+    rec = save_adapted(pair, out, record) if env.main else record
+    env.barrier()
     log(f"{cfg.variant} adapted ({cfg.steps} steps, {elapsed:.0f} s): "
         f"{headline(pair.kind, history[-1])}")
     log(f"wrote {out}: load it with attnkit.hf.from_pretrained({str(out)!r}) or "

@@ -22,6 +22,9 @@ examples:
   attnkit adapt --model minilm --variant window:64 --seq 256 --text docs.txt --steps 200 \\
       --out minilm-w64
   attnkit adapt --resume minilm-w64                 # after Ctrl-C or kill -9 (exact)
+  torchrun --nproc_per_node 2 -m attnkit adapt --model minilm --variant window:64 \\
+      --seq 256 --text docs.txt --steps 200 --batch-size 8 --out minilm-w64
+                       # data parallel: each process takes 8/2 windows of every step
   attnkit bench --model minilm-w64 --text docs.txt --variants window:64
 
 exit codes: 0 done, 2 bad arguments, 130 interrupted (Ctrl-C; resume with --resume)"""
@@ -61,6 +64,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="batch order (default 0)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's; kept for "
                    "--resume)")
+    p.add_argument("--dist-timeout", type=float, default=60.0, help="under torchrun: "
+                   "seconds a process waits for the others before failing (default 60)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -79,9 +84,13 @@ def run(args) -> int:
                    if getattr(args, k) is None]
         if missing:
             raise UsageError(f"{', '.join(missing)}: required (or --resume DIR)")
+    if not args.dist_timeout > 0:
+        raise UsageError(f"--dist-timeout: expected a number of seconds > 0, got "
+                         f"{args.dist_timeout}")
     try:
         adapt(args.model, args.variant, args.text, args.steps, args.resume or args.out,
               resume=bool(args.resume), progress=not args.no_progress,
+              dist_timeout=args.dist_timeout,
               eval_text=args.eval_text, **({} if args.resume else opts))
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -7,6 +7,10 @@ rows ``[r * B/P, (r + 1) * B/P)``. Gradients are averaged by
 global count of scored targets, so a step equals the single-process step on the
 whole batch up to the order of floating-point sums.
 
+``attnkit adapt`` (:mod:`attnkit.adaptation.run`) uses the same environment without DDP:
+each process computes its additive share of the global loss and :meth:`DistEnv.sum_grads`
+sums the gradients explicitly (see there why).
+
 Failure: the process group is created with a timeout (``--dist-timeout``, default
 60 s), so a collective whose peer died raises instead of hanging; under torchrun the
 agent also stops the surviving workers when one exits with an error.
@@ -49,9 +53,10 @@ class DistEnv:
     def main(self) -> bool:
         return self.rank == 0
 
-    def check_batch(self, batch_size: int) -> None:
+    def check_batch(self, batch_size: int, option: str = "batch_size") -> None:
+        """ValueError naming ``option`` unless ``batch_size`` splits evenly."""
         if batch_size % self.world:
-            raise ValueError(f"batch_size: expected a multiple of the {self.world} processes "
+            raise ValueError(f"{option}: expected a multiple of the {self.world} processes "
                              f"(each takes an equal slice of the global batch), got {batch_size}")
 
     def shard(self, batch: dict) -> dict:
@@ -70,6 +75,24 @@ class DistEnv:
             dist.all_reduce(t)
             t = t.cpu()
         return t
+
+    def sum_grads(self, params) -> None:
+        """Sum the ``.grad`` of ``params`` over the processes, in place, one collective per
+        dtype. For a loss that each process computes as its *additive share* of the global
+        loss, the result is the global gradient on every process. Parameters without a
+        gradient are skipped (the same ones on every process: the same graph runs on
+        every process, on its rows)."""
+        if self.world == 1:
+            return
+        by_dtype: dict = {}
+        for p in params:
+            if p.grad is not None:
+                by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+        for grads in by_dtype.values():
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            for g, x in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(x.view_as(g))
 
     def wrap(self, model: nn.Module) -> nn.Module:
         if self.world == 1:
