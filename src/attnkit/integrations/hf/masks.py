@@ -44,9 +44,14 @@ __all__ = ["attnkit_mask", "attnkit_eager_mask", "translate", "mask_mod_reader",
 INF = math.inf
 
 
+_MU: list = []
+
+
 def _hf():
-    from transformers import masking_utils as mu
-    return mu
+    if not _MU:
+        from transformers import masking_utils as mu
+        _MU.append(mu)
+    return _MU[0]
 
 
 _CODES: dict | None = None
@@ -205,15 +210,17 @@ def attnkit_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_
     if spec is None:
         spec = _opaque(fn, batch_size, q_off, kv_off)
     if attention_mask is not None:
-        keep = mu.prepare_padding_mask(attention_mask.bool(), kv_length, kv_off)
-        keep = keep[:, kv_off:kv_off + kv_length]
+        attention_mask = attention_mask.bool()
+        keep = mu.prepare_padding_mask(attention_mask, kv_length, kv_off)
+        if kv_off or keep.shape[-1] != kv_length:
+            keep = keep[:, kv_off:kv_off + kv_length]
         if not bool(keep.all()):                 # no padding: keep the fast paths
             spec = spec & M.key_padding(keep)
     dense_args = {k: v for k, v in kwargs.items()
                   if k not in ("dtype", "allow_is_causal_skip", "allow_is_bidirectional_skip")}
     dense_args.update(batch_size=batch_size, q_length=q_length, kv_length=kv_length,
                       q_offset=q_off, kv_offset=kv_off, mask_function=fn,
-                      attention_mask=None if attention_mask is None else attention_mask.bool())
+                      attention_mask=attention_mask)
     return HFMask(spec, dense_args, reads_as, kwargs.get("dtype") or torch.float32)
 
 
