@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,8 +88,7 @@ def test_a_relu_zero_feature_gives_a_finite_kl():
     assert torch.isfinite(kl) and int(n) == 4 and torch.isfinite(fq.grad).all()
 
 
-TEXT = __import__("pathlib").Path(__file__).resolve().parents[1] / "src" / "attnkit" / "data" \
-    / "bench_text.txt"
+TEXT = Path(__file__).resolve().parents[1] / "src" / "attnkit" / "data" / "bench_text.txt"
 
 
 @pytest.fixture(scope="module")
