@@ -59,6 +59,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr1", type=float, default=None, help="stage-1 lr (default: adapt's)")
     ap.add_argument("--lr2", type=float, default=None, help="stage-2 lr (default: adapt's)")
+    ap.add_argument("--stage1-weights", type=float, default=None,
+                    help="linear variants: weight of stage 1's attention-weight matching "
+                    "(default: adapt's: 1 for linear:hedgehog, 0 for fixed maps); passed "
+                    "to the linear runs only")
     ap.add_argument("--stage1-steps", type=int, default=None,
                     help="attention-transfer steps (default: adapt's, a quarter)")
     args = ap.parse_args(argv)
@@ -77,8 +81,10 @@ def main(argv=None) -> int:
         rec = attnkit.adapt("minilm", variant, str(train), steps, str(d), eval_text=str(held),
                             seq=seq, batch_size=args.batch_size, eval_windows=args.eval_windows,
                             eval_every=max(1, steps // 4), seed=args.seed, progress=False,
-                            **{k: getattr(args, k) for k in ("lr1", "lr2", "stage1_steps")
-                               if getattr(args, k) is not None})
+                            **{k: getattr(args, k) for k in ("lr1", "lr2", "stage1_steps",
+                                                            "stage1_weights")
+                               if getattr(args, k) is not None and not (
+                                   k == "stage1_weights" and not variant.startswith("linear"))})
         shutil.rmtree(d / "ckpt", ignore_errors=True)      # the run's checkpoint (resume)
         h0, h1 = rec["history"][0], rec["history"][-1]
         rows.append((variant, seq, steps, h0["embedding_cosine"], h0["embedding_cosine_min"],

@@ -42,7 +42,9 @@ def _finish(p, timeout=240) -> str:
 
 
 def _weights(d) -> dict:
-    return load_file(str(d / "model.safetensors"))
+    maps = d / "attnkit_attention.safetensors"       # linear:hedgehog's learned maps
+    return load_file(str(d / "model.safetensors")) | (
+        {f"maps.{k}": v for k, v in load_file(str(maps)).items()} if maps.exists() else {})
 
 
 def _record(d) -> dict:
@@ -61,10 +63,13 @@ def _cli_args(model, variant, steps, stage1):
             "--stage1-steps", str(stage1), "--eval-every", "2", *ARGS]
 
 
-@pytest.mark.parametrize("kind, variant", [("encoder", "window:2"), ("decoder", "gqa:1")])
+@pytest.mark.parametrize("kind, variant", [("encoder", "window:2"), ("decoder", "gqa:1"),
+                                           ("decoder", "linear:hedgehog")])
 def test_two_processes_match_one_process(models, tmp_path, kind, variant):  # noqa: F811
     """6 steps (3 of attention transfer, 3 of distillation), 2 processes of 2 windows each
-    vs 1 process of 4 windows: weights (but the key biases, see above) and the adapted
+    vs 1 process of 4 windows (linear:hedgehog: stage 1 with its weight-matching term,
+    whose row counts are summed over the processes): weights (but the key biases, see
+    above; the learned maps included) and the adapted
     models' outputs within 1e-4 (relative) / 1e-5, held-out fidelity within 1e-4; the
     2-process run logs once (rank 0 only)."""
     out = _finish(_torchrun(*_cli_args(models[kind], variant, 6, 3), "--out",

@@ -23,6 +23,9 @@ class AdaptConfig:
     stage1_steps: int | None = None  # attention transfer steps (default: a quarter)
     lr1: float = 1e-3                # stage 1 (attention transfer)
     lr2: float = 5e-5                # stage 2 (distillation)
+    stage1_weights: float | None = None  # linear variants: weight of stage 1's attention-
+    #   weight matching term (0: outputs only); default 1 for a learnable feature map, 0 for
+    #   a fixed one (measured: no gain there, see the README); set on creation
     eval_every: int | None = None    # held-out fidelity every K steps (default: steps / 5)
     eval_fraction: float = 0.1       # share of `text`'s windows held out (no --eval-text)
     eval_windows: int = 64           # at most this many held-out windows are scored
@@ -53,6 +56,18 @@ class AdaptConfig:
             val = getattr(self, name)
             if not (isinstance(val, (int, float)) and math.isfinite(val) and val > 0):
                 raise ValueError(f"--{name}: expected a positive number, got {val!r}")
+        w = self.stage1_weights
+        if w is None:
+            self.stage1_weights = 1.0 if v.is_linear and v.learned else 0.0
+        elif isinstance(w, bool) or not (isinstance(w, (int, float)) and math.isfinite(w)
+                                         and w >= 0):
+            raise ValueError(f"--stage1-weights: expected a number >= 0, got {w!r}")
+        elif w and not v.is_linear:
+            raise ValueError(f"--stage1-weights: only a linear variant's stage 1 matches "
+                             f"attention weights; {v.text!r} fits the attention outputs only "
+                             "(give 0 or leave it out)")
+        else:
+            self.stage1_weights = float(w)
         if not (0 < self.eval_fraction < 1):
             raise ValueError(f"--eval-fraction: expected a number in (0, 1), got "
                              f"{self.eval_fraction!r}")
@@ -78,7 +93,11 @@ class AdaptConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"adapt config: unknown fields {unknown}")
-        return cls(**d)
+        # a run saved before weight matching existed resumes as it was trained
+        return cls(**{**_BEFORE, **d})
+
+
+_BEFORE = {"stage1_weights": 0.0}   # fields added later: their value in runs saved before
 
 
 def _int(name: str, val, lo: int) -> None:

@@ -5,12 +5,27 @@
   module then runs on *the teacher's* inputs of its layer, and the loss is the sum over
   layers of ``||out_s - out_t||² / ||out_t||²`` -- layers independent (each sees the
   teacher's activations, never its predecessor's error), so one step fits every layer.
+  For a linear variant, plus ``weights`` x the sum over layers of the *weight-matching*
+  term (:func:`weight_kl`, Hedgehog / LoLCATs): the mean over (batch, head, query) of
+  ``KL(softmax row || linear row)`` between the teacher's attention weights
+  ``softmax(q_t k_t^T * scale + mask)`` -- from *the teacher's own* q and k (after RoPE),
+  kept from its run (:func:`attnkit.integrations.hf.calls.record`) -- and the student's
+  normalised linear weights ``phi(q) phi(k)^T / sum_j phi(q) phi(k_j)^T``, from the
+  features its linear-attention calls multiplied
+  (:func:`attnkit.integrations.hf.calls.collect_linear`), both over the call's keys
+  (causal, key padding). The teacher's q/k rather than the student's: where stage 1
+  trains the q/k projections (``linear:elu``...) the student's drift from the teacher's,
+  and a softmax of the student's q/k would be a moving target, not the teacher's weights
+  (for ``linear:hedgehog`` only the maps train: both q/k are the same tensors' values).
+  :class:`~attnkit.adaptation.config.AdaptConfig` sets ``weights`` (``--stage1-weights``):
+  1 for a learnable map, 0 (off) for a fixed one, where it was measured to gain nothing.
 * Stage 2, distillation of the whole model (:func:`distill_loss`): encoders
   ``1 - cos(pooled_s, pooled_t)`` (mean pooling, the sentence-transformers recipe) + the
   mean over layers of the relative hidden-state MSE; decoders ``KL(p_t || p_s)`` per token.
 * Data parallel (``total``): both losses are ratios of sums over the batch. On a slice
   of the global batch each process divides its numerators by the *global* denominators
-  (the teacher's squared norms per layer, the global row count), summed over the
+  (the teacher's squared norms per layer, the global row count, the weight term's row
+  counts per layer), summed over the
   processes by ``total`` (a no-grad all-reduce; one per step) -- so its loss is its
   additive share of the global loss, and the sum of the processes' gradients is the
   global gradient, exactly up to the order of float sums. (Averaging per-process ratios
@@ -19,20 +34,29 @@
   on held-out windows -- ``embedding_cosine`` (mean, ``_min`` = worst window), ``cosine``
   (per token); ``kl``, ``top1_agreement``, ``ppl_change`` for decoders; and
   ``worst_layer_error``: a layer's attention-module output on the dense run's inputs of
-  that layer, relative Frobenius error (the stage-1 quantity).
+  that layer, relative Frobenius error (the stage-1 quantity); for a linear variant also
+  ``attention_kl``: the weight-matching term's mean row KL (:func:`weight_kl`), averaged
+  over layers.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..bench.fidelity import Accumulator
+from ..integrations.hf.calls import collect_linear, record
 from ..sources import Outputs
 
-__all__ = ["record_layers", "transfer_loss", "distill_loss", "evaluate"]
+__all__ = ["record_layers", "transfer_loss", "weight_kl", "weight_match", "distill_loss",
+           "evaluate"]
+
+# the linear row's probabilities are clamped to this before the log (a relu feature map
+# can give an exact 0 where the softmax row is positive: a large, finite penalty)
+LOG_EPS = 1e-12
 
 
 def _first(out):
@@ -74,23 +98,105 @@ def _sq(a: Tensor, b: Tensor) -> Tensor:
     return (a.float() - b.float()).pow(2).sum()
 
 
-def _global(total, norms: list[Tensor], ids: Tensor) -> tuple[list[Tensor], Tensor]:
-    """(each ``||t||²`` of ``norms`` summed over the processes, the global row count)."""
+def _global(total, norms: list[Tensor], ids: Tensor, counts=None):
+    """(each ``||t||²`` of ``norms`` summed over the processes, the global row count);
+    with ``counts`` (a list of tensors), also each of them summed over the processes, as
+    a third item. One all-reduce."""
+    counts = [] if counts is None else counts
     x = torch.stack([t.float().pow(2).sum() for t in norms] +
+                    [c.float().reshape(()) for c in counts] +
                     [torch.tensor(float(ids.shape[0]), device=ids.device)])
     x = total(x).to(ids.device)
-    return list(x[:-1].clamp_min(1e-12)), x[-1]
+    n = len(norms)
+    return list(x[:n].clamp_min(1e-12)), x[-1], list(x[n:-1].clamp_min(1.0))
 
 
-def transfer_loss(pair, ids: Tensor, total=None) -> Tensor:
-    """Stage 1 on a batch ``ids (B, T)``: the sum over layers of the relative error
-    (``total``: see the module doc)."""
-    rec, _ = _teacher_layers(pair, ids)
-    errs = _layer_errors(pair, rec)
+def weight_kl(q: Tensor, k: Tensor, scale: float, fq: Tensor, fk: Tensor, causal: bool,
+              keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(sum of KL(p_t || p_s) over the rows, number of rows)`` in float32 (float64 for
+    float64 inputs): ``p_t = softmax(q k^T * scale + mask)`` per row (no gradient: the
+    teacher's), ``p_s = fq fk^T / sum_j fq fk_j^T`` over the same keys (gradient to ``fq``,
+    ``fk``).
+
+    ``q (B, H, T, D)``, ``k (B, Hkv, T, D)``, features ``fq (B, H, T, F)``, ``fk (B, Hkv,
+    T, F)`` (GQA: query head h reads key head ``h // (H / Hkv)``, as transformers'
+    ``repeat_kv``). Mask: ``causal`` (key j <= query i), ``keep (B, T)`` (True = a real
+    key). A row counts when its query is a real token (``keep``) and sees a key; O(T²)
+    memory per head. ``log p_s`` is ``log(max(p_s, LOG_EPS))``; masked keys add 0."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    B, H, T, _ = q.shape
+    G = H // k.shape[1]
+    allowed = torch.ones(T, T, dtype=torch.bool, device=q.device)
+    if causal:
+        allowed = allowed.tril()
+    allowed = allowed.expand(B, 1, T, T)                                  # (B, 1, Tq, Tk)
+    rows = torch.ones(B, 1, T, dtype=torch.bool, device=q.device)
+    if keep is not None:
+        keep = keep.to(torch.bool)
+        allowed = allowed & keep[:, None, None, :]
+        rows = rows & keep[:, None, :]
+    rows = rows & allowed.any(-1)                                          # (B, 1, Tq)
+    with torch.no_grad():
+        s = q.to(acc) @ k.to(acc).repeat_interleave(G, 1).transpose(-1, -2) * scale
+        s = s.masked_fill(~allowed, -math.inf).masked_fill(~rows[..., None], 0.0)
+        logp_t = s.log_softmax(-1)
+        p_t = logp_t.exp() * allowed                                       # (B, H, Tq, Tk)
+        logp_t = logp_t.masked_fill(~allowed, 0.0)
+    a = fq.to(acc) @ fk.to(acc).repeat_interleave(G, 1).transpose(-1, -2)  # (B, H, Tq, Tk)
+    a = a * allowed
+    p_s = a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(acc).tiny)
+    kl = (p_t * (logp_t - p_s.clamp_min(LOG_EPS).log())).sum(-1)          # (B, H, Tq)
+    rows = rows.expand(B, H, T)
+    return (kl * rows).sum(), rows.sum()
+
+
+def weight_match(pair, calls: list, linear: list) -> list[tuple[Tensor, Tensor]]:
+    """Per layer ``(sum of row KLs, rows)`` (:func:`weight_kl`) from the teacher's
+    recorded attention calls (``calls``: :func:`~attnkit.integrations.hf.calls.record`
+    around its run) and the student's linear-attention calls (``linear``:
+    :func:`~attnkit.integrations.hf.calls.collect_linear` around its layers' run)."""
+    t_at = {id(m): i for i, m in enumerate(pair.t_mods)}
+    s_at = {id(m): i for i, m in enumerate(pair.s_mods)}
+    teacher = {t_at[id(c.module)]: c for c in calls if id(c.module) in t_at}
+    student = {s_at[id(c.module)]: c for c in linear if id(c.module) in s_at}
+    n = len(pair.s_mods)
+    if len(teacher) != n or len(student) != n:
+        raise RuntimeError(f"weight matching: expected one attention call per layer ({n}), "
+                           f"got {len(teacher)} from the teacher and {len(student)} linear "
+                           "ones from the student")
+    out = []
+    for i in range(n):
+        t, s = teacher[i], student[i]
+        scale = t.args.get("scaling")
+        scale = 1.0 / math.sqrt(t.query.shape[-1]) if scale is None else float(scale)
+        out.append(weight_kl(t.query, t.key, scale, s.query_features, s.key_features,
+                             s.causal, s.keep))
+    return out
+
+
+def matches_weights(pair) -> bool:
+    """Does stage 1 of this pair have a weight-matching term (a linear variant)?"""
+    return pair.variant.is_linear
+
+
+def transfer_loss(pair, ids: Tensor, total=None, weights: float = 0.0) -> Tensor:
+    """Stage 1 on a batch ``ids (B, T)``: the sum over layers of the relative error, plus
+    ``weights`` x the sum over layers of the mean row KL for a linear variant (``total``:
+    see the module doc)."""
+    match = weights > 0 and matches_weights(pair)
+    with record() if match else contextlib.nullcontext() as calls:
+        rec, _ = _teacher_layers(pair, ids)
+    with collect_linear() if match else contextlib.nullcontext() as linear:
+        errs = _layer_errors(pair, rec)
+    kls = weight_match(pair, calls, linear) if match else []
     if total is None:
-        return sum(_rel(s, t) for s, t in errs)
-    dens, _ = _global(total, [t for _, t in errs], ids)
-    return sum(_sq(s, t) / d for (s, t), d in zip(errs, dens))
+        loss = sum(_rel(s, t) for s, t in errs)
+        wm = [a / c.clamp_min(1) for a, c in kls]
+    else:
+        dens, _, counts = _global(total, [t for _, t in errs], ids, [c for _, c in kls])
+        loss = sum(_sq(s, t) / d for (s, t), d in zip(errs, dens))
+        wm = [a / c for (a, _), c in zip(kls, counts)]
+    return loss + weights * sum(wm) if wm else loss
 
 
 def _pooled(h: Tensor) -> Tensor:
@@ -108,14 +214,14 @@ def distill_loss(pair, ids: Tensor, total=None) -> Tensor:
         kl = F.kl_div(ls, lt, log_target=True, reduction="none").sum(-1)  # (B, T)
         if total is None:
             return kl.mean()
-        _, rows = _global(total, [], ids)
+        _, rows, _ = _global(total, [], ids)
         return kl.sum() / (rows * ids.shape[1])
     cos = F.cosine_similarity(_pooled(s.last_hidden_state), _pooled(t.last_hidden_state), -1)
     pairs = list(zip(s.hidden_states[1:], t.hidden_states[1:]))
     if total is None:
         hid = [_rel(a, b) for a, b in pairs]
         return (1 - cos).mean() + sum(hid) / len(hid)
-    dens, rows = _global(total, [b for _, b in pairs], ids)
+    dens, rows, _ = _global(total, [b for _, b in pairs], ids)
     hid = [_sq(a, b) / d for (a, b), d in zip(pairs, dens)]
     return (1 - cos).sum() / rows + sum(hid) / len(hid)
 
@@ -124,16 +230,26 @@ def distill_loss(pair, ids: Tensor, total=None) -> Tensor:
 def evaluate(pair, windows: list[Tensor], batch_size: int) -> dict:
     """Held-out fidelity of the student against the teacher (bench's metric names)."""
     acc = Accumulator(pair.kind, len(pair.s_mods))
+    match = matches_weights(pair)
+    kl = torch.zeros(len(pair.s_mods), 2, dtype=torch.float64)          # (sum, rows) per layer
     for i in range(0, len(windows), batch_size):
         ids = torch.cat(windows[i:i + batch_size])                       # (b, T)
-        rec, t = _teacher_layers(pair, ids)
+        with record() if match else contextlib.nullcontext() as calls:
+            rec, t = _teacher_layers(pair, ids)
         s = pair.run(pair.student, ids)
-        for layer, (so, to) in enumerate(_layer_errors(pair, rec)):
+        with collect_linear() if match else contextlib.nullcontext() as linear:
+            errs = _layer_errors(pair, rec)
+        for layer, (so, to) in enumerate(errs):
             acc.add_layer(layer, to, so)
+        if match:
+            kl += torch.tensor([[float(a), float(c)] for a, c in weight_match(pair, calls, linear)],
+                               dtype=torch.float64)
         for b in range(ids.shape[0]):
             acc.add_outputs(_outputs(pair, t, b), _outputs(pair, s, b), ids[b:b + 1])
     res = acc.result()
     res.pop("layer_errors", None)
+    if match:   # the stage-1 weight-matching quantity: mean row KL, averaged over layers
+        res["attention_kl"] = float((kl[:, 0] / kl[:, 1].clamp_min(1)).mean())
     return res
 
 

@@ -44,7 +44,7 @@ from ..train.dist import DistEnv
 from ..train.loop import SigintFlag
 from ..train.progress import ProgressBar
 from .config import AdaptConfig
-from .objectives import distill_loss, evaluate, transfer_loss
+from .objectives import distill_loss, evaluate, matches_weights, transfer_loss
 from .save import RUN_FILE, check_out, save_adapted
 from .student import open_pair
 
@@ -52,6 +52,24 @@ __all__ = ["adapt", "split_windows"]
 
 STAGE2 = ("full fine-tuning of every weight (peft is not a dependency of attnkit and the "
           "models adapted here are small enough to train whole)")
+
+
+def stage1_loss(pair, weights: float) -> dict:
+    """The record's description of stage 1's loss (``loss``, and ``weights``: the weight
+    of the weight-matching term, None where the variant has none)."""
+    out = "attention-module output, relative MSE, summed over layers"
+    if not matches_weights(pair):
+        return {"loss": out + " (outputs only: attention weights are matched for linear "
+                "variants)", "weights": None}
+    if not weights:
+        why = ", the default for a fixed feature map" if not pair.variant.learned else ""
+        return {"loss": f"{out} (attention-weight matching off: --stage1-weights 0{why})",
+                "weights": 0.0}
+    return {"loss": (f"{out} + {weights:g} x attention-weight matching: KL(teacher's softmax "
+                     "row, from the teacher's q/k || the linear attention's normalised row "
+                     "phi(q)phi(k)^T / sum_j phi(q)phi(k_j)^T), same causal/padding mask, "
+                     "mean over (batch, head, query), summed over layers"),
+            "weights": float(weights)}
 
 
 def _read(path, option: str) -> str:
@@ -181,7 +199,8 @@ def _adapt(cfg: AdaptConfig, out: Path, env: DistEnv, resume: bool, progress: bo
                 stage = _set_stage(pair, opt, cfg, step)
                 opt.zero_grad(set_to_none=True)
                 ids = env.shard({"ids": _batch(train, cfg, step)})["ids"]   # (B/P, seq)
-                loss = (transfer_loss if stage == "stage 1" else distill_loss)(pair, ids, total)
+                loss = (transfer_loss(pair, ids, total, cfg.stage1_weights)
+                        if stage == "stage 1" else distill_loss(pair, ids, total))
                 loss.backward()
                 env.sum_grads(pair.student.parameters())
                 torch.nn.utils.clip_grad_norm_(
@@ -216,7 +235,7 @@ def _adapt(cfg: AdaptConfig, out: Path, env: DistEnv, resume: bool, progress: bo
         raise KeyboardInterrupt
     record = {"teacher": str(pair.source.plan.directory), "steps": cfg.steps,
               "stage1": {"steps": cfg.stage1, "trains": pair.stage1_what, "lr": cfg.lr1,
-                         "loss": "attention-module output, relative MSE, per layer"},
+                         **stage1_loss(pair, cfg.stage1_weights)},
               "stage2": {"steps": cfg.steps - cfg.stage1, "trains": STAGE2, "lr": cfg.lr2,
                          "loss": ("pooled-embedding cosine + per-layer hidden MSE"
                                   if pair.kind == "encoder" else "KL(teacher || student)")},

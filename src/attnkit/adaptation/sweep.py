@@ -72,6 +72,10 @@ def _existing(out: Path, cfg: AdaptConfig) -> tuple[str, dict | None]:
         raise ValueError(f"--adapt-dir: {out} already holds other files; give an empty or "
                          "new directory") from None
     new = cfg.to_dict()
+    try:        # a run saved before a field existed: the value it was trained with
+        saved = AdaptConfig.from_dict(saved).to_dict()
+    except (ValueError, TypeError):
+        pass
     diff = [k for k in new if saved.get(k) != new[k]] if isinstance(saved, dict) else ["?"]
     if diff:
         k = diff[0]

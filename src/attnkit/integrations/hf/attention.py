@@ -28,14 +28,14 @@ from ...call import autocast_inputs, make_call, sees_every_key
 from ...engine.functional import attention
 from ...engine.variants import pool_heads
 from ...kernels.reference import attend, attention_weights
-from ...linear import GivenFeatures, linear_attention
+from ...linear import GivenFeatures, linear_attention, make_feature_map
 from ...masks import MaskSpec
 from ...masks.spec import AndMask
 from ...masks.tensor import KeyPadding
 from . import learned
 from .mask_view import as_spec
 from .cache import full_key_length, kept_mask, linear_state_layer, longformer_sizes
-from .calls import note_call, own_implementation, recording
+from .calls import collecting_linear, note_call, note_linear, own_implementation, recording
 from .fast import plain_attention
 from .heads import edit_heads
 from .kwargs import check_kwargs
@@ -224,6 +224,9 @@ def _linear(impl, module, query, key, value, spec, dropout, want, softcap=None,
                          "recurrent state (generate's default cache, attnkit.hf.bounded_cache)")
     if keep is not None and keep.shape[-1] != key.shape[2]:
         keep = keep[:, -key.shape[2]:]   # the state holds the earlier keys (B, Tk_new)
+    if layer is None and collecting_linear():   # adapt's weight matching (see .calls)
+        features = make_feature_map(phi, query.shape[-1])     # the identity for hedgehog
+        note_linear(module, features(query), features(key), causal, keep)
     if layer is None:
         out = linear_attention(query, key, value, phi, causal=causal, key_padding=keep)
     else:

@@ -10,6 +10,10 @@
   the mask and the keyword arguments, each by the name the function binds it to), so a
   tool can run a layer's attention operation again on q/k/v of its choice:
   ``attnkit_attention_forward(c.module, q, k, v, c.attention_mask, **c.args)``.
+* Within :func:`collect_linear`, the linear-attention path notes the features it
+  multiplies and the mask it applies (:class:`LinearCall`), in the autograd graph, so a
+  loss can compare the linear attention's normalised weights with softmax weights
+  (``attnkit adapt``'s stage-1 weight matching).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import threading
 from torch import Tensor
 
 __all__ = ["ATTR", "implementation_of", "set_implementation", "Call", "record", "recording",
-           "note_call"]
+           "note_call", "LinearCall", "collect_linear", "collecting_linear", "note_linear"]
 
 ATTR = "attnkit_implementation"
 _state = threading.local()
@@ -77,3 +81,39 @@ def recording() -> bool:
 def note_call(module, query, key, value, attention_mask, args: dict) -> None:
     """Called by the attention function inside :func:`record` (``args`` by name)."""
     _state.calls.append(Call(module, query, key, value, attention_mask, args))
+
+
+@dataclasses.dataclass
+class LinearCall:
+    """One call served by linear attention, as :func:`collect_linear` keeps it: the
+    features it multiplied (in the autograd graph) and the mask it applied."""
+    module: object
+    query_features: Tensor    # phi(q) (B, H, T, F)
+    key_features: Tensor      # phi(k) (B, Hkv, T, F)
+    causal: bool
+    keep: Tensor | None       # (B, T) bool, True = a real key; None: every key
+
+
+@contextlib.contextmanager
+def collect_linear():
+    """Within the block, every call the linear-attention path serves without a cache
+    (self-attention over the whole input) appends a :class:`LinearCall` to the list
+    yielded -- what ``attnkit adapt`` needs to match the linear attention's normalised
+    weights ``phi(q) phi(k)^T / sum_j phi(q) phi(k_j)^T`` to a teacher's softmax weights.
+    Computing the T x T weights is the caller's choice (and cost)."""
+    old = getattr(_state, "linear", None)
+    _state.linear = []
+    try:
+        yield _state.linear
+    finally:
+        _state.linear = old
+
+
+def collecting_linear() -> bool:
+    """Is a :func:`collect_linear` block open in this thread?"""
+    return _state.__dict__.get("linear") is not None
+
+
+def note_linear(module, query_features, key_features, causal: bool, keep) -> None:
+    """Called by the linear-attention path inside :func:`collect_linear`."""
+    _state.linear.append(LinearCall(module, query_features, key_features, causal, keep))

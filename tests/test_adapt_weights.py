@@ -1,0 +1,293 @@
+"""Stage 1's attention-weight matching (``attnkit adapt``, linear variants): the row KL
+between the teacher's softmax weights and the linear attention's normalised weights
+against a direct float64 computation (causal, key padding, GQA), zero where the rows are
+equal; the term is in the stage-1 loss, built from the teacher's own q/k and the features
+the student's linear calls multiplied; training on it alone lowers it; the record says so."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from attnkit.adaptation.objectives import (transfer_loss, weight_kl,  # noqa: E402
+                                           weight_match)
+from attnkit.integrations.hf.calls import collect_linear, record  # noqa: E402
+
+
+def _direct(q, k, scale, fq, fk, causal, keep):
+    """The row KLs one by one, float64: (sum, rows)."""
+    q, k, fq, fk = (x.detach().double() for x in (q, k, fq, fk))
+    B, H, T, _ = q.shape
+    G = H // k.shape[1]
+    total, rows = 0.0, 0
+    for b in range(B):
+        for h in range(H):
+            for i in range(T):
+                if keep is not None and not keep[b, i]:
+                    continue
+                js = [j for j in range(T) if (not causal or j <= i)
+                      and (keep is None or keep[b, j])]
+                if not js:
+                    continue
+                s = torch.stack([q[b, h, i] @ k[b, h // G, j] * scale for j in js])
+                pt = s.softmax(0)
+                a = torch.stack([fq[b, h, i] @ fk[b, h // G, j] for j in js])
+                ps = a / a.sum()
+                total += float((pt * (pt.log() - ps.log())).sum())
+                rows += 1
+    return total, rows
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_weight_kl_equals_the_direct_float64_rows(causal):
+    g = torch.Generator().manual_seed(0)
+    B, H, Hkv, T, D = 2, 4, 2, 7, 5
+    q, k = torch.randn(B, H, T, D, generator=g), torch.randn(B, Hkv, T, D, generator=g)
+    fq = torch.nn.functional.elu(torch.randn(B, H, T, 6, generator=g)) + 1
+    fk = torch.nn.functional.elu(torch.randn(B, Hkv, T, 6, generator=g)) + 1
+    keep = torch.ones(B, T, dtype=torch.bool)
+    keep[0, :2] = False                                       # left padding
+    keep[1, -3:] = False                                      # right padding
+    for kp in (None, keep):
+        got, n = weight_kl(q, k, 0.7, fq, fk, causal, kp)
+        want, m = _direct(q, k, 0.7, fq, fk, causal, kp)
+        assert int(n) == m * 1 and m > 0
+        assert got.dtype == torch.float32
+        assert math.isclose(float(got), want, rel_tol=1e-5), (float(got), want)
+        got64, _ = weight_kl(q.double(), k.double(), 0.7, fq.double(), fk.double(), causal, kp)
+        assert got64.dtype == torch.float64 and math.isclose(float(got64), want, rel_tol=1e-12)
+
+
+def test_weight_kl_is_zero_when_the_linear_rows_are_the_softmax_rows():
+    """One-hot keys: q.k_j = q_j, so features exp(scale q) and k give phi(q).phi(k_j) =
+    exp(scale q_j), the softmax's numerator: the rows are equal, the KL is 0."""
+    g = torch.Generator().manual_seed(1)
+    B, H, T = 2, 2, 6
+    q = torch.randn(B, H, T, T, generator=g)
+    k = torch.eye(T).expand(B, 1, T, T).contiguous()          # key j = e_j (one KV head)
+    keep = torch.ones(B, T, dtype=torch.bool)
+    keep[1, :2] = False
+    for causal in (True, False):
+        kl, n = weight_kl(q, k, 0.5, torch.exp(0.5 * q), k, causal, keep)
+        assert int(n) == (B * T - 2) * H and abs(float(kl)) < 1e-5 * int(n), float(kl)
+        kl, _ = weight_kl(q, k, 0.5, torch.exp(0.4 * q), k, causal, keep)  # not equal
+        assert float(kl) > 1e-3
+
+
+def test_a_relu_zero_feature_gives_a_finite_kl():
+    q, k = torch.randn(1, 1, 4, 3), torch.randn(1, 1, 4, 3)
+    fq, fk = torch.ones(1, 1, 4, 2), torch.tensor([[[[1.0, 0], [0, 0], [2, 0], [0, 0]]]])
+    fq.requires_grad_(True)
+    kl, n = weight_kl(q, k, 1.0, fq, fk, True, None)
+    kl.backward()
+    assert torch.isfinite(kl) and int(n) == 4 and torch.isfinite(fq.grad).all()
+
+
+TEXT = Path(__file__).resolve().parents[1] / "src" / "attnkit" / "data" / "bench_text.txt"
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory):
+    """A tiny random GQA decoder (4 heads, 2 K/V heads) with a word-level tokenizer."""
+    import tokenizers as tk
+    t = transformers
+    path = tmp_path_factory.mktemp("wm") / "dec"
+    torch.manual_seed(0)
+    t.LlamaForCausalLM(t.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64,
+                                     num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, max_position_embeddings=64,
+                                     initializer_range=0.3)).save_pretrained(path)
+    tok = tk.Tokenizer(tk.models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = tk.pre_tokenizers.Whitespace()
+    tok.train_from_iterator([TEXT.read_text()], tk.trainers.WordLevelTrainer(
+        vocab_size=300, special_tokens=["[PAD]", "[UNK]"]))
+    t.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
+                              pad_token="[PAD]").save_pretrained(path)
+    return str(path)
+
+
+def _ids(n=4, T=24, seed=0):
+    return torch.randint(2, 300, (n, T), generator=torch.Generator().manual_seed(seed))
+
+
+def _pair(decoder, variant):
+    from attnkit.adaptation.student import open_pair
+    return open_pair(decoder, variant)
+
+
+def _terms(pair, ids):
+    """The per-layer mean row KLs of transfer_loss's weight term (and the calls)."""
+    from attnkit.adaptation.objectives import _layer_errors, _teacher_layers
+    with record() as calls:
+        rec, _ = _teacher_layers(pair, ids)
+    with collect_linear() as linear:
+        _layer_errors(pair, rec)
+    return [a / c for a, c in weight_match(pair, calls, linear)], calls, linear
+
+
+def test_the_weight_term_is_in_the_stage1_loss_from_the_teachers_rows(decoder):
+    """transfer_loss(weights=w) = outputs-only loss + w x the sum over layers of the mean
+    row KL; each layer's term is weight_kl of the teacher's recorded q/k (after RoPE,
+    causal) against the hedgehog features of the same q/k, checked in float64."""
+    pair = _pair(decoder, "linear:hedgehog")
+    ids = _ids()
+    terms, calls, linear = _terms(pair, ids)
+    assert len(calls) == len(linear) == 2 and all(c.causal for c in linear)
+    for i, (c, term) in enumerate(zip(calls, terms)):
+        fm = pair.s_mods[i].attnkit_feature_map
+        q, k = c.query.double(), c.key.double()                # (4, 4, 24, 8), (4, 2, 24, 8)
+        with torch.no_grad():
+            fq, fk = fm.double().queries(q), fm.keys(k)
+            fm.float()
+            want, n = _direct(q, k, c.args["scaling"], fq, fk, True, None)
+        assert n == 4 * 4 * 24
+        assert math.isclose(term.item(), want / n, rel_tol=1e-5), (term.item(), want / n)
+        assert term.item() > 0.05
+    with torch.no_grad():
+        l0 = transfer_loss(pair, ids, None, 0.0)
+        l2 = transfer_loss(pair, ids, None, 2.0)
+    assert math.isclose(float(l2 - l0), 2 * sum(terms).item(), rel_tol=1e-4)
+
+
+def test_fixed_maps_match_the_teachers_weights_not_the_students(decoder):
+    """linear:elu trains the q/k projections in stage 1: the softmax rows must stay the
+    teacher's. After the student's q projection changes, the term still takes the
+    teacher's q/k, and the student's elu features of its own q."""
+    pair = _pair(decoder, "linear:elu")
+    with torch.no_grad():
+        pair.s_mods[0].q_proj.weight.mul_(1.5)
+    ids = _ids(2)
+    terms, calls, linear = _terms(pair, ids)
+    t_q = calls[0].query
+    with record() as s_calls:                                  # the student's own q
+        pair.run(pair.student, ids)
+    s_q = s_calls[0].query
+    assert not torch.allclose(t_q, s_q)
+    assert torch.allclose(linear[0].query_features,
+                          torch.nn.functional.elu(s_q) + 1, atol=1e-6)
+    want, n = weight_kl(t_q, calls[0].key, calls[0].args["scaling"],
+                        torch.nn.functional.elu(s_q) + 1, linear[0].key_features, True, None)
+    assert math.isclose(terms[0].item(), (want / n).item(), rel_tol=1e-6)
+
+
+def test_data_parallel_shares_add_up_to_the_global_loss(decoder):
+    """Under torchrun each process divides by the global counts (``total``): two halves'
+    losses and gradients add up to the whole batch's, the weight term included."""
+    pair = _pair(decoder, "linear:hedgehog")
+    ids = _ids(4)
+    halves, seen = (ids[:2], ids[2:]), {}
+
+    def share(h, total):
+        pair.student.zero_grad(set_to_none=True)
+        loss = transfer_loss(pair, halves[h], total, 1.0)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in pair.stage1_params]
+
+    for h in (0, 1):                          # what each process contributes to the sum
+        share(h, lambda x, h=h: seen.setdefault(h, x.clone()))
+    parts = [share(h, lambda x, h=h: x + seen[1 - h]) for h in (0, 1)]
+    pair.student.zero_grad(set_to_none=True)
+    loss = transfer_loss(pair, ids, None, 1.0)
+    loss.backward()
+    assert math.isclose(parts[0][0] + parts[1][0], loss.item(), rel_tol=1e-5)
+    for a, b, p in zip(parts[0][1], parts[1][1], pair.stage1_params):
+        assert torch.allclose(a + b, p.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_training_on_the_weight_term_alone_lowers_it(decoder):
+    """A few Adam steps on the learnable maps with only the weight term (no output loss)
+    bring the linear rows towards the teacher's softmax rows, on a held-out batch too --
+    fails if the linear path stops noting its features or the term stops reaching them."""
+    pair = _pair(decoder, "linear:hedgehog")
+    held = _ids(4, seed=9)
+    with torch.no_grad():
+        before = float(sum(_terms(pair, held)[0]))
+    opt = torch.optim.Adam(pair.stage1_params, lr=3e-2)
+    for step in range(20):
+        opt.zero_grad()
+        loss = sum(_terms(pair, _ids(4, seed=step))[0])
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(sum(_terms(pair, held)[0]))
+    assert after < 0.9 * before, (before, after)          # 1.53 -> 1.28 here
+
+
+def test_adapt_records_the_stage1_loss_and_the_held_out_attention_kl(decoder, tmp_path):
+    import attnkit
+    from attnkit.adaptation.config import AdaptConfig
+    fast = dict(seq=24, batch_size=4, eval_windows=4, lr1=3e-2, progress=False,
+                log=lambda *a: None)
+    rec = attnkit.adapt(decoder, "linear:hedgehog", str(TEXT), 6, str(tmp_path / "a"),
+                        stage1_steps=6, eval_every=3, **fast)
+    s1 = rec["stage1"]
+    assert s1["weights"] == 1.0 and "KL(teacher's softmax row" in s1["loss"], s1
+    assert json.loads((tmp_path / "a" / "config.json").read_text())[
+        "attnkit_adapted"]["stage1"] == s1
+    h = rec["history"]
+    assert all("attention_kl" in x for x in h) and h[-1]["attention_kl"] < h[0]["attention_kl"]
+    off = attnkit.adapt(decoder, "linear:hedgehog", str(TEXT), 2, str(tmp_path / "b"),
+                        stage1_steps=2, stage1_weights=0, **fast)["stage1"]
+    assert off["weights"] == 0.0 and "off" in off["loss"]
+    win = attnkit.adapt(decoder, "window:4", str(TEXT), 2, str(tmp_path / "c"),
+                        stage1_steps=2, **fast)
+    assert win["stage1"]["weights"] is None and "attention_kl" not in win["history"][0]
+    # a run saved before the field existed resumes with outputs only, as it was trained
+    saved = json.loads((tmp_path / "a" / "adapt.json").read_text())
+    assert saved["stage1_weights"] == 1.0
+    saved.pop("stage1_weights")
+    assert AdaptConfig.from_dict(saved).stage1_weights == 0.0
+
+    def cfg(variant, **kw):
+        return AdaptConfig(model=decoder, variant=variant, text=str(TEXT), steps=2, **kw)
+    assert cfg("linear:hedgehog").stage1_weights == 1.0   # the defaults: learnable maps on,
+    assert cfg("linear:elu").stage1_weights == 0.0        # fixed maps off (opt in: > 0)
+    assert cfg("linear:elu", stage1_weights=2).stage1_weights == 2.0
+    assert cfg("window:4", stage1_weights=0).stage1_weights == 0.0
+    with pytest.raises(ValueError, match="--stage1-weights: expected a number >= 0"):
+        cfg("linear:elu", stage1_weights=-1.0)
+    with pytest.raises(ValueError, match="only a linear variant's stage 1 matches"):
+        cfg("window:4", stage1_weights=1.0)
+
+
+def test_bench_reuses_a_run_saved_before_the_field_and_refuses_a_changed_recipe(tmp_path):
+    """bench --adapt's directories: an adapt.json without stage1_weights was trained with
+    outputs only -- the same recipe for window (reused), not for hedgehog (refused)."""
+    from attnkit.adaptation.config import AdaptConfig
+    from attnkit.adaptation.sweep import _existing
+    for variant, ok in (("window:4", True), ("linear:hedgehog", False)):
+        cfg = AdaptConfig(model="m", variant=variant, text=str(TEXT), steps=4)
+        out = tmp_path / variant.replace(":", "-")
+        out.mkdir()
+        old = cfg.to_dict()
+        old.pop("stage1_weights")
+        (out / "adapt.json").write_text(json.dumps(old))
+        if ok:
+            assert _existing(out, cfg)[0] == "resume"
+        else:
+            with pytest.raises(ValueError, match=r"--stage1-weights 0.0 there, 1.0 now"):
+                _existing(out, cfg)
+
+
+def test_the_linear_path_notes_the_calls_mask_and_only_when_asked(decoder):
+    """A padded batch through attnkit:linear:elu: each layer's call is noted with its
+    causal flag and key padding (the model's attention_mask), features elu(x) + 1 of the
+    call's q/k; outside collect_linear nothing is kept."""
+    import attnkit.hf
+    from attnkit.integrations.hf.calls import collecting_linear
+    model = attnkit.hf.from_pretrained(decoder, "linear:elu")
+    ids, mask = _ids(2, 12), torch.ones(2, 12, dtype=torch.long)
+    mask[1, :3] = 0                                            # left padding
+    assert not collecting_linear()
+    with torch.no_grad(), collect_linear() as linear, record() as calls:
+        model(input_ids=ids, attention_mask=mask)
+    assert not collecting_linear() and len(linear) == len(calls) == 2
+    for c, lin in zip(calls, linear):
+        assert lin.causal and torch.equal(lin.keep, mask.bool()), lin.keep
+        assert torch.equal(lin.query_features, torch.nn.functional.elu(c.query) + 1)
+        assert torch.equal(lin.key_features, torch.nn.functional.elu(c.key) + 1)
