@@ -233,13 +233,8 @@ def plot_curve(res: dict, path: str) -> None:
         ax.axvline(s1, color="gray", ls=":", lw=1)
         ax.annotate("stage 1 | 2", (s1, 0.02), xycoords=("data", "axes fraction"), fontsize=7,
                     xytext=(3, 0), textcoords="offset points")
-    if kind == "encoder":
-        ax.axhline(c["min_cosine"], color="tab:red", ls="--", lw=1, label="--min-cosine")
-        ax.set_ylabel("held-out fidelity: min(cosine, embedding cosine)")
-    else:
-        ax.set_yscale("log")
-        ax.axhline(c["max_kl"], color="tab:red", ls="--", lw=1, label="--max-kl")
-        ax.set_ylabel("held-out KL(dense || adapted), nats/token")
+    bound_axis(ax, kind == "encoder", c, "held-out fidelity: min(cosine, embedding cosine)",
+               "held-out KL(dense || adapted), nats/token")
     ax.set_xlabel("adaptation steps")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_title(f"{res['model']}: fidelity vs adaptation steps", fontsize=10)
@@ -248,3 +243,15 @@ def plot_curve(res: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def bound_axis(ax, encoder: bool, c: dict, enc_label: str, dec_label: str) -> None:
+    """The fidelity axis of a plot: bench's bound as a dashed line (``--min-cosine`` for
+    encoders; ``--max-kl`` on a log scale for decoders) and the axis label."""
+    if encoder:
+        ax.axhline(c["min_cosine"], color="tab:red", ls="--", lw=1, label="--min-cosine")
+        ax.set_ylabel(enc_label)
+    else:
+        ax.set_yscale("log")
+        ax.axhline(c["max_kl"], color="tab:red", ls="--", lw=1, label="--max-kl")
+        ax.set_ylabel(dec_label)

@@ -277,13 +277,8 @@ def plot_fidelity_speed(res: dict, path: str) -> None:
                         fmt="o", capsize=3)
             ax.annotate(f"{r['variant']} @{n}", (s["ratio"], y), fontsize=7,
                         textcoords="offset points", xytext=(4, 4))
-    if enc:
-        ax.axhline(c["min_cosine"], color="tab:red", ls="--", lw=1, label="--min-cosine")
-        ax.set_ylabel("fidelity: min(cosine, embedding cosine)")
-    else:
-        ax.set_yscale("log")
-        ax.axhline(c["max_kl"], color="tab:red", ls="--", lw=1, label="--max-kl")
-        ax.set_ylabel("KL(dense || variant), nats/token")
+    adapted.bound_axis(ax, enc, c, "fidelity: min(cosine, embedding cosine)",
+               "KL(dense || variant), nats/token")
     ax.axvline(1.0, color="gray", lw=0.8)
     ax.set_xlabel("model forward speed vs dense (quartile interval)")
     ax.grid(True, alpha=0.3)
@@ -308,3 +303,4 @@ def write(res: dict, out_dir: str) -> list[str]:
         paths.append(os.path.join(out_dir, adapted.CURVE_PNG))
         adapted.plot_curve(res, paths[-1])
     return paths
+

@@ -62,15 +62,22 @@ class Call:
 
 
 @contextlib.contextmanager
+def _thread_list(name: str):
+    """A fresh list at ``_state.<name>`` for the block (this thread; nested blocks restore)."""
+    old = getattr(_state, name, None)
+    setattr(_state, name, [])
+    try:
+        yield getattr(_state, name)
+    finally:
+        setattr(_state, name, old)
+
+
+@contextlib.contextmanager
 def record():
     """Within the block, every call of the attention function is appended to the list
     yielded, in call order."""
-    old = getattr(_state, "calls", None)
-    _state.calls = []
-    try:
-        yield _state.calls
-    finally:
-        _state.calls = old
+    with _thread_list("calls") as calls:
+        yield calls
 
 
 def recording() -> bool:
@@ -101,12 +108,8 @@ def collect_linear():
     yielded -- what ``attnkit adapt`` needs to match the linear attention's normalised
     weights ``phi(q) phi(k)^T / sum_j phi(q) phi(k_j)^T`` to a teacher's softmax weights.
     Computing the T x T weights is the caller's choice (and cost)."""
-    old = getattr(_state, "linear", None)
-    _state.linear = []
-    try:
-        yield _state.linear
-    finally:
-        _state.linear = old
+    with _thread_list("linear") as calls:
+        yield calls
 
 
 def collecting_linear() -> bool:
