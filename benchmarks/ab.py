@@ -61,8 +61,10 @@ def _worker(threads: int) -> None:  # runs inside the tree under test
             for t in (q, k, v):
                 t.requires_grad_()
 
+        clock = time.process_time if os.environ.get("AB_CLOCK") == "cpu" else time.perf_counter
+
         def once():
-            t0 = time.perf_counter()
+            t0 = clock()
             if backward:
                 out = fn(q, k, v)
                 out.backward(torch.ones_like(out))
@@ -71,7 +73,7 @@ def _worker(threads: int) -> None:  # runs inside the tree under test
             else:
                 with torch.inference_mode():
                     fn(q, k, v)
-            return time.perf_counter() - t0
+            return clock() - t0
         return once
 
     for line in sys.stdin:
@@ -121,6 +123,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=7, help="timed calls per tree and workload")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--backward", action="store_true", help="time forward+backward")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall time, or the worker's CPU time (steadier on a shared machine "
+                    "with --threads 1: other jobs' load does not count)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
@@ -128,10 +133,11 @@ def main(argv=None) -> int:
         return 0
     if not (a.a and a.b and a.work) or "=" not in a.a or "=" not in a.b:
         ap.error("--a LABEL=TREE, --b LABEL=TREE and --work are required")
+    os.environ["AB_CLOCK"] = a.clock
     trees = [Tree(*s.split("=", 1), a.threads) for s in (a.a, a.b)]
     print(f"# {trees[0].label} = {trees[0].module}\n# {trees[1].label} = {trees[1].module}\n"
           f"# {a.threads} thread(s), {'forward+backward' if a.backward else 'forward'}, "
-          f"{a.rounds} interleaved rounds; load average at start "
+          f"{a.rounds} interleaved rounds, {a.clock} clock; load average at start "
           f"{os.getloadavg()[0]:.2f}", flush=True)
     A, Bl = trees[0].label, trees[1].label
     print(f"| workload | {A} min / med / max (s) | {Bl} min / med / max (s) | {Bl}/{A} "
