@@ -25,7 +25,8 @@ class AdaptConfig:
     lr2: float = 5e-5                # stage 2 (distillation)
     stage1_weights: float | None = None  # linear, gqa variants: weight of stage 1's attention-
     #   weight matching term (0: outputs only); default 1 for a learnable feature map, 0 for
-    #   a fixed one (measured: no gain there, see the README); set on creation
+    #   a fixed one and for gqa (measured: no gain there, see the README); refused (> 0)
+    #   for sparse variants; set on creation
     eval_every: int | None = None    # held-out fidelity every K steps (default: steps / 5)
     eval_fraction: float = 0.1       # share of `text`'s windows held out (no --eval-text)
     eval_windows: int = 64           # at most this many held-out windows are scored
