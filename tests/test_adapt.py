@@ -210,8 +210,8 @@ def test_sigkill_then_resume_is_bit_exact(models, tmp_path):
     (["--variant", "ssm"], "is a model, not an attention"),
     (["--variant", "gqa:3"], "'gqa:3' cannot be adapted: the model has 4 key/value heads"),
     (["--steps", "0"], "--steps: expected an integer >= 1, got 0"),
-    (["--stage1-weights", "1"], "--stage1-weights: only a linear variant's stage 1 matches "
-                                "attention weights; 'window:2'"),
+    (["--stage1-weights", "1"], "--stage1-weights: only a linear or gqa variant's stage 1 "
+                                "matches attention weights; 'window:2'"),
     (["--seq", "512"], "--seq: .* takes at most 64 tokens, got 512"),
     (["--batch-size", "1000"], "--text: .* windows of 32 tokens; a batch of 1000 plus a "
                                "held-out split needs at least 1001"),

@@ -63,19 +63,28 @@ def _cli_args(model, variant, steps, stage1):
             "--stage1-steps", str(stage1), "--eval-every", "2", *ARGS]
 
 
-@pytest.mark.parametrize("kind, variant", [("encoder", "window:2"), ("decoder", "gqa:1"),
-                                           ("decoder", "linear:hedgehog")])
-def test_two_processes_match_one_process(models, tmp_path, kind, variant):  # noqa: F811
+@pytest.mark.parametrize("kind, variant, w", [("encoder", "window:2", None),
+                                              ("decoder", "gqa:1", None),
+                                              ("decoder", "gqa:1", 1.0),
+                                              ("decoder", "linear:hedgehog", None)])
+def test_two_processes_match_one_process(models, tmp_path, kind, variant, w):  # noqa: F811
     """6 steps (3 of attention transfer, 3 of distillation), 2 processes of 2 windows each
     vs 1 process of 4 windows (linear:hedgehog: stage 1 with its weight-matching term,
-    whose row counts are summed over the processes): weights (but the key biases, see
+    whose row counts are summed over the processes; gqa:1 with --stage1-weights 1: its
+    softmax-row term, the same): weights (but the key biases, see
     above; the learned maps included) and the adapted
     models' outputs within 1e-4 (relative) / 1e-5, held-out fidelity within 1e-4; the
     2-process run logs once (rank 0 only)."""
-    out = _finish(_torchrun(*_cli_args(models[kind], variant, 6, 3), "--out",
+    # the weight term's case: stage 1 only (what it trains: the pooled K/V projections;
+    # a stage 2 after it drifts Adam-scaled float noise into o_proj, 4e-5, outputs equal)
+    extra, s1 = ([], 3) if w is None else (["--stage1-weights", str(w)], 6)
+    out = _finish(_torchrun(*_cli_args(models[kind], variant, 6, s1), *extra, "--out",
                             str(tmp_path / "ddp")))
     assert out.count("zero-shot") == 1 and out.count("adapted (6 steps") == 1, out
-    _run(models[kind], variant, tmp_path / "one", steps=6, stage1_steps=3, eval_every=2)
+    _run(models[kind], variant, tmp_path / "one", steps=6, stage1_steps=s1, eval_every=2,
+         **({} if w is None else {"stage1_weights": w}))
+    if w is not None:
+        assert _record(tmp_path / "ddp")["stage1"]["weights"] == w
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "ddp")
     base = load_file(os.path.join(models[kind], "model.safetensors"))
     assert a.keys() == b.keys() and any(not torch.equal(a[k], base[k]) for k in a)

@@ -1,8 +1,10 @@
-"""Stage 1's attention-weight matching (``attnkit adapt``, linear variants): the row KL
-between the teacher's softmax weights and the linear attention's normalised weights
-against a direct float64 computation (causal, key padding, GQA), zero where the rows are
-equal; the term is in the stage-1 loss, built from the teacher's own q/k and the features
-the student's linear calls multiplied; training on it alone lowers it; the record says so."""
+"""Stage 1's attention-weight matching (``attnkit adapt``, linear and gqa variants): the
+row KL between the teacher's softmax weights and the linear attention's normalised weights
+(or, for gqa, the softmax rows over the student's mean-pooled keys) against a direct
+float64 computation (causal, key padding, GQA), zero where the rows are equal; the term is
+in the stage-1 loss, built from the teacher's own q/k and the features the student's
+linear calls multiplied (gqa: the q/k its calls used); training on it alone lowers it; the
+record says so; sparse variants are refused in one line."""
 from __future__ import annotations
 
 import json
@@ -251,7 +253,7 @@ def test_adapt_records_the_stage1_loss_and_the_held_out_attention_kl(decoder, tm
     assert cfg("window:4", stage1_weights=0).stage1_weights == 0.0
     with pytest.raises(ValueError, match="--stage1-weights: expected a number >= 0"):
         cfg("linear:elu", stage1_weights=-1.0)
-    with pytest.raises(ValueError, match="only a linear variant's stage 1 matches"):
+    with pytest.raises(ValueError, match="only a linear or gqa variant's stage 1 matches"):
         cfg("window:4", stage1_weights=1.0)
 
 
@@ -291,3 +293,189 @@ def test_the_linear_path_notes_the_calls_mask_and_only_when_asked(decoder):
         assert lin.causal and torch.equal(lin.keep, mask.bool()), lin.keep
         assert torch.equal(lin.query_features, torch.nn.functional.elu(c.query) + 1)
         assert torch.equal(lin.key_features, torch.nn.functional.elu(c.key) + 1)
+
+
+# ---- gqa:N: the student's rows are a softmax over its mean-pooled keys ------------------
+
+def _direct_softmax(q, k, scale, q_s, k_s, causal, keep):
+    """The row KLs one by one, float64, both rows softmaxes: (sum, rows)."""
+    q, k, q_s, k_s = (x.detach().double() for x in (q, k, q_s, k_s))
+    B, H, T, _ = q.shape
+    G, Gs = H // k.shape[1], H // k_s.shape[1]
+    total, rows = 0.0, 0
+    for b in range(B):
+        for h in range(H):
+            for i in range(T):
+                if keep is not None and not keep[b, i]:
+                    continue
+                js = [j for j in range(T) if (not causal or j <= i)
+                      and (keep is None or keep[b, j])]
+                if not js:
+                    continue
+                pt = torch.stack([q[b, h, i] @ k[b, h // G, j] * scale for j in js]).softmax(0)
+                ps = torch.stack([q_s[b, h, i] @ k_s[b, h // Gs, j] * scale
+                                  for j in js]).softmax(0)
+                total += float((pt * (pt.log() - ps.log())).sum())
+                rows += 1
+    return total, rows
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_softmax_kl_equals_the_direct_float64_rows(causal):
+    """gqa's term: teacher 4 query heads on 2 K/V heads, the student's keys pooled into 1
+    (and a drifted q), causal or not, left and right key padding."""
+    from attnkit.adaptation.objectives import softmax_kl
+    from attnkit.engine.variants import pool_heads
+    g = torch.Generator().manual_seed(2)
+    B, H, Hkv, T, D = 2, 4, 2, 7, 5
+    q, k = torch.randn(B, H, T, D, generator=g), torch.randn(B, Hkv, T, D, generator=g)
+    q_s = q + 0.3 * torch.randn(B, H, T, D, generator=g)
+    k_s = pool_heads(k + 0.5 * torch.randn(B, Hkv, T, D, generator=g), 1)   # (B, 1, T, D)
+    keep = torch.ones(B, T, dtype=torch.bool)
+    keep[0, :2] = False
+    keep[1, -3:] = False
+    for kp in (None, keep):
+        got, n = softmax_kl(q, k, 0.7, q_s, k_s, causal, kp)
+        want, m = _direct_softmax(q, k, 0.7, q_s, k_s, causal, kp)
+        assert int(n) == m and m > 0 and got.dtype == torch.float32
+        assert math.isclose(float(got), want, rel_tol=1e-5), (float(got), want)
+        got64, _ = softmax_kl(q.double(), k.double(), 0.7, q_s.double(), k_s.double(),
+                              causal, kp)
+        assert got64.dtype == torch.float64 and math.isclose(float(got64), want, rel_tol=1e-12)
+    q_s.requires_grad_(True)
+    k_s = k_s.detach().requires_grad_(True)
+    kl, _ = softmax_kl(q, k, 0.7, q_s, k_s, causal, keep)
+    kl.backward()                       # masked keys and uncounted rows: finite gradients
+    assert torch.isfinite(q_s.grad).all() and torch.isfinite(k_s.grad).all()
+    assert k_s.grad.abs().sum() > 0
+
+
+def test_softmax_kl_is_zero_when_the_student_rows_are_the_teachers():
+    from attnkit.adaptation.objectives import softmax_kl
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(2, 4, 6, 3, generator=g), torch.randn(2, 2, 6, 3, generator=g)
+    keep = torch.ones(2, 6, dtype=torch.bool)
+    keep[1, :2] = False
+    for causal in (True, False):
+        kl, n = softmax_kl(q, k, 0.5, q, k, causal, keep)
+        assert int(n) == (2 * 6 - 2) * 4 and abs(float(kl)) < 1e-6 * int(n), float(kl)
+        # a student with one K/V head repeating the teacher's head 0: equal rows for the
+        # query heads of group 0 only
+        kl, _ = softmax_kl(q, k, 0.5, q, k[:, :1], causal, keep)
+        assert float(kl) > 1e-3
+
+
+def _gqa_terms(pair, ids):
+    from attnkit.adaptation.objectives import _layer_errors, _teacher_layers
+    with record() as calls:
+        rec, _ = _teacher_layers(pair, ids)
+    with record() as s_calls:
+        _layer_errors(pair, rec)
+    return [a / c for a, c in weight_match(pair, calls, s_calls)], calls, s_calls
+
+
+def test_gqa_weight_term_is_in_the_stage1_loss_from_the_pooled_keys(decoder):
+    """gqa:1 on the 2-K/V-head decoder: each layer's term is the teacher's rows (its own
+    per-head keys) against softmax rows of the student's q and its keys mean-pooled into
+    one head, checked in float64; transfer_loss(w) = outputs-only + w x their sum, and the
+    term's gradient reaches the (pooled) K projections."""
+    from attnkit.engine.variants import pool_heads
+    pair = _pair(decoder, "gqa:1")
+    ids = _ids()
+    terms, calls, s_calls = _gqa_terms(pair, ids)
+    assert len(calls) == len(s_calls) == 2
+    for c, s, term in zip(calls, s_calls, terms):
+        assert torch.equal(s.query, c.query) and not torch.allclose(s.key, c.key)
+        want, n = _direct_softmax(c.query, c.key, c.args["scaling"], s.query,
+                                  pool_heads(s.key, 1), True, None)
+        assert n == 4 * 4 * 24
+        assert math.isclose(term.item(), want / n, rel_tol=1e-5), (term.item(), want / n)
+        assert term.item() > 1e-3
+    with torch.no_grad():
+        l0 = transfer_loss(pair, ids, None, 0.0)
+        l2 = transfer_loss(pair, ids, None, 2.0)
+    assert math.isclose(float(l2 - l0), 2 * sum(terms).item(), rel_tol=1e-4)
+    pair.student.zero_grad(set_to_none=True)
+    sum(terms).backward()
+    k_proj = pair.s_mods[0].k_proj.weight
+    assert k_proj.grad is not None and k_proj.grad.abs().sum() > 0
+    assert pair.s_mods[0].v_proj.weight.grad is None          # rows do not depend on V
+
+
+def test_gqa_weight_term_is_zero_when_the_teachers_keys_are_already_pooled(decoder):
+    """A teacher whose K/V heads of a group are equal (its K projection = the student's
+    pooled one): the student's pooled keys are its keys, the rows equal, the term 0."""
+    pair = _pair(decoder, "gqa:1")
+    with torch.no_grad():
+        for t, s in zip(pair.t_mods, pair.s_mods):
+            t.k_proj.weight.copy_(s.k_proj.weight)
+            if t.k_proj.bias is not None:
+                t.k_proj.bias.copy_(s.k_proj.bias)
+        terms = _gqa_terms(pair, _ids(2))[0]
+    assert all(abs(t.item()) < 1e-6 for t in terms), terms
+
+
+def test_gqa_weight_term_reads_the_calls_causal_and_padding_mask(decoder):
+    """The teacher's recorded call of a left-padded batch gives (causal, keep = the
+    attention_mask) to the term; an unmasked encoder-style call gives (False, None)."""
+    import attnkit.hf
+    from attnkit.adaptation.objectives import _causal_keep
+    model = attnkit.hf.from_pretrained(decoder)
+    ids, mask = _ids(2, 12), torch.ones(2, 12, dtype=torch.long)
+    mask[1, :3] = 0
+    with torch.no_grad(), record() as calls:
+        model(input_ids=ids, attention_mask=mask)
+    for c in calls:
+        causal, keep = _causal_keep(c)
+        assert causal and torch.equal(keep, mask.bool()), keep
+
+
+def test_gqa_data_parallel_shares_add_up_to_the_global_loss(decoder):
+    pair = _pair(decoder, "gqa:1")
+    ids = _ids(4)
+    halves, seen = (ids[:2], ids[2:]), {}
+
+    def share(h, total):
+        pair.student.zero_grad(set_to_none=True)
+        loss = transfer_loss(pair, halves[h], total, 1.0)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in pair.stage1_params]
+
+    for h in (0, 1):
+        share(h, lambda x, h=h: seen.setdefault(h, x.clone()))
+    parts = [share(h, lambda x, h=h: x + seen[1 - h]) for h in (0, 1)]
+    pair.student.zero_grad(set_to_none=True)
+    loss = transfer_loss(pair, ids, None, 1.0)
+    loss.backward()
+    assert math.isclose(parts[0][0] + parts[1][0], loss.item(), rel_tol=1e-5)
+    for a, b, p in zip(parts[0][1], parts[1][1], pair.stage1_params):
+        assert torch.allclose(a + b, p.grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("variant", ["window:4", "bigbird:4"])
+def test_sparse_stage1_weights_are_refused_in_one_line(decoder, variant):
+    from attnkit.adaptation.config import AdaptConfig
+    with pytest.raises(ValueError) as e:
+        AdaptConfig(model=decoder, variant=variant, text=str(TEXT), steps=2,
+                    stage1_weights=1.0)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("--stage1-weights:"), msg
+    assert "renormalised" in msg
+    assert AdaptConfig(model=decoder, variant="gqa:1", text=str(TEXT), steps=2,
+                       stage1_weights=1.0).stage1_weights == 1.0
+    assert AdaptConfig(model=decoder, variant="gqa:1", text=str(TEXT),
+                       steps=2).stage1_weights == 0.0          # measured: off by default
+
+
+def test_adapt_records_the_gqa_weight_term_and_its_held_out_attention_kl(decoder, tmp_path):
+    import attnkit
+    fast = dict(seq=24, batch_size=4, eval_windows=4, lr1=3e-2, progress=False,
+                log=lambda *a: None)
+    rec = attnkit.adapt(decoder, "gqa:1", str(TEXT), 2, str(tmp_path / "g"), stage1_steps=2,
+                        stage1_weights=1.0, eval_every=1, **fast)
+    s1 = rec["stage1"]
+    assert s1["weights"] == 1.0 and "mean-pooled" in s1["loss"], s1
+    assert all(x["attention_kl"] > 0 for x in rec["history"])
+    off = attnkit.adapt(decoder, "gqa:1", str(TEXT), 1, str(tmp_path / "h"), stage1_steps=1,
+                        **fast)["stage1"]
+    assert off["weights"] == 0.0 and "off" in off["loss"] and "feature map" not in off["loss"]

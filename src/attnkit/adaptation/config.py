@@ -23,9 +23,10 @@ class AdaptConfig:
     stage1_steps: int | None = None  # attention transfer steps (default: a quarter)
     lr1: float = 1e-3                # stage 1 (attention transfer)
     lr2: float = 5e-5                # stage 2 (distillation)
-    stage1_weights: float | None = None  # linear variants: weight of stage 1's attention-
+    stage1_weights: float | None = None  # linear, gqa variants: weight of stage 1's attention-
     #   weight matching term (0: outputs only); default 1 for a learnable feature map, 0 for
-    #   a fixed one (measured: no gain there, see the README); set on creation
+    #   a fixed one and for gqa (measured: no gain there, see the README); refused (> 0)
+    #   for sparse variants; set on creation
     eval_every: int | None = None    # held-out fidelity every K steps (default: steps / 5)
     eval_fraction: float = 0.1       # share of `text`'s windows held out (no --eval-text)
     eval_windows: int = 64           # at most this many held-out windows are scored
@@ -62,10 +63,12 @@ class AdaptConfig:
         elif isinstance(w, bool) or not (isinstance(w, (int, float)) and math.isfinite(w)
                                          and w >= 0):
             raise ValueError(f"--stage1-weights: expected a number >= 0, got {w!r}")
-        elif w and not v.is_linear:
-            raise ValueError(f"--stage1-weights: only a linear variant's stage 1 matches "
-                             f"attention weights; {v.text!r} fits the attention outputs only "
-                             "(give 0 or leave it out)")
+        elif w and not (v.is_linear or v.is_gqa):
+            raise ValueError(f"--stage1-weights: only a linear or gqa variant's stage 1 "
+                             f"matches attention weights; {v.text!r} fits the attention "
+                             "outputs only: its rows are the teacher's logits renormalised "
+                             "over the allowed keys, equal to the renormalised teacher rows "
+                             "from the start (give 0 or leave it out)")
         else:
             self.stage1_weights = float(w)
         if not (0 < self.eval_fraction < 1):

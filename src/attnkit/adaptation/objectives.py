@@ -19,6 +19,16 @@
   (for ``linear:hedgehog`` only the maps train: both q/k are the same tensors' values).
   :class:`~attnkit.adaptation.config.AdaptConfig` sets ``weights`` (``--stage1-weights``):
   1 for a learnable map, 0 (off) for a fixed one, where it was measured to gain nothing.
+  For ``gqa:N`` the student's row is a softmax too (:func:`softmax_kl`): ``softmax(q_s
+  pool(k_s)^T * scale + mask)`` from the q/k its attention calls used (recorded with
+  ``record`` around its layers' run, in the autograd graph: the gradient reaches the
+  pooled K projections), its keys mean-pooled into N heads as the variant pools them,
+  against the teacher's rows from its own per-head keys. Sparse variants have no term:
+  their rows are the teacher's logits renormalised over the allowed keys, so at the start
+  the in-window rows already equal the renormalised teacher rows (the KL over the
+  allowed keys is 0; over all keys it is infinite).
+  Default weight for gqa: 0 (measured on ``stdlib-lm`` ``gqa:1``: the rows move, the
+  model does not; see the README).
 * Stage 2, distillation of the whole model (:func:`distill_loss`): encoders
   ``1 - cos(pooled_s, pooled_t)`` (mean pooling, the sentence-transformers recipe) + the
   mean over layers of the relative hidden-state MSE; decoders ``KL(p_t || p_s)`` per token.
@@ -34,8 +44,9 @@
   on held-out windows -- ``embedding_cosine`` (mean, ``_min`` = worst window), ``cosine``
   (per token); ``kl``, ``top1_agreement``, ``ppl_change`` for decoders; and
   ``worst_layer_error``: a layer's attention-module output on the dense run's inputs of
-  that layer, relative Frobenius error (the stage-1 quantity); for a linear variant also
-  ``attention_kl``: the weight-matching term's mean row KL (:func:`weight_kl`), averaged
+  that layer, relative Frobenius error (the stage-1 quantity); for a linear or gqa
+  variant also ``attention_kl``: the weight-matching term's mean row KL (:func:`weight_kl`,
+  :func:`softmax_kl`), averaged
   over layers.
 """
 from __future__ import annotations
@@ -48,10 +59,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..bench.fidelity import Accumulator
+from ..engine.variants import pool_heads
 from ..integrations.hf.calls import collect_linear, record
 from ..sources import Outputs
 
-__all__ = ["record_layers", "transfer_loss", "weight_kl", "weight_match", "distill_loss",
+__all__ = ["record_layers", "transfer_loss", "weight_kl", "softmax_kl", "weight_match", "distill_loss",
            "evaluate"]
 
 # the linear row's probabilities are clamped to this before the log (a relu feature map
@@ -111,18 +123,10 @@ def _global(total, norms: list[Tensor], ids: Tensor, counts=None):
     return list(x[:n].clamp_min(1e-12)), x[-1], list(x[n:-1].clamp_min(1.0))
 
 
-def weight_kl(q: Tensor, k: Tensor, scale: float, fq: Tensor, fk: Tensor, causal: bool,
-              keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``(sum of KL(p_t || p_s) over the rows, number of rows)`` in float32 (float64 for
-    float64 inputs): ``p_t = softmax(q k^T * scale + mask)`` per row (no gradient: the
-    teacher's), ``p_s = fq fk^T / sum_j fq fk_j^T`` over the same keys (gradient to ``fq``,
-    ``fk``).
-
-    ``q (B, H, T, D)``, ``k (B, Hkv, T, D)``, features ``fq (B, H, T, F)``, ``fk (B, Hkv,
-    T, F)`` (GQA: query head h reads key head ``h // (H / Hkv)``, as transformers'
-    ``repeat_kv``). Mask: ``causal`` (key j <= query i), ``keep (B, T)`` (True = a real
-    key). A row counts when its query is a real token (``keep``) and sees a key; O(T²)
-    memory per head. ``log p_s`` is ``log(max(p_s, LOG_EPS))``; masked keys add 0."""
+def _teacher_rows(q: Tensor, k: Tensor, scale: float, causal: bool, keep: Tensor | None):
+    """The teacher's side of a row KL: ``(allowed (B, 1, Tq, Tk), rows (B, 1, Tq), p_t,
+    log p_t (B, H, Tq, Tk), G, accumulation dtype)``, no gradient; masked keys have
+    ``p_t = log p_t = 0``, a row that is not counted is a harmless uniform one."""
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     B, H, T, _ = q.shape
     G = H // k.shape[1]
@@ -142,6 +146,24 @@ def weight_kl(q: Tensor, k: Tensor, scale: float, fq: Tensor, fk: Tensor, causal
         logp_t = s.log_softmax(-1)
         p_t = logp_t.exp() * allowed                                       # (B, H, Tq, Tk)
         logp_t = logp_t.masked_fill(~allowed, 0.0)
+    return allowed, rows, p_t, logp_t, acc
+
+
+def weight_kl(q: Tensor, k: Tensor, scale: float, fq: Tensor, fk: Tensor, causal: bool,
+              keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(sum of KL(p_t || p_s) over the rows, number of rows)`` in float32 (float64 for
+    float64 inputs): ``p_t = softmax(q k^T * scale + mask)`` per row (no gradient: the
+    teacher's), ``p_s = fq fk^T / sum_j fq fk_j^T`` over the same keys (gradient to ``fq``,
+    ``fk``).
+
+    ``q (B, H, T, D)``, ``k (B, Hkv, T, D)``, features ``fq (B, H, T, F)``, ``fk (B, Hkv,
+    T, F)`` (GQA: query head h reads key head ``h // (H / Hkv)``, as transformers'
+    ``repeat_kv``). Mask: ``causal`` (key j <= query i), ``keep (B, T)`` (True = a real
+    key). A row counts when its query is a real token (``keep``) and sees a key; O(T²)
+    memory per head. ``log p_s`` is ``log(max(p_s, LOG_EPS))``; masked keys add 0."""
+    allowed, rows, p_t, logp_t, acc = _teacher_rows(q, k, scale, causal, keep)
+    B, H, T, _ = q.shape
+    G = H // fk.shape[1]
     a = fq.to(acc) @ fk.to(acc).repeat_interleave(G, 1).transpose(-1, -2)  # (B, H, Tq, Tk)
     a = a * allowed
     p_s = a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(acc).tiny)
@@ -150,45 +172,99 @@ def weight_kl(q: Tensor, k: Tensor, scale: float, fq: Tensor, fk: Tensor, causal
     return (kl * rows).sum(), rows.sum()
 
 
-def weight_match(pair, calls: list, linear: list) -> list[tuple[Tensor, Tensor]]:
-    """Per layer ``(sum of row KLs, rows)`` (:func:`weight_kl`) from the teacher's
-    recorded attention calls (``calls``: :func:`~attnkit.integrations.hf.calls.record`
-    around its run) and the student's linear-attention calls (``linear``:
-    :func:`~attnkit.integrations.hf.calls.collect_linear` around its layers' run)."""
+def softmax_kl(q: Tensor, k: Tensor, scale: float, q_s: Tensor, k_s: Tensor, causal: bool,
+               keep: Tensor | None = None, scale_s: float | None = None
+               ) -> tuple[Tensor, Tensor]:
+    """As :func:`weight_kl`, the student's row a softmax too: ``p_s = softmax(q_s k_s^T *
+    scale_s + mask)`` (gradient to ``q_s``, ``k_s``; ``scale_s`` defaults to ``scale``)
+    over the same keys -- ``gqa:N``'s rows, ``k_s (B, N, T, D)`` the pooled keys (query
+    head h reads ``h // (H / N)``), against the teacher's from its own ``k (B, Hkv, T, D)``.
+    ``log p_s`` is a log-softmax (never 0 on an allowed key: no clamp)."""
+    allowed, rows, p_t, logp_t, acc = _teacher_rows(q, k, scale, causal, keep)
+    B, H, T, _ = q.shape
+    G = H // k_s.shape[1]
+    s = q_s.to(acc) @ k_s.to(acc).repeat_interleave(G, 1).transpose(-1, -2)
+    s = s * (scale if scale_s is None else scale_s)                        # (B, H, Tq, Tk)
+    s = s.masked_fill(~allowed, -math.inf).masked_fill(~rows[..., None], 0.0)
+    logp_s = s.log_softmax(-1).masked_fill(~allowed, 0.0)
+    kl = (p_t * (logp_t - logp_s)).sum(-1)                                 # (B, H, Tq)
+    rows = rows.expand(B, H, T)
+    return (kl * rows).sum(), rows.sum()
+
+
+def _scale(c) -> float:
+    scale = c.args.get("scaling")
+    return 1.0 / math.sqrt(c.query.shape[-1]) if scale is None else float(scale)
+
+
+def _causal_keep(c) -> tuple[bool, Tensor | None]:
+    """A recorded call's mask as (causal, keep): what the softmax weight matching serves --
+    no mask, causal, key padding or both, and no score edits (softcap, bias, sinks)."""
+    from ..integrations.hf.attention import _linear_mask, call_mask
+    edits = [n for n in ("softcap", "position_bias", "s_aux") if c.args.get(n) is not None]
+    spec = call_mask(c.attention_mask, c.module, c.query, c.key, c.args.get("is_causal"))
+    served = None if edits else _linear_mask(spec)
+    if served is None or c.query.shape[2] != c.key.shape[2]:
+        why = f"its {', '.join(edits)}" if edits else f"its mask {spec!r}"
+        raise ValueError(f"--stage1-weights: the model's attention calls have {why}; "
+                         "softmax weight matching serves causal / key-padding masks only "
+                         "(give --stage1-weights 0)")
+    return served
+
+
+def weight_match(pair, calls: list, student: list) -> list[tuple[Tensor, Tensor]]:
+    """Per layer ``(sum of row KLs, rows)`` from the teacher's recorded attention calls
+    (``calls``: :func:`~attnkit.integrations.hf.calls.record` around its run) and the
+    student's calls around its layers' run: for a linear variant its linear-attention
+    calls (:func:`~attnkit.integrations.hf.calls.collect_linear`; :func:`weight_kl`), for
+    ``gqa:N`` its recorded attention calls (``record``; :func:`softmax_kl` with the
+    student's q and its keys mean-pooled into N heads, as the variant pools them)."""
     t_at = {id(m): i for i, m in enumerate(pair.t_mods)}
     s_at = {id(m): i for i, m in enumerate(pair.s_mods)}
     teacher = {t_at[id(c.module)]: c for c in calls if id(c.module) in t_at}
-    student = {s_at[id(c.module)]: c for c in linear if id(c.module) in s_at}
+    stud = {s_at[id(c.module)]: c for c in student if id(c.module) in s_at}
     n = len(pair.s_mods)
-    if len(teacher) != n or len(student) != n:
+    linear = pair.variant.is_linear
+    if len(teacher) != n or len(stud) != n:
         raise RuntimeError(f"weight matching: expected one attention call per layer ({n}), "
-                           f"got {len(teacher)} from the teacher and {len(student)} linear "
-                           "ones from the student")
+                           f"got {len(teacher)} from the teacher and {len(stud)} "
+                           f"{'linear ' if linear else ''}ones from the student")
     out = []
     for i in range(n):
-        t, s = teacher[i], student[i]
-        scale = t.args.get("scaling")
-        scale = 1.0 / math.sqrt(t.query.shape[-1]) if scale is None else float(scale)
-        out.append(weight_kl(t.query, t.key, scale, s.query_features, s.key_features,
-                             s.causal, s.keep))
+        t, s = teacher[i], stud[i]
+        if linear:
+            out.append(weight_kl(t.query, t.key, _scale(t), s.query_features,
+                                 s.key_features, s.causal, s.keep))
+        else:
+            causal, keep = _causal_keep(t)
+            k_s = pool_heads(s.key, pair.variant.args[0])                # (B, N, T, D)
+            out.append(softmax_kl(t.query, t.key, _scale(t), s.query, k_s, causal, keep,
+                                  _scale(s)))
     return out
 
 
 def matches_weights(pair) -> bool:
-    """Does stage 1 of this pair have a weight-matching term (a linear variant)?"""
-    return pair.variant.is_linear
+    """Does stage 1 of this pair have a weight-matching term (a linear or gqa variant)?"""
+    return pair.variant.is_linear or pair.variant.is_gqa
+
+
+def _student_calls(pair, match: bool):
+    """The context that keeps the student's calls weight matching reads (or none)."""
+    if not match:
+        return contextlib.nullcontext()
+    return collect_linear() if pair.variant.is_linear else record()
 
 
 def transfer_loss(pair, ids: Tensor, total=None, weights: float = 0.0) -> Tensor:
     """Stage 1 on a batch ``ids (B, T)``: the sum over layers of the relative error, plus
-    ``weights`` x the sum over layers of the mean row KL for a linear variant (``total``:
-    see the module doc)."""
+    ``weights`` x the sum over layers of the mean row KL for a linear or gqa variant
+    (``total``: see the module doc)."""
     match = weights > 0 and matches_weights(pair)
     with record() if match else contextlib.nullcontext() as calls:
         rec, _ = _teacher_layers(pair, ids)
-    with collect_linear() if match else contextlib.nullcontext() as linear:
+    with _student_calls(pair, match) as student:
         errs = _layer_errors(pair, rec)
-    kls = weight_match(pair, calls, linear) if match else []
+    kls = weight_match(pair, calls, student) if match else []
     if total is None:
         loss = sum(_rel(s, t) for s, t in errs)
         wm = [a / c.clamp_min(1) for a, c in kls]
@@ -237,13 +313,17 @@ def evaluate(pair, windows: list[Tensor], batch_size: int) -> dict:
         with record() if match else contextlib.nullcontext() as calls:
             rec, t = _teacher_layers(pair, ids)
         s = pair.run(pair.student, ids)
-        with collect_linear() if match else contextlib.nullcontext() as linear:
+        with _student_calls(pair, match) as student:
             errs = _layer_errors(pair, rec)
         for layer, (so, to) in enumerate(errs):
             acc.add_layer(layer, to, so)
         if match:
-            kl += torch.tensor([[float(a), float(c)] for a, c in weight_match(pair, calls, linear)],
-                               dtype=torch.float64)
+            try:
+                kl += torch.tensor([[float(a), float(c)]
+                                    for a, c in weight_match(pair, calls, student)],
+                                   dtype=torch.float64)
+            except ValueError:  # gqa on a mask / score edit the softmax term does not serve
+                match = False
         for b in range(ids.shape[0]):
             acc.add_outputs(_outputs(pair, t, b), _outputs(pair, s, b), ids[b:b + 1])
     res = acc.result()

@@ -60,14 +60,17 @@ def stage1_loss(pair, weights: float) -> dict:
     out = "attention-module output, relative MSE, summed over layers"
     if not matches_weights(pair):
         return {"loss": out + " (outputs only: attention weights are matched for linear "
-                "variants)", "weights": None}
+                "and gqa variants)", "weights": None}
     if not weights:
-        why = ", the default for a fixed feature map" if not pair.variant.learned else ""
+        why = (", the default for a fixed feature map" if pair.variant.is_linear
+               and not pair.variant.learned else "")
         return {"loss": f"{out} (attention-weight matching off: --stage1-weights 0{why})",
                 "weights": 0.0}
+    row = ("the linear attention's normalised row phi(q)phi(k)^T / sum_j phi(q)phi(k_j)^T"
+           if pair.variant.is_linear else
+           "the student's softmax row softmax(q pool(k)^T * scale), its keys mean-pooled")
     return {"loss": (f"{out} + {weights:g} x attention-weight matching: KL(teacher's softmax "
-                     "row, from the teacher's q/k || the linear attention's normalised row "
-                     "phi(q)phi(k)^T / sum_j phi(q)phi(k_j)^T), same causal/padding mask, "
+                     f"row, from the teacher's q/k || {row}), same causal/padding mask, "
                      "mean over (batch, head, query), summed over layers"),
             "weights": float(weights)}
 

@@ -54,10 +54,12 @@ def add_parser(sub) -> None:
                    "steps / 4)")
     p.add_argument("--lr1", type=float, help="stage-1 learning rate (default 1e-3)")
     p.add_argument("--lr2", type=float, help="stage-2 learning rate (default 5e-5)")
-    p.add_argument("--stage1-weights", type=float, metavar="W", help="linear variants: "
-                   "weight of stage 1's attention-weight matching term, KL(teacher softmax "
-                   "row || linear row), added to the output loss (default 1 for "
-                   "linear:hedgehog, 0 for a fixed map such as linear:elu: 0 is outputs only)")
+    p.add_argument("--stage1-weights", type=float, metavar="W", help="linear and gqa "
+                   "variants: weight of stage 1's attention-weight matching term, KL(teacher "
+                   "softmax row || student row: linear, or softmax over gqa's pooled keys), "
+                   "added to the output loss (default 1 for linear:hedgehog, 0 for a fixed "
+                   "map such as linear:elu and for gqa: 0 is outputs only; refused for sparse "
+                   "variants)")
     p.add_argument("--eval-every", type=int, help="held-out evaluation every K steps "
                    "(default steps / 5)")
     p.add_argument("--eval-fraction", type=float, help="held-out share of --text (default 0.1)")
