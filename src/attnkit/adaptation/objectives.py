@@ -123,13 +123,27 @@ def _global(total, norms: list[Tensor], ids: Tensor, counts=None):
     return list(x[:n].clamp_min(1e-12)), x[-1], list(x[n:-1].clamp_min(1.0))
 
 
+def _products(a: Tensor, b: Tensor, acc) -> Tensor:
+    """``a b^T`` per query head in ``acc``: ``a (B, H, Tq, F)``, ``b (B, Hkv, Tk, F)``,
+    query head h reading key head ``h // (H / Hkv)`` -> ``(B, H, Tq, Tk)``."""
+    G = a.shape[1] // b.shape[1]
+    return a.to(acc) @ b.to(acc).repeat_interleave(G, 1).transpose(-1, -2)
+
+
+def _rows_kl(p_t: Tensor, logp_t: Tensor, logp_s: Tensor, rows: Tensor
+             ) -> tuple[Tensor, Tensor]:
+    """(sum over the counted rows of KL(p_t || p_s), their number); ``rows (B, 1, Tq)``."""
+    kl = (p_t * (logp_t - logp_s)).sum(-1)                                 # (B, H, Tq)
+    rows = rows.expand_as(kl)
+    return (kl * rows).sum(), rows.sum()
+
+
 def _teacher_rows(q: Tensor, k: Tensor, scale: float, causal: bool, keep: Tensor | None):
     """The teacher's side of a row KL: ``(allowed (B, 1, Tq, Tk), rows (B, 1, Tq), p_t,
-    log p_t (B, H, Tq, Tk), G, accumulation dtype)``, no gradient; masked keys have
+    log p_t (B, H, Tq, Tk), accumulation dtype)``, no gradient; masked keys have
     ``p_t = log p_t = 0``, a row that is not counted is a harmless uniform one."""
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    B, H, T, _ = q.shape
-    G = H // k.shape[1]
+    B, T = q.shape[0], q.shape[2]
     allowed = torch.ones(T, T, dtype=torch.bool, device=q.device)
     if causal:
         allowed = allowed.tril()
@@ -141,7 +155,7 @@ def _teacher_rows(q: Tensor, k: Tensor, scale: float, causal: bool, keep: Tensor
         rows = rows & keep[:, None, :]
     rows = rows & allowed.any(-1)                                          # (B, 1, Tq)
     with torch.no_grad():
-        s = q.to(acc) @ k.to(acc).repeat_interleave(G, 1).transpose(-1, -2) * scale
+        s = _products(q, k, acc) * scale
         s = s.masked_fill(~allowed, -math.inf).masked_fill(~rows[..., None], 0.0)
         logp_t = s.log_softmax(-1)
         p_t = logp_t.exp() * allowed                                       # (B, H, Tq, Tk)
@@ -162,14 +176,9 @@ def weight_kl(q: Tensor, k: Tensor, scale: float, fq: Tensor, fk: Tensor, causal
     key). A row counts when its query is a real token (``keep``) and sees a key; O(T²)
     memory per head. ``log p_s`` is ``log(max(p_s, LOG_EPS))``; masked keys add 0."""
     allowed, rows, p_t, logp_t, acc = _teacher_rows(q, k, scale, causal, keep)
-    B, H, T, _ = q.shape
-    G = H // fk.shape[1]
-    a = fq.to(acc) @ fk.to(acc).repeat_interleave(G, 1).transpose(-1, -2)  # (B, H, Tq, Tk)
-    a = a * allowed
+    a = _products(fq, fk, acc) * allowed                                   # (B, H, Tq, Tk)
     p_s = a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(acc).tiny)
-    kl = (p_t * (logp_t - p_s.clamp_min(LOG_EPS).log())).sum(-1)          # (B, H, Tq)
-    rows = rows.expand(B, H, T)
-    return (kl * rows).sum(), rows.sum()
+    return _rows_kl(p_t, logp_t, p_s.clamp_min(LOG_EPS).log(), rows)
 
 
 def softmax_kl(q: Tensor, k: Tensor, scale: float, q_s: Tensor, k_s: Tensor, causal: bool,
@@ -181,15 +190,9 @@ def softmax_kl(q: Tensor, k: Tensor, scale: float, q_s: Tensor, k_s: Tensor, cau
     head h reads ``h // (H / N)``), against the teacher's from its own ``k (B, Hkv, T, D)``.
     ``log p_s`` is a log-softmax (never 0 on an allowed key: no clamp)."""
     allowed, rows, p_t, logp_t, acc = _teacher_rows(q, k, scale, causal, keep)
-    B, H, T, _ = q.shape
-    G = H // k_s.shape[1]
-    s = q_s.to(acc) @ k_s.to(acc).repeat_interleave(G, 1).transpose(-1, -2)
-    s = s * (scale if scale_s is None else scale_s)                        # (B, H, Tq, Tk)
+    s = _products(q_s, k_s, acc) * (scale if scale_s is None else scale_s)  # (B, H, Tq, Tk)
     s = s.masked_fill(~allowed, -math.inf).masked_fill(~rows[..., None], 0.0)
-    logp_s = s.log_softmax(-1).masked_fill(~allowed, 0.0)
-    kl = (p_t * (logp_t - logp_s)).sum(-1)                                 # (B, H, Tq)
-    rows = rows.expand(B, H, T)
-    return (kl * rows).sum(), rows.sum()
+    return _rows_kl(p_t, logp_t, s.log_softmax(-1).masked_fill(~allowed, 0.0), rows)
 
 
 def _scale(c) -> float:
